@@ -1,0 +1,72 @@
+"""Resolve a checkpoint given as a local folder or a Hugging Face hub id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json")
+PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+
+
+class CheckpointError(OSError):
+    """A checkpoint folder or hub repository is missing, unreachable or incomplete."""
+
+
+def resolve_checkpoint(
+    path_or_repo_id: str | Path,
+    allow_patterns: Sequence[str],
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+) -> Path:
+    """Return a local folder holding the checkpoint.
+
+    A path to an existing folder is used as it is. Anything else is taken as a hub repository
+    id and downloaded with ``huggingface_hub`` (only the files matching ``allow_patterns``;
+    never pickle files). Errors say what is missing and whether the hub could be reached.
+    """
+    path = Path(path_or_repo_id).expanduser()
+    if path.is_dir():
+        return path
+    repo_id = str(path_or_repo_id)
+    if path.is_absolute() or repo_id.startswith((".", "~")) or repo_id.count("/") > 1:
+        raise CheckpointError(f"Checkpoint folder not found: {repo_id}")
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=list(allow_patterns),
+                local_files_only=bool(local_files_only),
+            )
+        )
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"Could not get '{repo_id}': the Hugging Face hub could not be reached (offline, or "
+            f"HF_HUB_OFFLINE=1) and no complete copy is in the local cache. ({e})"
+        ) from e
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as e:
+        raise CheckpointError(f"Could not get '{repo_id}' from the Hugging Face hub: {e}") from e
+
+
+def require_files(folder: Path, names: Sequence[str], what: str) -> None:
+    """Raise ``CheckpointError`` naming every file of ``names`` that ``folder`` lacks."""
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{what} in '{folder}' is incomplete: missing {', '.join(missing)}")
