@@ -184,8 +184,8 @@ def write_tiny_checkpoint(
     Files: ``config.json``, ``generation_config.json``, ``model.safetensors``, ``tokenizer.json``,
     ``tokenizer_config.json``, ``special_tokens_map.json`` and either ``preprocessor_config.json``
     (``processor_config_style="legacy"``) or ``processor_config.json`` (``"new"``).
-    ``config`` overrides the tiny architecture (its ``text_config.vocab_size`` is set from the
-    tokenizer).
+    ``config`` overrides the tiny architecture; its ``text_config.vocab_size`` is raised to the
+    tokenizer's size when smaller (a full-size config keeps its 65037 ids).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,8 @@ def write_tiny_checkpoint(
     if config is None:
         config = tiny_config(base)
     else:
-        config = replace(config, text_config=replace(config.text_config, vocab_size=base))
+        vocab = max(base, config.text_config.vocab_size)
+        config = replace(config, text_config=replace(config.text_config, vocab_size=vocab))
     config.save(folder / "config.json")
     save_file(random_state_dict(config, seed=seed, std=std, tied_name=tied_name), str(folder / "model.safetensors"),
               metadata={"format": "pt"})
