@@ -1,0 +1,251 @@
+"""Demo tasks without a UI: prompts (against SPEC.md's official prompts), markup neutralisation,
+input validation, colours, drawing, and the CLI on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kosmos2 import draw, tasks
+from kosmos2.tasks import InputError, build_request
+
+ROOT = Path(__file__).resolve().parents[1]
+# On a 64x64 image these pixel boxes are SPEC.md's example boxes: patch pairs (44, 863) and (5, 911).
+SNOWMAN_BOX = (25, 3, 63, 53)  # (0.390625, 0.046875, 0.984375, 0.828125)
+FIRE_BOX = (11, 1, 31, 57)  # (0.171875, 0.015625, 0.484375, 0.890625)
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    return Image.new("RGB", (64, 64), (120, 140, 160))
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def test_official_prompts(image):
+    """The prompts are exactly the model card's (SPEC.md, "Prompts of the official tasks")."""
+    assert build_request("caption", image).prompts == ("<grounding> An image of",)
+    assert build_request("detailed", image).prompts == ("<grounding> Describe this image in detail:",)
+    assert build_request("plain", image).prompts == ("An image of",)
+    assert build_request("ground", image, "a snowman").prompts == ("<grounding><phrase> a snowman</phrase>",)
+    assert build_request("ask", image, "What is special about this image?").prompts == (
+        "<grounding> Question: What is special about this image? Answer:",)
+
+
+def test_box_prompts_use_spec_patch_tokens(image):
+    """A drawn box becomes the two patch tokens of SPEC.md's examples."""
+    refer = build_request("refer", image, boxes=[SNOWMAN_BOX])
+    assert refer.prompts == ("<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is",)
+    ask = build_request("ask", image, "Where is [the fire] next to?", boxes=[FIRE_BOX])
+    assert ask.prompts == ("<grounding> Question: Where is<phrase> the fire</phrase><object><patch_index_0005>"
+                           "<patch_index_0911></object> next to? Answer:",)
+
+
+def test_batched_tasks_make_one_row_per_phrase_or_box(image):
+    ground = build_request("ground", image, "a snowman\n\n  a fire  \n")
+    assert ground.prompts == ("<grounding><phrase> a snowman</phrase>", "<grounding><phrase> a fire</phrase>")
+    assert ground.colour_by_row
+    refer = build_request("refer", image, boxes=[SNOWMAN_BOX, FIRE_BOX])
+    assert [p.count("<object>") for p in refer.prompts] == [1, 1]
+    assert "<patch_index_0044><patch_index_0863>" in refer.prompts[0]
+    assert "<patch_index_0005><patch_index_0911>" in refer.prompts[1]
+
+
+def test_free_prompt_with_and_without_grounding(image):
+    assert build_request("prompt", image, "A photo of").prompts == ("<grounding> A photo of",)
+    assert build_request("prompt", image, "A photo of", grounding_on=False).prompts == (" A photo of",)
+    boxed = build_request("prompt", image, "[It] is", boxes=[SNOWMAN_BOX])
+    assert boxed.prompts == ("<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is",)
+
+
+@pytest.mark.parametrize("typed", [
+    "<phrase> a dog</phrase><object><patch_index_0001><patch_index_0002></object>",
+    "a <grounding>dog",
+    "<<phrase>phrase> a dog",
+    "a dog</delimiter_of_multi_objects/>",
+    "<image></image> a dog <s></s><pad>",
+])
+def test_user_markup_never_passes_as_markup(image, typed):
+    """Tags typed by the user are removed: the prompt holds only the tags the task writes."""
+    assert tasks.neutralise_markup(typed).split() == ["a", "dog"]
+    for request in (build_request("ground", image, typed), build_request("ask", image, typed),
+                    build_request("prompt", image, typed, grounding_on=False)):
+        (prompt,) = request.prompts
+        assert "patch_index" not in prompt and "<object>" not in prompt and "<image>" not in prompt
+        assert prompt.count("<grounding>") == (0 if request.task == "prompt" else 1)
+        assert prompt.count("<phrase>") == (1 if request.task == "ground" else 0)
+
+
+def test_markup_only_text_is_rejected(image):
+    with pytest.raises(InputError, match="only markup"):
+        build_request("ask", image, "<<phrase>phrase></object>")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_no_image_and_unreadable_image(tmp_path):
+    with pytest.raises(InputError, match="No image"):
+        build_request("caption", None)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(InputError, match="Could not read the image") as info:
+        build_request("caption", str(bad))
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_enormous_image_is_rejected_before_decoding(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("1", (8000, 6000)).save(path)  # 48 megapixels, a few kB on disk
+    with pytest.raises(InputError, match=r"too large \(8000×6000"):
+        build_request("caption", str(path))
+
+
+def test_alpha_is_composited_onto_white():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert tasks.load_image(rgba).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_text_validation_messages(image):
+    with pytest.raises(InputError, match="empty"):
+        build_request("ask", image, "   ")
+    with pytest.raises(InputError, match="too long \\(1001 characters\\); the limit is 1000"):
+        build_request("prompt", image, "a" * 1001)
+    with pytest.raises(InputError, match="Too many phrases"):
+        build_request("ground", image, "\n".join(f"thing {i}" for i in range(tasks.MAX_PHRASES + 1)))
+    with pytest.raises(InputError, match="Phrases are empty"):
+        build_request("ground", image, "\n \n")
+
+
+def test_box_validation(image):
+    # inverted corners are put in order, parts outside the image are clipped
+    assert tasks.validate_boxes([(50, 60, 10, 20)], 64, 64) == [(10, 20, 50, 60)]
+    assert tasks.validate_boxes([(-10, -5, 100, 30)], 64, 64) == [(0, 0, 64, 30)]
+    with pytest.raises(InputError, match="Box 1 is empty"):
+        tasks.validate_boxes([(5, 5, 5, 30)], 64, 64)
+    with pytest.raises(InputError, match="Box 2 is empty"):
+        tasks.validate_boxes([(0, 0, 9, 9), (70, 70, 90, 90)], 64, 64)  # entirely outside
+    with pytest.raises(InputError, match="Too many boxes \\(9\\); the limit is 8"):
+        build_request("refer", image, boxes=[(0, 0, 9, 9)] * 9)
+    with pytest.raises(InputError, match="No box"):
+        build_request("refer", image)
+    with pytest.raises(InputError, match="not four"):
+        tasks.parse_boxes("1,2,3")
+    # the image annotator's dicts and the CLI/API string form
+    assert tasks.parse_boxes([{"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4, "label": ""}]) == [(1, 2, 3, 4)]
+    assert tasks.parse_boxes("1,2,3,4; 5 6 7 8") == [(1, 2, 3, 4), (5, 6, 7, 8)]
+
+
+def test_boxes_must_match_bracketed_phrases(image):
+    with pytest.raises(InputError, match="1 box\\(es\\) but marked 0 phrase"):
+        build_request("ask", image, "What is this?", boxes=[FIRE_BOX])
+    with pytest.raises(InputError, match="takes no boxes"):
+        build_request("caption", image, boxes=[FIRE_BOX])
+
+
+def test_generation_settings_are_validated():
+    s = tasks.GenerationSettings.from_user(max_new_tokens=20.0, decoding="sample", temperature="0.5")
+    assert s.generate_kwargs() == {"max_new_tokens": 20, "num_beams": 1, "do_sample": True, "temperature": 0.5,
+                                   "top_p": 0.9}
+    assert tasks.GenerationSettings.from_user(decoding="beam", num_beams=4).generate_kwargs()["num_beams"] == 4
+    for bad, match in [({"max_new_tokens": 513}, "between 1 and 512"), ({"max_new_tokens": 0}, "between"),
+                       ({"max_new_tokens": 2.5}, "whole number"), ({"temperature": float("nan")}, "Temperature"),
+                       ({"top_p": "x"}, "must be a number"), ({"decoding": "magic"}, "Decoding"),
+                       ({"num_beams": 100}, "beams"), ({"no_repeat_ngram_size": -1}, "n-gram")]:
+        with pytest.raises(InputError, match=match):
+            tasks.GenerationSettings.from_user(**bad)
+
+
+# ----------------------------------------------------------------------------- colours and drawing
+
+
+def _distance(a: str, b: str) -> float:
+    return sum((x - y) ** 2 for x, y in zip(draw.hex_to_rgb(a), draw.hex_to_rgb(b))) ** 0.5
+
+
+def test_colours_distinct_for_any_number():
+    colours = draw.entity_colours(40)
+    assert len(set(colours)) == 40
+    for a, b in itertools.pairwise(colours):  # neighbours are far apart in RGB
+        assert _distance(a, b) > 100, (a, b)
+
+
+def test_label_text_contrasts_with_its_background():
+    assert draw.text_colour_on("#ffe119") == "#000000"  # yellow
+    assert draw.text_colour_on("#800000") == "#ffffff"  # maroon
+
+
+@pytest.mark.parametrize("background", [(250, 250, 250), (5, 5, 5)])
+@pytest.mark.parametrize("box", [(0, 0, 12, 12), (88, 50, 100, 60), (40, 20, 60, 40)])
+def test_labels_are_drawn_inside_the_image(background, box):
+    """The label's filled background is fully drawn (PIL clips anything outside the image), in
+    every corner, on light and dark images."""
+    colour = "#4363d8"
+    image = Image.new("RGB", (100, 60), background)
+    boxes_only = draw.annotate(image, [draw.Annotation("", colour, [box])])
+    labelled = draw.annotate(image, [draw.Annotation("a label", colour, [box])])
+    rgb = draw.hex_to_rgb(colour)
+
+    def count(img: Image.Image) -> int:
+        return int((np.asarray(img) == rgb).all(axis=-1).sum())
+
+    font = draw.ImageFont.load_default(size=10)  # the size annotate uses on a 100x60 image
+    left, top, right, bottom = font.getbbox("a label")
+    assert count(labelled) - count(boxes_only) >= 0.6 * (right - left) * (bottom - top)
+
+
+def test_long_labels_are_shortened_to_fit():
+    image = Image.new("RGB", (60, 40), "white")
+    out = draw.annotate(image, [draw.Annotation("a very long label that cannot fit in sixty pixels", "#e6194b",
+                                                [(30, 10, 59, 39)])])
+    assert out.size == image.size
+    per_row = (np.asarray(out) == (230, 25, 75)).all(axis=-1).sum(axis=1)
+    assert per_row.max() > 45  # the shortened label's background spans almost the whole width
+
+
+def test_png_tempfiles_are_fresh(tmp_path):
+    image = Image.new("RGB", (8, 8))
+    a, b = draw.save_png_tempfile(image), draw.save_png_tempfile(image)
+    try:
+        assert a != b and Image.open(a).format == "PNG"
+    finally:
+        Path(a).unlink()
+        Path(b).unlink()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_on_tiny_checkpoint(tmp_path):
+    out = tmp_path / "annotated.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "refer", "--box", "40,30,200,150",
+         "--tiny", "--max-new-tokens", "6", "--json", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert "random" in proc.stderr
+    # The prompt's own phrase comes back as the first entity, with the drawn box (one 32x32 cell
+    # of the 451x300 image is ~14x9 pixels, so the round trip is within a cell).
+    first = result["entities"][0]
+    assert first["phrase"] == "It" and result["caption"].startswith("It is")
+    x1, y1, x2, y2 = first["pixel_boxes"][0]
+    assert abs(x1 - 40) <= 15 and abs(y1 - 30) <= 10 and abs(x2 - 200) <= 15 and abs(y2 - 150) <= 10
+    annotated = Image.open(out)
+    assert annotated.size == (451, 300)
+    assert annotated.getpixel((round(x1) + 1, round((y1 + y2) / 2))) == draw.hex_to_rgb(first["colour"])
+
+
+def test_cli_reports_bad_input(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "refer",
+                           "--tiny"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "No box" in proc.stderr and "Traceback" not in proc.stderr
