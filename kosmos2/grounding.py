@@ -136,7 +136,7 @@ def check_phrase_boxes(bboxes: object) -> list[PhraseBoxes] | None:
         if entry is None:
             continue
         for box in entry if isinstance(entry, list) else [entry]:
-            if not isinstance(box, tuple):
+            if not isinstance(box, tuple) or len(box) not in (2, 4):
                 raise ValueError(
                     f"Each box must be a tuple of 2 ints (patch indices) or 4 floats (normalised x1, y1, x2, y2), "
                     f"got {box!r}. A phrase's entry is None, one box, or a list of boxes."
@@ -161,7 +161,7 @@ def insert_object_tags(text: str, bboxes: list[PhraseBoxes] | None, grid: int = 
     phrases = list(_PHRASE.finditer(text))
     if len(phrases) != len(bboxes):
         raise ValueError(
-            f"Got {len(bboxes)} box entries for {len(phrases)} <phrase>…</phrase> pairs in {text!r}: "
+            f"bboxes has {len(bboxes)} entries but {text!r} has {len(phrases)} <phrase>…</phrase> pairs: "
             "give exactly one entry (None, a box or a list of boxes) per phrase."
         )
     parts, pos = [], 0
