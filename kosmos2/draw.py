@@ -124,9 +124,10 @@ def annotate(image: Image.Image, annotations: Sequence[Annotation]) -> Image.Ima
     return out
 
 
-def save_png_tempfile(image: Image.Image, prefix: str = "kosmos2-") -> str:
-    """Save ``image`` as PNG into a fresh private temporary file (never a shared name); return its path."""
-    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".png")
+def save_png_tempfile(image: Image.Image, folder: str | None = None, prefix: str = "kosmos2-") -> str:
+    """Save ``image`` as PNG into a fresh private temporary file (never a shared name) in ``folder``
+    (default: the system's temporary folder); return its path."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".png", dir=folder)
     with os.fdopen(fd, "wb") as f:
         image.save(f, format="PNG")
     return path

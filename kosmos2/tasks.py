@@ -8,10 +8,12 @@ prompt is built, so only this module ever writes tags.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -409,6 +411,7 @@ class ModelHolder:
                 note = f"could not get {self.checkpoint}: {e}"
                 log.warning("Falling back to the built-in tiny checkpoint: %s", note)
         folder = Path(tempfile.mkdtemp(prefix="kosmos2-tiny-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         _progress(f"Writing the built-in tiny checkpoint (random weights) to {folder}...")
         write_tiny_checkpoint(folder)
         return self._from(str(folder), device, is_tiny=True, note=note)

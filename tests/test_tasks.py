@@ -249,3 +249,52 @@ def test_cli_reports_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "refer",
                            "--tiny"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "No box" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- results and streaming
+
+
+def test_entities_appear_when_their_object_closes(image):
+    """Partial texts: an object still open gives no entity; once closed, SPEC.md's snowman box."""
+    from kosmos2.grounding import post_process_generation
+
+    request = build_request("caption", image)
+    head = "<image>x</image><grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044>"
+    partial = tasks.build_result(request, [head], post_process_generation)
+    assert partial.caption == "An image of a snowman" and partial.entities == []
+    final = tasks.build_result(request, [head + "<patch_index_0863></object> warming"], post_process_generation,
+                               done=True)
+    (e,) = final.entities
+    assert (e.phrase, e.span, e.boxes) == ("a snowman", (12, 21), [(0.390625, 0.046875, 0.984375, 0.828125)])
+    assert e.pixel_boxes == [(25, 3, 63, 53)]  # x 64, y 64, rounded
+    assert final.raw == "<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044>" \
+                        "<patch_index_0863></object> warming"
+
+
+def test_rows_are_merged_with_one_colour_per_row(image):
+    from kosmos2.grounding import post_process_generation
+
+    request = build_request("ground", image, "a snowman\na fire")
+    texts = ["</image><grounding><phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>",
+             "</image><grounding><phrase> a fire</phrase><object><patch_index_0005><patch_index_0911></object>"]
+    result = tasks.build_result(request, texts, post_process_generation, done=True)
+    assert result.caption == "a snowman\na fire"
+    assert [(e.phrase, e.span) for e in result.entities] == [("a snowman", (0, 9)), ("a fire", (10, 16))]
+    assert [e.colour for e in result.entities] == draw.entity_colours(2)
+
+
+def test_runner_streams_then_finishes(tiny_checkpoint, image):
+    loaded = tasks.ModelHolder(str(tiny_checkpoint), device="cpu").get()
+    assert not loaded.is_tiny  # a folder was given: no fallback
+    settings = tasks.GenerationSettings.from_user(max_new_tokens=8)
+    results = list(tasks.run(loaded, build_request("refer", image, boxes=[SNOWMAN_BOX]), settings, min_interval_s=0))
+    *partials, final = results
+    assert partials and not any(r.done for r in partials) and final.done
+    assert [r.new_tokens for r in partials] == list(range(1, len(partials) + 1))
+    assert final.raw.startswith("<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is")
+    assert final.first_token_s is not None and final.seconds >= final.first_token_s
+
+
+def test_holder_falls_back_to_tiny_when_the_checkpoint_is_missing(tmp_path):
+    loaded = tasks.ModelHolder(str(tmp_path / "no-such-checkpoint"), device="cpu").get()
+    assert loaded.is_tiny and "no-such-checkpoint" in loaded.note

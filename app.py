@@ -1,0 +1,286 @@
+"""KOSMOS-2 Gradio demo: UI wiring only.
+
+Prompts, validation, model loading and generation live in ``kosmos2.tasks``; the linked HTML view
+in ``kosmos2.view``; drawing in ``kosmos2.draw``. The model loads lazily, once per process, on the
+first page load or request. ``python app.py --tiny`` runs on the built-in tiny random checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio_image_annotation import image_annotator
+
+from kosmos2 import draw, tasks, view
+
+try:  # Hugging Face Spaces ZeroGPU: a GPU is attached only inside @spaces.GPU functions.
+    import spaces
+
+    on_gpu: Callable[[Callable], Callable] = spaces.GPU
+except ImportError:
+    def on_gpu(fn: Callable) -> Callable:
+        return fn
+
+log = logging.getLogger("kosmos2.app")
+ASSETS = Path(__file__).resolve().parent / "assets"
+QUEUE_MAX_SIZE = 32
+CONCURRENCY_LIMIT = 1
+OUTPUT_MAX_AGE_S = 3600
+TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
+               "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
+CAPTION_MODES = {"Brief (grounded)": "caption", "Detailed (grounded)": "detailed", "Brief, no grounding": "plain"}
+USER_ERROR = "Generation failed because of an internal error; please try again."
+
+
+def _asset(name: str) -> str:
+    return str(ASSETS / name)
+
+
+def _annotator_value(value: dict | None) -> tuple[Any, list]:
+    """(image, boxes) from an ``image_annotator`` value."""
+    if not value:
+        return None, []
+    return value.get("image"), value.get("boxes") or []
+
+
+class Runner:
+    """Runs tasks for the UI and the API on one lazily loaded model."""
+
+    def __init__(self, holder: tasks.ModelHolder) -> None:
+        self.holder = holder
+        self._out_dir: str | None = None
+
+    def save_png(self, image: Any) -> str:
+        """A fresh PNG file per request in this process's output folder; files older than
+        ``OUTPUT_MAX_AGE_S`` are deleted first (Gradio serves its own copy)."""
+        if self._out_dir is None:
+            self._out_dir = tempfile.mkdtemp(prefix="kosmos2-out-")
+            atexit.register(shutil.rmtree, self._out_dir, ignore_errors=True)
+        cutoff = time.time() - OUTPUT_MAX_AGE_S
+        for old in Path(self._out_dir).glob("*.png"):
+            if old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+        return draw.save_png_tempfile(image, self._out_dir)
+
+    def banner(self) -> dict:
+        """Loads the model (first call) and shows the banner when the tiny checkpoint is in use."""
+        loaded = self.holder.get()
+        if not loaded.is_tiny:
+            return gr.update(visible=False)
+        return gr.update(visible=True, value=f'<div class="k2-banner">{TINY_BANNER}</div>')
+
+    def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
+               settings: tuple) -> Iterator[tuple[Any, tasks.TaskResult]]:
+        """Validated streaming run yielding (RGB image, result); user errors become ``gr.Error``
+        with their message only, other errors a generic one (details go to the server log)."""
+        try:
+            request = tasks.build_request(task, image, text, boxes, grounding_on)
+            gen = tasks.GenerationSettings.from_user(*settings)
+        except tasks.InputError as e:
+            raise gr.Error(str(e)) from None
+        loaded = self.holder.get()
+        try:
+            for result in tasks.run(loaded, request, gen):
+                yield request.image, result
+        except tasks.InputError as e:
+            raise gr.Error(str(e)) from None
+        except Exception:
+            log.exception("generation failed for task %s", task)
+            raise gr.Error(USER_ERROR) from None
+
+    def ui(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
+           settings: tuple) -> Iterator[tuple]:
+        """UI outputs: linked HTML, timing, raw text, entities JSON, annotated PNG (final step only)."""
+        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings):
+            png = self.save_png(draw.annotate(shown, result.annotations())) if result.done else gr.update()
+            yield view.render(shown, result), result.timing_text(), result.raw, result.entities_json(), png
+
+    def api(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
+            settings: tuple) -> tuple[str, list, str]:
+        """API outputs: caption, entities, path of the annotated PNG."""
+        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings):
+            if result.done:
+                png = self.save_png(draw.annotate(shown, result.annotations()))
+                return result.caption, result.entities_json(), png
+        raise gr.Error(USER_ERROR)
+
+
+def _settings_panel() -> list[gr.components.Component]:
+    with gr.Accordion("Generation settings", open=False):
+        with gr.Row():
+            max_new = gr.Slider(1, tasks.MAX_NEW_TOKENS_CAP, value=128, step=1, label="Max new tokens")
+            decoding = gr.Radio(list(tasks.DECODING), value="greedy", label="Decoding")
+            beams = gr.Slider(1, 8, value=3, step=1, label="Beams (beam search)")
+        with gr.Row():
+            temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling)")
+            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p (sampling)")
+            ngram = gr.Slider(0, 10, value=0, step=1, label="No-repeat n-gram size (0 = off)")
+    return [max_new, decoding, beams, temperature, top_p, ngram]
+
+
+def _outputs() -> list[gr.components.Component]:
+    page = gr.HTML(label="Result")
+    timing = gr.Markdown()
+    with gr.Accordion("Raw model output (with tags)", open=False):
+        raw = gr.Textbox(show_label=False, lines=3)
+    with gr.Accordion("Entities (JSON)", open=False):
+        entities = gr.JSON(show_label=False)
+    download = gr.File(label="Annotated image (PNG)")
+    return [page, timing, raw, entities, download]
+
+
+def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
+    """The demo's Blocks. Nothing is loaded here: the model loads on first use."""
+    runner = Runner(holder or tasks.ModelHolder())
+    events = dict(concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="kosmos2")
+
+    def ui_fn(task: str | None, with_text: bool, with_boxes: bool) -> Callable:
+        @on_gpu
+        def fn(*args: Any) -> Iterator[tuple]:
+            args = list(args)
+            mode = CAPTION_MODES.get(args.pop(0), "caption") if task is None else task
+            image, boxes = _annotator_value(args.pop(0)) if with_boxes else (args.pop(0), [])
+            text = args.pop(0) if with_text else None
+            grounding_on = args.pop(0) if mode == "prompt" else True
+            yield from runner.ui(mode, image, text, boxes, grounding_on, tuple(args))
+
+        return fn
+
+    with gr.Blocks(title="KOSMOS-2: grounded multimodal demo", delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
+        gr.Markdown("# KOSMOS-2: grounding language in images\nCaptions, phrase grounding, region descriptions "
+                    "and questions with boxes, by Microsoft's KOSMOS-2. Hover a phrase or a box to see its partner.")
+        banner = gr.HTML(visible=False)
+        settings = _settings_panel()
+
+        with gr.Tab("Caption", id="caption"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", label="Image", height=360)
+                    mode = gr.Radio(list(CAPTION_MODES), value="Brief (grounded)", label="Caption")
+                    go = gr.Button("Describe", variant="primary")
+                with gr.Column():
+                    out = _outputs()
+            gr.Examples([[_asset("cat.jpg"), "Brief (grounded)"], [_asset("coffee.jpg"), "Detailed (grounded)"],
+                         [_asset("rocket.jpg"), "Brief (grounded)"]], [image, mode])
+            go.click(ui_fn(None, False, False), [mode, image, *settings], out, api_visibility="private", **events)
+
+        with gr.Tab("Phrase grounding", id="ground"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", label="Image", height=360)
+                    phrases = gr.Textbox(label="Phrases (one per line)", lines=3, max_length=tasks.MAX_TEXT_CHARS)
+                    go = gr.Button("Find", variant="primary")
+                with gr.Column():
+                    out = _outputs()
+            gr.Examples([[_asset("astronaut.jpg"), "a woman\nthe flag"], [_asset("coffee.jpg"), "a cup of coffee\na spoon"]],
+                        [image, phrases])
+            go.click(ui_fn("ground", True, False), [image, phrases, *settings], out, api_visibility="private",
+                     **events)
+
+        annotated_help = "Drag on the image to draw a box (select a box and press Delete to remove it)."
+        with gr.Tab("Describe a region", id="refer"):
+            with gr.Row():
+                with gr.Column():
+                    boxed = image_annotator(label="Image: draw boxes", image_type="filepath", sources=["upload"],
+                                            disable_edit_boxes=True, height=360)
+                    gr.Markdown(annotated_help)
+                    go = gr.Button("Describe the boxes", variant="primary")
+                with gr.Column():
+                    out = _outputs()
+            gr.Examples([[{"image": _asset("cat.jpg"), "boxes": [
+                {"xmin": 280, "ymin": 90, "xmax": 360, "ymax": 180, "label": "", "color": (230, 25, 75)}]}]], [boxed])
+            go.click(ui_fn("refer", False, True), [boxed, *settings], out, api_visibility="private", **events)
+
+        with gr.Tab("Ask", id="ask"):
+            with gr.Row():
+                with gr.Column():
+                    boxed = image_annotator(label="Image (optionally draw a box)", image_type="filepath",
+                                            sources=["upload"], disable_edit_boxes=True, height=360)
+                    question = gr.Textbox(label="Question", max_length=tasks.MAX_TEXT_CHARS,
+                                          info="With a box, put the words it refers to in [brackets].")
+                    go = gr.Button("Ask", variant="primary")
+                with gr.Column():
+                    out = _outputs()
+            gr.Examples([[{"image": _asset("rocket.jpg"), "boxes": []}, "What is special about this image?"],
+                         [{"image": _asset("coffee.jpg"), "boxes": [
+                             {"xmin": 150, "ymin": 80, "xmax": 470, "ymax": 330, "label": "", "color": (67, 99, 216)}]},
+                          "What is in [this cup]?"]], [boxed, question])
+            go.click(ui_fn("ask", True, True), [boxed, question, *settings], out, api_visibility="private",
+                     **events)
+
+        with gr.Tab("Free prompt", id="prompt"):
+            with gr.Row():
+                with gr.Column():
+                    boxed = image_annotator(label="Image (optionally draw boxes)", image_type="filepath",
+                                            sources=["upload"], disable_edit_boxes=True, height=360)
+                    prompt = gr.Textbox(label="Prompt", max_length=tasks.MAX_TEXT_CHARS,
+                                        info="Plain text; with boxes, put the words each refers to in [brackets].")
+                    grounding_on = gr.Checkbox(value=True, label="Ground the output (<grounding>)")
+                    go = gr.Button("Generate", variant="primary")
+                with gr.Column():
+                    out = _outputs()
+            gr.Examples([[{"image": _asset("cameraman.jpg"), "boxes": []}, "A black and white photo of", True]],
+                        [boxed, prompt, grounding_on])
+            go.click(ui_fn("prompt", True, True), [boxed, prompt, grounding_on, *settings], out,
+                     api_visibility="private", **events)
+
+        _api_endpoints(runner, events)
+        demo.load(runner.banner, None, banner, api_visibility="private")
+    demo.queue(max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def _api_endpoints(runner: Runner, events: dict) -> None:
+    """One named endpoint per task for ``gradio_client``: (image, text, boxes, settings...) ->
+    (caption, entities, annotated PNG). Boxes are pixel boxes as "x1,y1,x2,y2; ..." or a JSON list."""
+    with gr.Column(visible=False):
+        image = gr.Image(type="filepath", label="image")
+        text = gr.Textbox(value="", label="text")
+        boxes = gr.JSON(value=[], label="boxes")
+        grounding_on = gr.Checkbox(value=True, label="grounding")
+        max_new = gr.Number(value=128, label="max_new_tokens")
+        decoding = gr.Textbox(value="greedy", label="decoding")
+        beams = gr.Number(value=3, label="num_beams")
+        temperature = gr.Number(value=0.7, label="temperature")
+        top_p = gr.Number(value=0.9, label="top_p")
+        ngram = gr.Number(value=0, label="no_repeat_ngram_size")
+        caption = gr.Textbox(label="caption")
+        entities = gr.JSON(label="entities")
+        annotated = gr.Image(type="filepath", label="annotated")
+        trigger = gr.Button()
+    settings = [max_new, decoding, beams, temperature, top_p, ngram]
+    for task in tasks.TASKS:
+        trigger.click(on_gpu(_api_fn(runner, task)), [image, text, boxes, grounding_on, *settings],
+                      [caption, entities, annotated], api_name=task, api_description=tasks.TASKS[task].description,
+                      **events)
+
+
+def _api_fn(runner: Runner, task: str) -> Callable:
+    """The endpoint function of ``task``; its parameter names are the API's keyword arguments."""
+
+    def fn(image: str | None, text: str, boxes: Any, grounding: bool, max_new_tokens: float, decoding: str,
+           num_beams: float, temperature: float, top_p: float, no_repeat_ngram_size: float) -> tuple[str, list, str]:
+        settings = (max_new_tokens, decoding, num_beams, temperature, top_p, no_repeat_ngram_size)
+        return runner.api(task, image, text, boxes, grounding, settings)
+
+    return fn
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="KOSMOS-2 Gradio demo")
+    parser.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
+    parser.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT)")
+    args = parser.parse_args()
+    if args.tiny or args.checkpoint:
+        demo = build_demo(tasks.ModelHolder(args.checkpoint, force_tiny=args.tiny))
+    demo.launch()
