@@ -8,6 +8,21 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from kosmos2.tiny import tiny_config
+
+# The two tiny checkpoints of different shapes that parity tests run on (kwargs of write_tiny_checkpoint).
+MODEL_B = dict(
+    tied_name="lm_head",
+    seed=1,
+    config=tiny_config(
+        0,
+        text={"embed_dim": 48, "layers": 3, "attention_heads": 6, "ffn_dim": 96},
+        vision={"hidden_size": 40, "num_hidden_layers": 1, "num_attention_heads": 5, "image_size": 42},
+        latent_query_num=64,
+    ),
+)
+CHECKPOINTS = {"model_a": {}, "model_b": MODEL_B}
+
 EMBED_KEY = "text_model.model.embed_tokens.weight"
 LM_HEAD_KEY = "text_model.lm_head.weight"
 

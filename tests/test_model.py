@@ -12,20 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from kosmos2 import Kosmos2Config, Kosmos2ForConditionalGeneration, Kosmos2Model
 from kosmos2.hub import CheckpointError
-from kosmos2.tiny import state_dict_shapes, tiny_config
-from reference_model import pixel_values, prompt_inputs, reference_model, token_id
+from kosmos2.tiny import state_dict_shapes
+from reference_model import CHECKPOINTS, MODEL_B, pixel_values, prompt_inputs, reference_model, token_id
 
-MODEL_B = dict(
-    tied_name="lm_head",
-    seed=1,
-    config=tiny_config(
-        0,
-        text={"embed_dim": 48, "layers": 3, "attention_heads": 6, "ffn_dim": 96},
-        vision={"hidden_size": 40, "num_hidden_layers": 1, "num_attention_heads": 5, "image_size": 42},
-        latent_query_num=64,
-    ),
-)
-CHECKPOINTS = {"model_a": {}, "model_b": MODEL_B}
 
 
 @pytest.fixture(scope="module", params=sorted(CHECKPOINTS))
