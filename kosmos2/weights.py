@@ -75,7 +75,9 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
             f"The weights in '{source}' do not match the model: "
             f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
         )
-    wrong = [f"{n} {tuple(tensors[n].shape)} != {tuple(p.shape)}" for n, p in expected.items() if tensors[n].shape != p.shape]
+    wrong = [
+        f"{n} {tuple(tensors[n].shape)} != {tuple(p.shape)}" for n, p in expected.items() if tensors[n].shape != p.shape
+    ]
     if wrong:
         raise CheckpointError(f"The weights in '{source}' have wrong shapes: {'; '.join(wrong)}")
     model.load_state_dict(tensors, strict=False, assign=True)

@@ -78,7 +78,11 @@ def test_greedy_rows_finish_with_pad(pair):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(num_beams=3), dict(num_beams=3, early_stopping=True), dict(num_beams=3, length_penalty=-0.5, early_stopping="never")],
+    [
+        dict(num_beams=3),
+        dict(num_beams=3, early_stopping=True),
+        dict(num_beams=3, length_penalty=-0.5, early_stopping="never"),
+    ],
 )
 def test_beam_search_matches_reference(pair, options):
     ours, ref, inputs = pair
@@ -110,7 +114,8 @@ def test_sampling_is_reproducible_with_a_generator(tiny):
     model, inputs = tiny
 
     def run(seed: int) -> torch.Tensor:
-        return model.generate(**inputs, max_new_tokens=NEW, do_sample=True, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        return model.generate(**inputs, max_new_tokens=NEW, do_sample=True, generator=generator)
 
     first, again, other = run(0), run(0), run(1)
     assert torch.equal(first, again)
@@ -200,7 +205,8 @@ def test_repetition_penalty_and_ngram_ban():
     scores = torch.tensor([[2.0, -2.0, 4.0, 1.0]])
     seq = torch.tensor([[0, 1, 0]])
     assert apply_repetition_penalty(scores, seq, 2.0).tolist() == [[1.0, -4.0, 4.0, 1.0]]
-    assert apply_repetition_penalty(scores, seq, 2.0, ignore_before=torch.tensor([2])).tolist() == [[1.0, -2.0, 4.0, 1.0]]
+    skip_two = apply_repetition_penalty(scores, seq, 2.0, ignore_before=torch.tensor([2]))
+    assert skip_two.tolist() == [[1.0, -2.0, 4.0, 1.0]]
     # "3 1 2 3" ends with 3; "3 1" occurred, so 1 is banned for a 2-gram ban
     banned = ban_repeated_ngrams(scores, torch.tensor([[3, 1, 2, 3]]), 2)
     assert banned.tolist() == [[2.0, float("-inf"), 4.0, 1.0]]
