@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 
@@ -110,6 +111,14 @@ def test_sampling_matches_reference_with_the_same_global_seed(pair, options):
     _same_ids(ours, ref, inputs, seed=3, do_sample=True, **options)
 
 
+def test_bfloat16_generation_matches_reference(tiny_checkpoint):
+    ours = Kosmos2ForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
+    ref = reference_model(tiny_checkpoint).to(torch.bfloat16)
+    inputs = _batch(tiny_checkpoint, 56)
+    _same_ids(ours, ref, inputs)
+    _same_ids(ours, ref, inputs, num_beams=3)
+
+
 def test_sampling_is_reproducible_with_a_generator(tiny):
     model, inputs = tiny
 
@@ -164,6 +173,8 @@ def test_token_streamer_iterates_in_another_thread(tiny):
     thread.join()
     assert torch.equal(torch.tensor(steps).T, result["ids"][:, -NEW:])
     assert torch.equal(streamer.prompt_ids, inputs["input_ids"])
+    with pytest.raises(queue.Empty):
+        next(TokenStreamer(timeout=0.01))
 
 
 def test_bad_generation_arguments(tiny):
