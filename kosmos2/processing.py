@@ -25,7 +25,7 @@ _NO_TRUNCATE = (None, False, "do_not_truncate")
 
 @dataclass(frozen=True)
 class _Lengths:
-    """Resolved padding and truncation settings (as ``transformers`` tokenizers resolve them)."""
+    """Resolved padding and truncation settings."""
 
     pad: str | None  # None, "longest" or "max_length"
     pad_length: int | None
@@ -34,7 +34,11 @@ class _Lengths:
 
 
 def _resolve_lengths(padding: bool | str, truncation: bool | str | None, max_length: int | None,
-                     pad_to_multiple_of: int | None, model_max_length: int | None, verbose: bool) -> _Lengths:
+                     pad_to_multiple_of: int | None, model_max_length: int | None, with_image: bool,
+                     verbose: bool) -> _Lengths:
+    """Padding and truncation as ``transformers`` tokenizers resolve them. With an image, prompts
+    are first tokenized unpadded (as the reference does), so a ``max_length`` alone always
+    truncates there, and a batch is always padded to at least its longest row."""
     if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
         raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
     if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
@@ -45,21 +49,60 @@ def _resolve_lengths(padding: bool | str, truncation: bool | str | None, max_len
     if not isinstance(padding, (bool, str)) or padding not in pads:
         raise ValueError(f"padding must be one of {tuple(pads)}, got {padding!r}.")
     pad = pads[padding]
-    if max_length is not None and pad is None and truncation is None:
-        truncation = True  # a max_length alone truncates
-    truncate = truncation in _TRUNCATE
+    implicit_truncation = max_length is not None and truncation is None and (pad is None or with_image)
+    truncate = truncation in _TRUNCATE or implicit_truncation
     if verbose and pad == "longest" and max_length is not None and not truncate:
         warnings.warn("max_length is ignored when padding=True and truncation is off; use padding='max_length'.")
     length = max_length if max_length is not None else model_max_length
     if pad == "max_length" and length is None:
         pad = None  # no limit known: nothing to pad to
-    if truncate and length is not None and pad is not None and pad_to_multiple_of and length % pad_to_multiple_of:
+    if truncation in _TRUNCATE and length is not None and pad and pad_to_multiple_of and length % pad_to_multiple_of:
         raise ValueError(
             f"Truncation and padding are both on but the truncation length ({length}) is not a multiple of "
             f"pad_to_multiple_of ({pad_to_multiple_of})."
         )
-    return _Lengths(pad, length if pad == "max_length" else None, pad_to_multiple_of if pad else None,
-                    length if truncate else None)
+    return _Lengths(pad or ("longest" if with_image else None), length if pad == "max_length" else None,
+                    pad_to_multiple_of if pad else None, length if truncate else None)
+
+
+def _padded_length(lengths: list[int], settings: _Lengths, with_image: bool) -> int:
+    if settings.pad is None:
+        return 0
+    target = max(lengths) if settings.pad == "longest" else settings.pad_length
+    if settings.multiple:
+        target = -(-target // settings.multiple) * settings.multiple
+    # With an image a row longer than max_length sets the length for the whole batch.
+    return max(target, *lengths) if with_image else target
+
+
+def _boxes_per_prompt(bboxes: Any, count: int, batched: bool) -> list[Any]:
+    if not batched:
+        return [grounding.check_phrase_boxes(bboxes)]
+    if bboxes is None:
+        return [None] * count
+    if not isinstance(bboxes, list) or len(bboxes) != count:
+        raise ValueError("With a batch of prompts, bboxes must be None or a list with one entry per prompt.")
+    return [grounding.check_phrase_boxes(b) for b in bboxes]
+
+
+def _place_image_slots(ids: list[list[int]], start: int, first_id: int, count: int) -> list[list[int]]:
+    """Write the image-slot ids ``first_id…`` at ``start`` of each row (in place); return the
+    ``image_embeds_position_mask`` rows."""
+    masks = []
+    for row in ids:
+        if len(row) < start + count + 1:
+            raise ValueError(
+                f"max_length cuts into the {count} image tokens: a prompt with an image needs at least "
+                f"{start + count + 1} tokens."
+            )
+        row[start:start + count] = range(first_id, first_id + count)
+        masks.append([0] * start + [1] * count + [0] * (len(row) - start - count))
+    return masks
+
+
+def _pad(seq: list[int], length: int, value: int, side: str) -> list[int]:
+    fill = [value] * max(0, length - len(seq))
+    return fill + seq if side == "left" else seq + fill
 
 
 class Kosmos2Processor:
@@ -115,9 +158,11 @@ class Kosmos2Processor:
         ``bboxes`` (per prompt: ``None`` or one entry per ``<phrase>``: ``None``, a box as 2 ints
         or 4 normalised floats, or a list of boxes) become ``<object>`` patch tokens after each
         ``</phrase>``. ``add_special_tokens`` puts ``<s>`` in front; ``add_eos_token`` also
-        appends ``</s>``. Padding and truncation work as in ``transformers`` tokenizers (padding
-        with ``<pad>``/attention 0 on ``padding_side``). ``return_tensors``: "pt", "np" or None
-        (lists; a single prompt then gives flat lists).
+        appends ``</s>``. Padding (``<pad>``, attention 0, on ``padding_side``) and truncation
+        work as in the reference: as its tokenizer does for text only; with images a batch is
+        always padded to at least its longest row and a ``max_length`` alone truncates. One
+        prompt with an image is padded like a batch of one (the reference ignores padding
+        there). ``return_tensors``: "pt", "np" or None (lists; a single prompt gives flat lists).
         """
         if images is None and text is None:
             raise ValueError("Give images, text, or both.")
@@ -127,8 +172,9 @@ class Kosmos2Processor:
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
         if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
             raise ValueError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}.")
+        with_image = images is not None
         lengths = _resolve_lengths(padding, truncation, max_length, pad_to_multiple_of,
-                                   self.tokenizer.model_max_length, verbose)
+                                   self.tokenizer.model_max_length, with_image, verbose)
 
         batch = BatchFeature()
         image_list = None if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
@@ -139,82 +185,46 @@ class Kosmos2Processor:
 
         batched = not isinstance(text, str)
         texts = list(text) if batched else [text]
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError("text must be a string or a list of strings.")
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("text must be a string or a non-empty list of strings.")
         if image_list is not None and len(image_list) != len(texts):
             raise ValueError(f"Got {len(texts)} prompts but {len(image_list)} images: give one image per prompt.")
-        if not batched:
-            per_text_boxes = [grounding.check_phrase_boxes(bboxes)]
-        elif bboxes is None:
-            per_text_boxes = [None] * len(texts)
-        elif not isinstance(bboxes, list) or len(bboxes) != len(texts):
-            raise ValueError("With a batch of prompts, bboxes must be None or a list with one entry per prompt.")
-        else:
-            per_text_boxes = [grounding.check_phrase_boxes(b) for b in bboxes]
 
-        with_image = image_list is not None
         bos_in_text = add_special_tokens and not add_eos_token
         ids = [
             self.tokenizer.encode(self._layout(t, with_image, b, num_image_tokens, bos_in_text),
                                   add_special_tokens=add_special_tokens and add_eos_token,
                                   max_length=lengths.truncate_length)
-            for t, b in zip(texts, per_text_boxes)
+            for t, b in zip(texts, _boxes_per_prompt(bboxes, len(texts), batched))
         ]
-        if verbose and lengths.truncate_length is None and self.tokenizer.model_max_length is not None:
-            longest = max(len(x) for x in ids)
-            if longest > self.tokenizer.model_max_length:
-                warnings.warn(f"A sequence has {longest} tokens, more than the model's maximum "
-                              f"({self.tokenizer.model_max_length}).")
-
-        position_masks = None
+        self._warn_if_too_long(ids, lengths, verbose)
+        rows = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
         if with_image:
-            start = int(add_special_tokens) + 1  # after <s> (if any) and <image>
             first = self.tokenizer.unk_token_id + 1 if first_image_token_id is None else first_image_token_id
-            position_masks = []
-            for row in ids:
-                if len(row) < start + num_image_tokens + 1:
-                    raise ValueError(
-                        f"max_length={lengths.truncate_length} cuts into the {num_image_tokens} image tokens: "
-                        f"a prompt with an image needs at least {start + num_image_tokens + 1} tokens."
-                    )
-                row[start:start + num_image_tokens] = range(first, first + num_image_tokens)
-                position_masks.append([0] * start + [1] * num_image_tokens + [0] * (len(row) - start - num_image_tokens))
-
+            start = int(add_special_tokens) + 1  # after <s> (if any) and <image>
+            rows["image_embeds_position_mask"] = _place_image_slots(ids, start, first, num_image_tokens)
         unpadded = [len(row) for row in ids]
-        attention = [[1] * n for n in unpadded]
-        target = self._padded_length(unpadded, lengths)
-        pad_id = self.tokenizer.pad_token_id
-        rows = [(ids, pad_id), (attention, 0)] + ([(position_masks, 0)] if position_masks is not None else [])
-        for seqs, value in rows:
-            for i, seq in enumerate(seqs):
-                fill = [value] * max(0, target - len(seq))
-                seqs[i] = fill + seq if padding_side == "left" else seq + fill
-
-        batch["input_ids"] = ids
-        if return_attention_mask is not False:
-            batch["attention_mask"] = attention
+        target = _padded_length(unpadded, lengths, with_image)
+        fills = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "image_embeds_position_mask": 0}
+        for key, seqs in rows.items():
+            rows[key] = [_pad(seq, target, fills[key], padding_side) for seq in seqs]
+        if return_attention_mask is False:
+            del rows["attention_mask"]
         if return_length:
             # As the reference: lengths before padding with an image, after padding without.
-            batch["length"] = unpadded if with_image else [len(row) for row in ids]
-        if position_masks is not None:
-            batch["image_embeds_position_mask"] = position_masks
-        for key in ("input_ids", "attention_mask", "length", "image_embeds_position_mask"):
-            if key not in batch:
-                continue
+            rows["length"] = unpadded if with_image else [len(row) for row in rows["input_ids"]]
+        for key, value in rows.items():
             if return_tensors is not None:
-                batch[key] = as_tensor_type(batch[key], return_tensors)
-            elif not batched and key != "length":
-                batch[key] = batch[key][0]
+                batch[key] = as_tensor_type(value, return_tensors)
+            else:
+                batch[key] = value[0] if not batched and key != "length" else value
         return batch
 
-    @staticmethod
-    def _padded_length(lengths: list[int], settings: _Lengths) -> int:
-        if settings.pad is None:
-            return 0
-        target = max(lengths) if settings.pad == "longest" else settings.pad_length
-        if settings.multiple:
-            target = -(-target // settings.multiple) * settings.multiple
-        return target
+    def _warn_if_too_long(self, ids: list[list[int]], lengths: _Lengths, verbose: bool) -> None:
+        limit = self.tokenizer.model_max_length
+        longest = max(len(row) for row in ids)
+        if verbose and lengths.truncate_length is None and limit is not None and longest > limit:
+            warnings.warn(f"A sequence has {longest} tokens, more than the model's maximum ({limit}).")
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of one sequence of ids; ``skip_special_tokens`` drops ``<s> <pad> </s> <unk> <mask>`` only."""
