@@ -38,6 +38,8 @@ OUTPUT_MAX_AGE_S = 3600
 TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
                "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
 CAPTION_MODES = {"Brief (grounded)": "caption", "Detailed (grounded)": "detailed", "Brief, no grounding": "plain"}
+BOX_HELP = ("To draw a box: click ⬚ *Create box* under the image (or press C), then drag on the image. "
+            "Select a box and press Delete to remove it.")
 USER_ERROR = "Generation failed because of an internal error; please try again."
 
 
@@ -45,11 +47,11 @@ def _asset(name: str) -> str:
     return str(ASSETS / name)
 
 
-def _annotator_value(value: dict | None) -> tuple[Any, list]:
-    """(image, boxes) from an ``image_annotator`` value."""
+def _annotator_value(value: dict | None) -> tuple[Any, list, int]:
+    """(image, boxes, clockwise quarter turns) from an ``image_annotator`` value."""
     if not value:
-        return None, []
-    return value.get("image"), value.get("boxes") or []
+        return None, [], 0
+    return value.get("image"), value.get("boxes") or [], int(value.get("orientation") or 0)
 
 
 class Runner:
@@ -79,11 +81,11 @@ class Runner:
         return gr.update(visible=True, value=f'<div class="k2-banner">{TINY_BANNER}</div>')
 
     def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-               settings: tuple) -> Iterator[tuple[Any, tasks.TaskResult]]:
+               settings: tuple, quarter_turns: int = 0) -> Iterator[tuple[Any, tasks.TaskResult]]:
         """Validated streaming run yielding (RGB image, result); user errors become ``gr.Error``
         with their message only, other errors a generic one (details go to the server log)."""
         try:
-            request = tasks.build_request(task, image, text, boxes, grounding_on)
+            request = tasks.build_request(task, image, text, boxes, grounding_on, quarter_turns)
             gen = tasks.GenerationSettings.from_user(*settings)
         except tasks.InputError as e:
             raise gr.Error(str(e)) from None
@@ -98,9 +100,9 @@ class Runner:
             raise gr.Error(USER_ERROR) from None
 
     def ui(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-           settings: tuple) -> Iterator[tuple]:
+           settings: tuple, quarter_turns: int = 0) -> Iterator[tuple]:
         """UI outputs: linked HTML, timing, raw text, entities JSON, annotated PNG (final step only)."""
-        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings):
+        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, quarter_turns):
             png = self.save_png(draw.annotate(shown, result.annotations())) if result.done else gr.update()
             yield view.render(shown, result), result.timing_text(), result.raw, result.entities_json(), png
 
@@ -127,15 +129,23 @@ def _settings_panel() -> list[gr.components.Component]:
     return [max_new, decoding, beams, temperature, top_p, ngram]
 
 
-def _outputs() -> list[gr.components.Component]:
-    page = gr.HTML(label="Result")
-    timing = gr.Markdown()
+def _outputs(tab: str) -> list[gr.components.Component]:
+    page = gr.HTML(label="Result", elem_id=f"{tab}-result")
+    timing = gr.Markdown(elem_id=f"{tab}-timing")
     with gr.Accordion("Raw model output (with tags)", open=False):
         raw = gr.Textbox(show_label=False, lines=3)
     with gr.Accordion("Entities (JSON)", open=False):
         entities = gr.JSON(show_label=False)
-    download = gr.File(label="Annotated image (PNG)")
+    download = gr.File(label="Annotated image (PNG)", elem_id=f"{tab}-png")
     return [page, timing, raw, entities, download]
+
+
+def _box_input(tab: str, label: str) -> image_annotator:
+    """An image on which the user drags rectangles, with a how-to line under it."""
+    boxed = image_annotator(label=label, image_type="filepath", sources=["upload"], disable_edit_boxes=True,
+                            height=360, elem_id=f"{tab}-image")
+    gr.Markdown(BOX_HELP)
+    return boxed
 
 
 def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
@@ -148,14 +158,15 @@ def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
         def fn(*args: Any) -> Iterator[tuple]:
             args = list(args)
             mode = CAPTION_MODES.get(args.pop(0), "caption") if task is None else task
-            image, boxes = _annotator_value(args.pop(0)) if with_boxes else (args.pop(0), [])
+            image, boxes, turns = _annotator_value(args.pop(0)) if with_boxes else (args.pop(0), [], 0)
             text = args.pop(0) if with_text else None
             grounding_on = args.pop(0) if mode == "prompt" else True
-            yield from runner.ui(mode, image, text, boxes, grounding_on, tuple(args))
+            yield from runner.ui(mode, image, text, boxes, grounding_on, tuple(args), turns)
 
         return fn
 
-    with gr.Blocks(title="KOSMOS-2: grounded multimodal demo", delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as demo:
+    cache = (OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)
+    with gr.Blocks(title="KOSMOS-2: grounded multimodal demo", delete_cache=cache) as demo:
         gr.Markdown("# KOSMOS-2: grounding language in images\nCaptions, phrase grounding, region descriptions "
                     "and questions with boxes, by Microsoft's KOSMOS-2. Hover a phrase or a box to see its partner.")
         banner = gr.HTML(visible=False)
@@ -164,11 +175,11 @@ def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
         with gr.Tab("Caption", id="caption"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="Image", height=360)
+                    image = gr.Image(type="filepath", label="Image", height=360, elem_id="caption-image")
                     mode = gr.Radio(list(CAPTION_MODES), value="Brief (grounded)", label="Caption")
-                    go = gr.Button("Describe", variant="primary")
+                    go = gr.Button("Describe", variant="primary", elem_id="caption-run")
                 with gr.Column():
-                    out = _outputs()
+                    out = _outputs("caption")
             gr.Examples([[_asset("cat.jpg"), "Brief (grounded)"], [_asset("coffee.jpg"), "Detailed (grounded)"],
                          [_asset("rocket.jpg"), "Brief (grounded)"]], [image, mode])
             go.click(ui_fn(None, False, False), [mode, image, *settings], out, api_visibility="private", **events)
@@ -176,26 +187,23 @@ def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
         with gr.Tab("Phrase grounding", id="ground"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="Image", height=360)
+                    image = gr.Image(type="filepath", label="Image", height=360, elem_id="ground-image")
                     phrases = gr.Textbox(label="Phrases (one per line)", lines=3, max_length=tasks.MAX_TEXT_CHARS)
-                    go = gr.Button("Find", variant="primary")
+                    go = gr.Button("Find", variant="primary", elem_id="ground-run")
                 with gr.Column():
-                    out = _outputs()
-            gr.Examples([[_asset("astronaut.jpg"), "a woman\nthe flag"], [_asset("coffee.jpg"), "a cup of coffee\na spoon"]],
-                        [image, phrases])
+                    out = _outputs("ground")
+            gr.Examples([[_asset("astronaut.jpg"), "a woman\nthe flag"],
+                         [_asset("coffee.jpg"), "a cup of coffee\na spoon"]], [image, phrases])
             go.click(ui_fn("ground", True, False), [image, phrases, *settings], out, api_visibility="private",
                      **events)
 
-        annotated_help = "Drag on the image to draw a box (select a box and press Delete to remove it)."
         with gr.Tab("Describe a region", id="refer"):
             with gr.Row():
                 with gr.Column():
-                    boxed = image_annotator(label="Image: draw boxes", image_type="filepath", sources=["upload"],
-                                            disable_edit_boxes=True, height=360)
-                    gr.Markdown(annotated_help)
-                    go = gr.Button("Describe the boxes", variant="primary")
+                    boxed = _box_input("refer", "Image: draw boxes")
+                    go = gr.Button("Describe the boxes", variant="primary", elem_id="refer-run")
                 with gr.Column():
-                    out = _outputs()
+                    out = _outputs("refer")
             gr.Examples([[{"image": _asset("cat.jpg"), "boxes": [
                 {"xmin": 280, "ymin": 90, "xmax": 360, "ymax": 180, "label": "", "color": (230, 25, 75)}]}]], [boxed])
             go.click(ui_fn("refer", False, True), [boxed, *settings], out, api_visibility="private", **events)
@@ -203,14 +211,16 @@ def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
         with gr.Tab("Ask", id="ask"):
             with gr.Row():
                 with gr.Column():
-                    boxed = image_annotator(label="Image (optionally draw a box)", image_type="filepath",
-                                            sources=["upload"], disable_edit_boxes=True, height=360)
+                    boxed = _box_input("ask", "Image (optionally draw a box)")
                     question = gr.Textbox(label="Question", max_length=tasks.MAX_TEXT_CHARS,
                                           info="With a box, put the words it refers to in [brackets].")
-                    go = gr.Button("Ask", variant="primary")
+                    go = gr.Button("Ask", variant="primary", elem_id="ask-run")
                 with gr.Column():
-                    out = _outputs()
+                    out = _outputs("ask")
             gr.Examples([[{"image": _asset("rocket.jpg"), "boxes": []}, "What is special about this image?"],
+                         [{"image": _asset("cat.jpg"), "boxes": [
+                             {"xmin": 20, "ymin": 10, "xmax": 440, "ymax": 295, "label": "", "color": (60, 180, 75)}]},
+                          "What is [this animal] doing?"],
                          [{"image": _asset("coffee.jpg"), "boxes": [
                              {"xmin": 150, "ymin": 80, "xmax": 470, "ymax": 330, "label": "", "color": (67, 99, 216)}]},
                           "What is in [this cup]?"]], [boxed, question])
@@ -220,14 +230,13 @@ def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
         with gr.Tab("Free prompt", id="prompt"):
             with gr.Row():
                 with gr.Column():
-                    boxed = image_annotator(label="Image (optionally draw boxes)", image_type="filepath",
-                                            sources=["upload"], disable_edit_boxes=True, height=360)
+                    boxed = _box_input("prompt", "Image (optionally draw boxes)")
                     prompt = gr.Textbox(label="Prompt", max_length=tasks.MAX_TEXT_CHARS,
                                         info="Plain text; with boxes, put the words each refers to in [brackets].")
                     grounding_on = gr.Checkbox(value=True, label="Ground the output (<grounding>)")
-                    go = gr.Button("Generate", variant="primary")
+                    go = gr.Button("Generate", variant="primary", elem_id="prompt-run")
                 with gr.Column():
-                    out = _outputs()
+                    out = _outputs("prompt")
             gr.Examples([[{"image": _asset("cameraman.jpg"), "boxes": []}, "A black and white photo of", True]],
                         [boxed, prompt, grounding_on])
             go.click(ui_fn("prompt", True, True), [boxed, prompt, grounding_on, *settings], out,

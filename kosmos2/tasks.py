@@ -242,11 +242,17 @@ def render_bracketed(text: str, boxes: Sequence[NormBox | None]) -> str:
 
 
 def build_request(task: str, image: Any, text: str | None = None, boxes: Any = None,
-                  grounding_on: bool = True) -> TaskRequest:
-    """Validate the user's inputs for ``task`` and build its prompts (one per batch row)."""
+                  grounding_on: bool = True, quarter_turns: int = 0) -> TaskRequest:
+    """Validate the user's inputs for ``task`` and build its prompts (one per batch row).
+
+    ``quarter_turns`` rotates the image clockwise first (the image annotator lets users rotate
+    it and gives the boxes in the rotated frame).
+    """
     if task not in TASKS:
         raise InputError(f"Unknown task {task!r}; choose one of: {', '.join(TASKS)}.")
     img = load_image(image)
+    if quarter_turns % 4:
+        img = img.rotate(-90 * (quarter_turns % 4), expand=True)
     pixel_boxes = validate_boxes(parse_boxes(boxes), img.width, img.height)
     if TASKS[task].boxes == "none" and pixel_boxes:
         raise InputError(f"The task '{task}' takes no boxes.")

@@ -298,3 +298,12 @@ def test_runner_streams_then_finishes(tiny_checkpoint, image):
 def test_holder_falls_back_to_tiny_when_the_checkpoint_is_missing(tmp_path):
     loaded = tasks.ModelHolder(str(tmp_path / "no-such-checkpoint"), device="cpu").get()
     assert loaded.is_tiny and "no-such-checkpoint" in loaded.note
+
+
+def test_rotated_image_boxes_are_in_the_rotated_frame():
+    """The image annotator gives boxes on the image as the user rotated it (clockwise turns)."""
+    image = Image.new("RGB", (40, 20), "black")
+    image.putpixel((39, 0), (255, 0, 0))  # top-right corner
+    request = build_request("refer", image, boxes=[(0, 0, 10, 10)], quarter_turns=1)
+    assert request.image.size == (20, 40)
+    assert request.image.getpixel((19, 39)) == (255, 0, 0)  # clockwise: top-right goes to bottom-right
