@@ -377,7 +377,7 @@ class _Decoder:
             self.cache.reorder(index)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate(
     model: "Kosmos2ForConditionalGeneration",
     pixel_values: torch.Tensor | None = None,
