@@ -122,7 +122,8 @@ class Kosmos2Processor:
         require_files(folder, ["tokenizer.json"], "The processor")
         if not any((folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json")):
             raise CheckpointError(
-                f"The processor in '{folder}' is incomplete: missing preprocessor_config.json (or processor_config.json)"
+                f"The processor in '{folder}' is incomplete: missing preprocessor_config.json "
+                "(or processor_config.json)"
             )
         return cls(Kosmos2ImageProcessor.from_folder(folder), Kosmos2Tokenizer.from_folder(folder))
 
@@ -201,6 +202,9 @@ class Kosmos2Processor:
         rows = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
         if with_image:
             first = self.tokenizer.unk_token_id + 1 if first_image_token_id is None else first_image_token_id
+            if not isinstance(first, int) or first < 0 or first + num_image_tokens > len(self.tokenizer):
+                raise ValueError(f"first_image_token_id={first!r}: the {num_image_tokens} image slots must be ids "
+                                 f"inside the vocabulary (size {len(self.tokenizer)}).")
             start = int(add_special_tokens) + 1  # after <s> (if any) and <image>
             rows["image_embeds_position_mask"] = _place_image_slots(ids, start, first, num_image_tokens)
         unpadded = [len(row) for row in ids]

@@ -65,7 +65,7 @@ class Kosmos2Tokenizer:
         special = {
             name: _token_text(source[name])
             for name in DEFAULT_SPECIAL_TOKENS
-            for source in (special_map, config)
+            for source in (config, special_map)  # the map wins, as in transformers
             if source.get(name) is not None
         }
         max_length = config.get("model_max_length")

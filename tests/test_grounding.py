@@ -156,7 +156,8 @@ def _random_grounded_string(rng: random.Random) -> str:
         return f"<object>{pairs}</object>"
 
     def phrase() -> str:
-        body = "".join(rng.choice([" a", " big", " dog", "  ", " ", "cat ", " the fire "]) for _ in range(rng.randint(1, 3)))
+        pieces = [" a", " big", " dog", "  ", " ", "cat ", " the fire "]
+        body = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 3)))
         return f"<phrase>{body}</phrase>"
 
     parts = []

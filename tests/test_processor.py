@@ -196,7 +196,8 @@ def test_image_batch_is_padded_even_without_padding(processors):
 
 
 def test_same_length_batch_is_not_padded(processors):
-    assert_same(*_call_both(processors, text=["a", "a"], images=[IMAGES["tiny"]] * 2, padding=True, return_tensors="pt"))
+    options = {"padding": True, "return_tensors": "pt"}
+    assert_same(*_call_both(processors, text=["a", "a"], images=[IMAGES["tiny"]] * 2, **options))
 
 
 def test_return_length_with_image_is_a_tensor_too(processors):
@@ -269,7 +270,7 @@ def test_layout_matches_spec(tags_processors):
 def test_tokenizer_ids_match_reference(processors):
     ours, ref = processors
     tok, rtok = ours.tokenizer, ref.tokenizer
-    names = list(TAG_TOKENS) + [patch_index_token(i) for i in (0, 1, 44, 1023)] + ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    names = [*TAG_TOKENS, *(patch_index_token(i) for i in (0, 1, 44, 1023)), "<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     assert tok.convert_tokens_to_ids(names) == rtok.convert_tokens_to_ids(names)
     assert len(tok) == len(rtok)
     assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
@@ -284,11 +285,13 @@ def test_decode_matches_reference(processors):
     size = len(ours.tokenizer)
     specials = [0, 1, 2, 3, ours.tokenizer.convert_tokens_to_ids("<mask>")]
     sequences = [ref.tokenizer(SNOWMAN)["input_ids"]]
-    sequences += [[rng.choice(specials) if rng.random() < 0.2 else rng.randrange(size) for _ in range(rng.randint(0, 30))]
-                  for _ in range(60)]
+    for _ in range(60):
+        sequences.append([rng.choice(specials) if rng.random() < 0.2 else rng.randrange(size)
+                          for _ in range(rng.randint(0, 30))])
     for skip in (False, True):
-        assert ours.batch_decode(sequences, skip_special_tokens=skip) == ref.batch_decode(sequences, skip_special_tokens=skip)
-        assert ours.decode(torch.tensor(sequences[0]), skip_special_tokens=skip) == ref.decode(sequences[0], skip_special_tokens=skip)
+        expected = ref.batch_decode(sequences, skip_special_tokens=skip)
+        assert ours.batch_decode(sequences, skip_special_tokens=skip) == expected
+        assert ours.decode(torch.tensor(sequences[0]), skip_special_tokens=skip) == expected[0]
     # Tags stay, specials go.
     text = ours.decode([0, *ours.tokenizer.encode(SNOWMAN, add_special_tokens=False), 2, 1], skip_special_tokens=True)
     assert "<s>" not in text and "</s>" not in text and "<pad>" not in text and "<phrase>" in text
@@ -325,7 +328,8 @@ def image_processors():
     from transformers import CLIPImageProcessorPil
 
     size = {"height": 56, "width": 56}
-    return Kosmos2ImageProcessor(ImageProcessorConfig(height=56, width=56)), CLIPImageProcessorPil(size=size, crop_size=size)
+    ours = Kosmos2ImageProcessor(ImageProcessorConfig(height=56, width=56))
+    return ours, CLIPImageProcessorPil(size=size, crop_size=size)
 
 
 def _image_inputs():
@@ -404,8 +408,8 @@ def test_image_settings(make_checkpoint, tmp_path):
     new = ImageProcessorConfig.from_folder(make_checkpoint("new", **CHECKPOINTS["new"]))
     assert legacy == new == ImageProcessorConfig(height=56, width=56)
     assert ImageProcessorConfig.from_dict({"size": 30}).height == 30
-    config = ImageProcessorConfig.from_dict({"size": {"height": 20, "width": 36}, "crop_size": {"height": 20, "width": 36},
-                                             "do_center_crop": True})
+    size = {"height": 20, "width": 36}
+    config = ImageProcessorConfig.from_dict({"size": size, "crop_size": size, "do_center_crop": True})
     pixels = Kosmos2ImageProcessor(config)(IMAGES["rgb"], return_tensors="np")["pixel_values"]
     assert pixels.shape == (1, 3, 20, 36) and pixels.dtype == np.float32
     unsupported = [
@@ -469,8 +473,24 @@ def test_from_pretrained_errors(tmp_path, make_checkpoint):
     ({"text": "a", "return_tensors": "tf"}, "return_tensors"),
     ({"text": "a", "padding_side": "up"}, "padding_side"),
     ({"text": "a", "num_image_tokens": 0}, "num_image_tokens"),
+    ({"text": "a", "images": IMAGES["tiny"], "first_image_token_id": 1200}, "first_image_token_id=1200"),
+    ({"text": "a", "images": IMAGES["tiny"], "first_image_token_id": -1}, "first_image_token_id=-1"),
     ({"text": ["a", "b c d"], "return_tensors": "pt"}, "different lengths"),
 ])
 def test_bad_calls_raise(tags_processors, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tags_processors[0](**kwargs)
+
+
+def test_tokenizer_settings_files(make_checkpoint, tmp_path):
+    from kosmos2.tokenization import Kosmos2Tokenizer
+
+    (tmp_path / "tokenizer.json").write_bytes((make_checkpoint("tags") / "tokenizer.json").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1e30, "eos_token": "<pad>"}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"eos_token": {"content": "</s>", "lstrip": False}}))
+    tok = Kosmos2Tokenizer.from_folder(tmp_path)
+    assert tok.model_max_length is None  # transformers' "no limit" sentinel
+    assert tok.eos_token_id == 2  # special_tokens_map.json wins over tokenizer_config.json
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"mask_token": "<no_mask>"}))
+    with pytest.raises(ValueError, match="'<no_mask>' is not in the vocabulary"):
+        Kosmos2Tokenizer.from_folder(tmp_path)
