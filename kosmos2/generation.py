@@ -59,7 +59,8 @@ class TokenStreamer:
 
     Iterating yields each step's new token ids as a list of ints (one per batch row) and stops after
     ``end()``. With ``timeout`` (seconds) a step that takes longer raises ``queue.Empty``. The prompt ids
-    of the last run are kept in ``prompt_ids``.
+    of the last run are kept in ``prompt_ids``. ``end()`` may be called again (e.g. by a caller's error
+    handler after ``generate`` already ended the stream): a run ends once.
     """
 
     _END = object()
@@ -69,17 +70,19 @@ class TokenStreamer:
         self.prompt_ids: torch.Tensor | None = None
         self._queue: queue.Queue = queue.Queue()
         self._expect_prompt = True
+        self._ended = False
 
     def put(self, ids: torch.Tensor) -> None:
         if self._expect_prompt:
             self.prompt_ids = ids
-            self._expect_prompt = False
+            self._expect_prompt = self._ended = False
         else:
             self._queue.put(ids.reshape(-1).tolist())
 
     def end(self) -> None:
-        self._expect_prompt = True
-        self._queue.put(self._END)
+        if not self._ended:
+            self._ended = self._expect_prompt = True
+            self._queue.put(self._END)
 
     def __iter__(self) -> "TokenStreamer":
         return self

@@ -177,6 +177,16 @@ def test_token_streamer_iterates_in_another_thread(tiny):
         next(TokenStreamer(timeout=0.01))
 
 
+def test_token_streamer_ends_once_and_can_be_reused(tiny):
+    model, inputs = tiny
+    streamer = TokenStreamer(timeout=30)
+    first = model.generate(**inputs, max_new_tokens=3, streamer=streamer)
+    streamer.end()  # a caller's extra end() must not cut the next run short
+    assert torch.tensor(list(streamer)).T.tolist() == first[:, -3:].tolist()
+    second = model.generate(**inputs, max_new_tokens=2, streamer=streamer)
+    assert torch.tensor(list(streamer)).T.tolist() == second[:, -2:].tolist()
+
+
 def test_bad_generation_arguments(tiny):
     model, inputs = tiny
     with pytest.raises(ValueError, match="max_new_tokens"):
