@@ -384,6 +384,7 @@ def test_bad_images_raise(tmp_path):
         (np.zeros((3, 5, 7, 3), dtype=np.uint8), "shape"),
         (np.zeros((0, 7, 3), dtype=np.uint8), "empty"),
         (12, "Expected a PIL image"),
+        (Image.new("RGB", (0, 5)), "empty"),
         ([[IMAGES["tiny"]]], "Nested"),
         ([], "No images"),
     ]
@@ -469,6 +470,7 @@ def test_from_pretrained_errors(tmp_path, make_checkpoint):
     ({"text": "a", "padding": "sideways"}, "padding must be"),
     ({"text": "a", "truncation": "only_second"}, "truncation must be"),
     ({"text": "a", "max_length": 0}, "max_length must be"),
+    ({"text": "a", "max_length": 1, "add_eos_token": True}, "no room for the special tokens"),
     ({"text": "a", "padding": True, "truncation": True, "max_length": 10, "pad_to_multiple_of": 4}, "multiple"),
     ({"text": "a", "return_tensors": "tf"}, "return_tensors"),
     ({"text": "a", "padding_side": "up"}, "padding_side"),
