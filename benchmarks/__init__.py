@@ -1,0 +1,1 @@
+"""Benchmarks of kosmos2 against the reference implementation (``python -m benchmarks.run``)."""

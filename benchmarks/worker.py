@@ -1,0 +1,123 @@
+"""One measurement process: load a checkpoint with one implementation and time it.
+
+Run by ``benchmarks.run``; prints one JSON line. Each run is a fresh process so that load
+time and peak memory are not disturbed by earlier runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+PROMPT = "<grounding>An image of"
+
+
+def test_image(size: int = 480) -> Image.Image:
+    """A deterministic, photo-sized RGB image (the content does not change the cost)."""
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size, size * 4 // 3, 3), dtype=np.uint8))
+
+
+def load_ours(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from kosmos2 import Kosmos2ForConditionalGeneration, Kosmos2Processor
+
+    model = Kosmos2ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+    return model, Kosmos2Processor.from_pretrained(folder)
+
+
+def load_reference(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from tokenizers import Tokenizer
+    from transformers import CLIPImageProcessor, XLMRobertaTokenizer
+    from transformers import Kosmos2ForConditionalGeneration, Kosmos2Processor
+
+    model = Kosmos2ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+    model.eval()
+    size = model.config.vision_config.image_size
+    tokenizer = XLMRobertaTokenizer(tokenizer_object=Tokenizer.from_file(str(folder / "tokenizer.json")))
+    image_processor = CLIPImageProcessor(
+        do_resize=True, size={"height": size, "width": size}, do_center_crop=False, resample=3,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return model, Kosmos2Processor(image_processor, tokenizer)
+
+
+LOADERS: dict[str, Callable[[Path, torch.dtype], tuple[Any, Any]]] = {
+    "ours": load_ours,
+    "reference": load_reference,
+}
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(impl: str, folder: Path, dtype_name: str, new_tokens: int, repeats: int) -> dict[str, float]:
+    dtype = getattr(torch, dtype_name)
+    start = time.perf_counter()
+    model, processor = LOADERS[impl](folder, dtype)
+    load_s = time.perf_counter() - start
+    load_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    image = test_image()
+
+    def run(n: int) -> list[str]:
+        inputs = processor(text=PROMPT, images=image, return_tensors="pt")
+        with torch.inference_mode():
+            ids = model.generate(
+                pixel_values=inputs["pixel_values"].to(dtype),
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                image_embeds=None,
+                image_embeds_position_mask=inputs["image_embeds_position_mask"],
+                use_cache=True,
+                max_new_tokens=n,
+                min_new_tokens=n,
+            )
+        assert ids.shape[1] == inputs["input_ids"].shape[1] + n, "generation stopped early"
+        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+        processor.post_process_generation(text)
+        return text
+
+    run(2)  # warm-up
+    prefill_s = timed(lambda: run(1), repeats)
+    e2e_s = timed(lambda: run(new_tokens + 1), max(1, repeats // 2))
+    return {
+        "load_s": load_s,
+        "load_peak_rss_gb": load_rss_gb,
+        "prefill_s": prefill_s,
+        "decode_ms_per_token": 1000 * (e2e_s - prefill_s) / new_tokens,
+        "e2e_s": e2e_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--impl", choices=sorted(LOADERS), required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    result = measure(args.impl, args.checkpoint, args.dtype, args.new_tokens, args.repeats)
+    json.dump(result, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
