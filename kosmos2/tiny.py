@@ -19,10 +19,9 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from .config import Kosmos2Config, Kosmos2TextConfig, Kosmos2VisionConfig
+from .image_processing import CLIP_MEAN, CLIP_STD
 from .grounding import NUM_PATCH_INDEX_TOKENS, TAG_TOKENS, patch_index_token
 
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 _CORPUS = """
@@ -217,7 +216,7 @@ def write_tiny_checkpoint(
     image = {
         "do_resize": True, "size": {"shortest_edge": size}, "use_square_size": True, "resample": 3,
         "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
         "do_convert_rgb": True, "image_processor_type": "CLIPImageProcessor", "processor_class": "Kosmos2Processor",
     }
     if processor_config_style == "legacy":
