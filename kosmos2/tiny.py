@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from .config import Kosmos2Config, Kosmos2TextConfig, Kosmos2VisionConfig
-from .image_processing import CLIP_MEAN, CLIP_STD
 from .grounding import NUM_PATCH_INDEX_TOKENS, TAG_TOKENS, patch_index_token
+from .image_processing import CLIP_MEAN, CLIP_STD
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 
