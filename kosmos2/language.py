@@ -163,6 +163,10 @@ class TextTransformer(nn.Module):
         if new_len == 0:
             raise ValueError("the input sequence is empty")
         cache = past_key_values
+        if cache is not None and not isinstance(cache, KVCache):
+            raise ValueError(
+                f"past_key_values must be the KVCache of an earlier output, got {type(cache).__name__}"
+            )
         if cache is None and use_cache:
             ref = self.embed_tokens.weight
             cache = KVCache.for_config(self.config, batch, new_len, ref.dtype, ref.device)

@@ -171,6 +171,8 @@ def test_bad_inputs_get_clear_errors(tiny_checkpoint):
         model(**dict(inputs, pixel_values=None))
     with pytest.raises(ValueError, match="attention_mask"):
         model(**dict(inputs, attention_mask=inputs["attention_mask"][:, 1:]))
+    with pytest.raises(ValueError, match="KVCache"):
+        model(**inputs, past_key_values=((torch.zeros(1), torch.zeros(1)),))
 
 
 # ----------------------------------------------------------------------------- loading
