@@ -35,6 +35,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 QUEUE_MAX_SIZE = 32
 CONCURRENCY_LIMIT = 1
 OUTPUT_MAX_AGE_S = 3600
+STREAM_INTERVAL_S = 0.15  # at most ~7 partial updates a second
 TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
                "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
 CAPTION_MODES = {"Brief (grounded)": "caption", "Detailed (grounded)": "detailed", "Brief, no grounding": "plain"}
@@ -91,7 +92,7 @@ class Runner:
             raise gr.Error(str(e)) from None
         loaded = self.holder.get()
         try:
-            for result in tasks.run(loaded, request, gen):
+            for result in tasks.run(loaded, request, gen, min_interval_s=STREAM_INTERVAL_S):
                 yield request.image, result
         except tasks.InputError as e:
             raise gr.Error(str(e)) from None
@@ -102,9 +103,11 @@ class Runner:
     def ui(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
            settings: tuple, quarter_turns: int = 0) -> Iterator[tuple]:
         """UI outputs: linked HTML, timing, raw text, entities JSON, annotated PNG (final step only)."""
+        uri = None
         for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, quarter_turns):
+            uri = uri or view.image_data_uri(shown)
             png = self.save_png(draw.annotate(shown, result.annotations())) if result.done else gr.update()
-            yield view.render(shown, result), result.timing_text(), result.raw, result.entities_json(), png
+            yield view.render(uri, result), result.timing_text(), result.raw, result.entities_json(), png
 
     def api(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
             settings: tuple) -> tuple[str, list, str]:

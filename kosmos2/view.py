@@ -96,13 +96,14 @@ def _overlay_svg(result: TaskResult) -> str:
             f'{"".join(rects)}{"".join(labels)}</svg>')
 
 
-def render(image: Image.Image, result: TaskResult) -> str:
-    """The HTML of ``result`` over ``image`` (the image the model saw, before resizing)."""
+def render(image_uri: str, result: TaskResult) -> str:
+    """The HTML of ``result`` over the image given as a data URI (:func:`image_data_uri` of the
+    image the model saw, made once per request)."""
     uid = f"k2v{next(_ids)}"
     css = _CSS.format(uid=uid) + "".join(
         _CSS_ENTITY.format(uid=uid, i=i, c=e.colour, fg=text_colour_on(e.colour)) for i, e in enumerate(result.entities)
     )
     status = "" if result.done else '<div class="k2-status">generating…</div>'
     return (f'<div id="{uid}" class="k2-view"><style>{css}</style>'
-            f'<div class="k2-stage"><img src="{image_data_uri(image)}" alt="input image">{_overlay_svg(result)}</div>'
+            f'<div class="k2-stage"><img src="{image_uri}" alt="input image">{_overlay_svg(result)}</div>'
             f'<div class="k2-caption">{_caption_html(result)}</div>{status}</div>')

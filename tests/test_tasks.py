@@ -307,3 +307,27 @@ def test_rotated_image_boxes_are_in_the_rotated_frame():
     request = build_request("refer", image, boxes=[(0, 0, 10, 10)], quarter_turns=1)
     assert request.image.size == (20, 40)
     assert request.image.getpixel((19, 39)) == (255, 0, 0)  # clockwise: top-right goes to bottom-right
+
+
+# ----------------------------------------------------------------------------- HTML view
+
+
+def test_view_links_phrases_and_boxes_and_escapes_text(image):
+    from kosmos2 import view
+    from kosmos2.grounding import post_process_generation
+
+    request = build_request("caption", image)
+    text = ("</image><grounding> An &<phrase> a snowman</phrase><object><patch_index_0044>"
+            "<patch_index_0863></object> by<phrase> a fire</phrase><object><patch_index_0005><patch_index_0911>"
+            "</object> 1 <img src=x onerror=alert(1)")
+    result = tasks.build_result(request, [text], post_process_generation, done=True)
+    html = view.render(view.image_data_uri(image), result)
+    assert result.caption.endswith("1 <img src=x onerror=alert(1)")
+    assert "<img src=x" not in html and "1 &lt;img src=x" in html and "An &amp;" in html  # text is escaped
+    for i, e in enumerate(result.entities):  # a phrase span and a box share each entity's data-e and colour
+        assert f'<span class="k2-ph" data-e="{i}" style="--c:{e.colour}">{e.phrase}</span>' in html
+        assert f'data-e="{i}"' in html.split("<svg", 1)[1]
+        assert f':has([data-e="{i}"]:hover) rect.k2-box[data-e="{i}"]' in html
+    x1, y1, x2, y2 = result.entities[0].pixel_boxes[0]
+    assert f'x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" height="{y2 - y1:.1f}"' in html
+    assert 'viewBox="0 0 64 64"' in html and 'src="data:image/jpeg;base64,' in html
