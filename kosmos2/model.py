@@ -114,7 +114,7 @@ class _Kosmos2Base(nn.Module):
         output_hidden_states: bool | None,
     ) -> dict[str, Any]:
         projection_attentions = vision_output = None
-        image_needed = past_key_values is None or past_key_values.length == 0
+        image_needed = not (isinstance(past_key_values, KVCache) and past_key_values.length > 0)
         if image_embeds is None and image_needed:
             if pixel_values is None:
                 raise ValueError("pass pixel_values or image_embeds")
