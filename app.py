@@ -89,16 +89,14 @@ class Runner:
             request = tasks.build_request(task, image, text, boxes, grounding_on, quarter_turns)
             gen = tasks.GenerationSettings.from_user(*settings)
         except tasks.InputError as e:
-            raise gr.Error(str(e)) from None
-        loaded = self.holder.get()
+            raise gr.Error(str(e), print_exception=False) from None
         try:
+            loaded = self.holder.get()
             for result in tasks.run(loaded, request, gen, min_interval_s=STREAM_INTERVAL_S):
                 yield request.image, result
-        except tasks.InputError as e:
-            raise gr.Error(str(e)) from None
         except Exception:
             log.exception("generation failed for task %s", task)
-            raise gr.Error(USER_ERROR) from None
+            raise gr.Error(USER_ERROR, print_exception=False) from None
 
     def ui(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
            settings: tuple, quarter_turns: int = 0) -> Iterator[tuple]:
@@ -112,11 +110,9 @@ class Runner:
     def api(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
             settings: tuple) -> tuple[str, list, str]:
         """API outputs: caption, entities, path of the annotated PNG."""
-        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings):
-            if result.done:
-                png = self.save_png(draw.annotate(shown, result.annotations()))
-                return result.caption, result.entities_json(), png
-        raise gr.Error(USER_ERROR)
+        *_, (shown, result) = self.stream(task, image, text, boxes, grounding_on, settings)
+        png = self.save_png(draw.annotate(shown, result.annotations()))
+        return result.caption, result.entities_json(), png
 
 
 def _settings_panel() -> list[gr.components.Component]:
@@ -160,7 +156,7 @@ def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
         @on_gpu
         def fn(*args: Any) -> Iterator[tuple]:
             args = list(args)
-            mode = CAPTION_MODES.get(args.pop(0), "caption") if task is None else task
+            mode = CAPTION_MODES[args.pop(0)] if task is None else task
             image, boxes, turns = _annotator_value(args.pop(0)) if with_boxes else (args.pop(0), [], 0)
             text = args.pop(0) if with_text else None
             grounding_on = args.pop(0) if mode == "prompt" else True

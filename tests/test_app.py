@@ -132,3 +132,22 @@ def test_unreadable_image_file(client, tmp_path):
     with pytest.raises(AppError):
         client.predict(handle_file(str(bad)), **FAST, api_name="/caption")
     _check(client.predict(handle_file(str(CAT)), **FAST, api_name="/caption"))
+
+
+def test_ui_handler_streams_partial_views_then_the_png(monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    import app
+    from kosmos2 import tasks
+
+    monkeypatch.setattr(app, "STREAM_INTERVAL_S", 0.0)
+    runner = app.Runner(tasks.ModelHolder(force_tiny=True))
+    settings = (12, "greedy", 3, 0.7, 0.9, 0)
+    *partials, final = runner.ui("refer", str(CAT), None, [[40, 30, 200, 150]], True, settings)
+    assert len(partials) >= 2
+    for page, timing, raw, entities, png in partials:
+        assert "generating…" in page and "k2-caption" in page and timing.startswith("generating")
+        assert png == {"__type__": "update"}  # the PNG comes with the final result only
+    page, timing, raw, entities, png = final
+    assert "generating…" not in page and "new tokens in" in timing
+    assert raw.startswith("<grounding><phrase> It</phrase><object>") and entities[0]["phrase"] == "It"
+    assert Image.open(png).size == (451, 300)
