@@ -471,7 +471,10 @@ class TaskResult:
 
     @property
     def tokens_per_s(self) -> float | None:
-        """New tokens per second of generation (per batch row)."""
+        """Decoding speed in new tokens per second per batch row, after the first token (over the
+        whole run when the first token's time is unknown, as with beam search)."""
+        if self.first_token_s is not None and self.new_tokens > 1 and self.seconds > self.first_token_s:
+            return (self.new_tokens - 1) / (self.seconds - self.first_token_s)
         return self.new_tokens / self.seconds if self.new_tokens and self.seconds > 0 else None
 
     def entities_json(self) -> list[dict[str, Any]]:
@@ -527,17 +530,36 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
                       "\n".join(_after_image(t) for t in texts), row_spans, row_colours, (width, height), done)
 
 
+class _Cancelled(Exception):
+    """Raised inside ``generate`` (from the streamer) once nobody listens to the run any more."""
+
+
+def _stoppable_streamer():
+    """A :class:`kosmos2.generation.TokenStreamer` whose ``stop`` event ends ``generate`` at its next step."""
+    from .generation import TokenStreamer
+
+    class StoppableStreamer(TokenStreamer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stop = threading.Event()
+
+        def put(self, ids) -> None:
+            if self.stop.is_set():
+                raise _Cancelled
+            super().put(ids)
+
+    return StoppableStreamer()
+
+
 def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
         min_interval_s: float = 0.05) -> Iterator[TaskResult]:
     """Generate for ``request``, yielding partial results while tokens arrive and the final one last.
 
-    ``generate`` runs in a thread and feeds a :class:`kosmos2.generation.TokenStreamer`; partial
-    results are yielded at most every ``min_interval_s`` seconds. An error in the thread is
-    raised here.
+    ``generate`` runs in a thread and feeds a streamer; partial results are yielded at most every
+    ``min_interval_s`` seconds. An error in the thread is raised here. Closing the iterator early
+    (a client that went away) stops the generation at its next step (beam search runs to its end).
     """
     import torch
-
-    from .generation import TokenStreamer
 
     processor, model = loaded.processor, loaded.model
     n = len(request.prompts)
@@ -546,7 +568,7 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     inputs = {k: v.to(loaded.device) for k, v in batch.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     prompt_ids = batch["input_ids"].tolist()
-    streamer = TokenStreamer() if settings.streams else None
+    streamer = _stoppable_streamer() if settings.streams else None
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -562,23 +584,26 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     thread = threading.Thread(target=work, name="kosmos2-generate", daemon=True)
     thread.start()
     first: float | None = None
-    steps = 0
-    if streamer is not None:
-        new_ids: list[list[int]] = [[] for _ in range(n)]
-        last_yield = 0.0
-        for step in streamer:
-            now = time.perf_counter()
-            first = first if first is not None else now - start
-            steps += 1
-            for row, token in enumerate(step):
-                new_ids[row].append(token)
-            if now - last_yield >= min_interval_s:
-                last_yield = now
-                texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
-                partial = build_result(request, texts, processor.post_process_generation)
-                partial.new_tokens, partial.seconds, partial.first_token_s = steps, now - start, first
-                yield partial
-    thread.join()
+    try:
+        if streamer is not None:
+            new_ids: list[list[int]] = [[] for _ in range(n)]
+            last_yield = 0.0
+            for step in streamer:
+                now = time.perf_counter()
+                first = first if first is not None else now - start
+                for row, token in enumerate(step):
+                    new_ids[row].append(token)
+                if now - last_yield >= min_interval_s:
+                    last_yield = now
+                    texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)],
+                                                   skip_special_tokens=True)
+                    partial = build_result(request, texts, processor.post_process_generation)
+                    partial.new_tokens, partial.seconds, partial.first_token_s = len(new_ids[0]), now - start, first
+                    yield partial
+    finally:
+        if streamer is not None:
+            streamer.stop.set()  # no effect once generate has returned
+        thread.join()
     if "error" in outcome:
         raise outcome["error"]
     seconds = time.perf_counter() - start
@@ -591,9 +616,6 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
 
 
 def run_to_end(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings) -> TaskResult:
-    """Run without streaming; return the final result."""
-    result = None
-    for result in run(loaded, request, settings):
-        pass
-    assert result is not None and result.done
+    """Run without streaming updates; return the final result."""
+    *_, result = run(loaded, request, settings, min_interval_s=math.inf)
     return result

@@ -331,3 +331,35 @@ def test_view_links_phrases_and_boxes_and_escapes_text(image):
     x1, y1, x2, y2 = result.entities[0].pixel_boxes[0]
     assert f'x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" height="{y2 - y1:.1f}"' in html
     assert 'viewBox="0 0 64 64"' in html and 'src="data:image/jpeg;base64,' in html
+
+
+def test_closing_a_run_stops_generation(tiny_checkpoint, image, monkeypatch):
+    import threading
+
+    loaded = tasks.ModelHolder(str(tiny_checkpoint), device="cpu").get()
+    ended = {}
+    generate = loaded.model.generate
+
+    def spy(**kwargs):
+        try:
+            ended["ids"] = generate(**kwargs)
+        except BaseException as e:
+            ended["error"] = e
+            raise
+        return ended["ids"]
+
+    monkeypatch.setattr(loaded.model, "generate", spy)
+    settings = tasks.GenerationSettings.from_user(max_new_tokens=512)
+    stream = tasks.run(loaded, build_request("caption", image), settings, min_interval_s=0)
+    first = next(stream)
+    assert not first.done and first.new_tokens == 1
+    stream.close()  # what Gradio does when the browser goes away
+    assert not any(t.name == "kosmos2-generate" for t in threading.enumerate())
+    assert "ids" not in ended and type(ended["error"]).__name__ == "_Cancelled"
+
+
+def test_tokens_per_second_counts_decoding_after_the_first_token(image):
+    result = tasks.TaskResult("caption", "", [], "", [], [], (1, 1), done=True, new_tokens=11, seconds=3.0,
+                              first_token_s=1.0)
+    assert result.tokens_per_s == 5.0  # 10 tokens in the 2 s after the first one
+    assert "5.0 tokens/s" in result.timing_text()
