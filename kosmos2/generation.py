@@ -409,8 +409,11 @@ def generate(
 
     The image goes through the vision encoder and projection once (or ``image_embeds`` are used).
     Greedy by default; ``do_sample`` samples (``temperature``, ``top_k``, ``top_p``; ``generator`` for
-    reproducibility); ``num_beams > 1`` runs beam search. Batches must be left-padded. Rows that end
-    (EOS) are filled with ``pad_token_id``. ``streamer`` gets the prompt ids, then each step's new ids.
+    reproducibility); ``num_beams > 1`` runs beam search. ``top_k=None`` means no top-k filter (the
+    reference's sampling default is 50: pass ``top_k=50`` for its behaviour). Batches must be
+    left-padded. Rows that end (EOS) are filled with ``pad_token_id``. ``streamer`` gets the prompt
+    ids, then each step's new ids; ``end()`` is called when generation stops, also on an error.
+    ``eos_token_id``/``pad_token_id`` default to ``model.generation_config``.
     """
     settings = DecodingSettings(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,  # type: ignore[arg-type]
