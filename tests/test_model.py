@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -284,6 +285,41 @@ def test_bfloat16_load_converts_each_tensor(tiny_checkpoint):
     back = model.to(torch.float32)
     assert back.dtype == torch.float32
     assert back.text_model.lm_head.weight is back.text_model.model.embed_tokens.weight
+
+
+def test_bfloat16_load_holds_at_most_two_float32_tensors_at_once(tiny_checkpoint, monkeypatch):
+    import kosmos2.weights
+
+    real_open = kosmos2.weights.safe_open
+    alive: set[int] = set()
+    counts = {"peak": 0, "read": 0}
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            self.handle = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.file = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.file.keys()
+
+        def get_tensor(self, name):
+            tensor = self.file.get_tensor(name)
+            alive.add(id(tensor))
+            weakref.finalize(tensor, alive.discard, id(tensor))
+            counts["read"] += 1
+            counts["peak"] = max(counts["peak"], len(alive))
+            return tensor
+
+    monkeypatch.setattr(kosmos2.weights, "safe_open", Spy)
+    Kosmos2ForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
+    # each float32 tensor is dropped once converted (the previous one may still be referenced while the next is read)
+    assert counts["read"] > 20 and counts["peak"] <= 2
 
 
 def test_missing_and_incomplete_folders_raise_checkpoint_error(tiny_checkpoint, tmp_path):
