@@ -26,7 +26,8 @@ _CSS = """
 #{uid} .k2-stage svg {{ position: absolute; inset: 0; width: 100%; height: 100%; overflow: visible; }}
 #{uid} rect.k2-box {{ fill-opacity: 0.04; stroke-width: 3px; vector-effect: non-scaling-stroke;
   transition: stroke-width .1s, fill-opacity .1s, opacity .1s; cursor: pointer; }}
-#{uid} .k2-caption {{ margin-top: .6em; font-size: 1.15em; line-height: 1.6; white-space: pre-wrap; }}
+#{uid} .k2-caption {{ margin-top: .6em; font-size: 1.15em; line-height: 1.6; white-space: pre-wrap;
+  overflow-wrap: anywhere; }}
 #{uid} .k2-row {{ padding-left: .5em; border-left: 4px solid transparent; }}
 #{uid} .k2-ph {{ border-bottom: 3px solid var(--c); border-radius: 3px; padding: 0 2px; cursor: pointer;
   transition: background .1s; }}
@@ -69,7 +70,10 @@ def _caption_html(result: TaskResult) -> str:
             pos = t
         pieces.append(html.escape(result.caption[pos:end]))
         colour = result.row_colours[row]
-        style = f' style="border-left-color:{colour};color:{colour}"' if colour and result.task == "refer" else ""
+        # one colour per row (phrase grounding, region description): a bar; a region's description is
+        # also written in its box's colour
+        text_colour = f";color:{colour}" if result.task == "refer" else ""
+        style = f' style="border-left-color:{colour}{text_colour}"' if colour else ""
         rows.append(f'<div class="k2-row"{style}>{"".join(pieces)}</div>')
     return "".join(rows)
 
