@@ -79,12 +79,11 @@ TASKS: dict[str, Task] = {
 
 @dataclass(frozen=True)
 class TaskRequest:
-    """A validated request: one prompt per batch row, the image and the user's boxes in pixels."""
+    """A validated request: the image (RGB, as the model sees it) and one prompt per batch row."""
 
     task: str
     image: Image.Image
     prompts: tuple[str, ...]
-    boxes: tuple[PixelBox, ...] = ()
     colour_by_row: bool = False  # one colour per row (phrase grounding, region description)
 
 
@@ -278,7 +277,7 @@ def build_request(task: str, image: Any, text: str | None = None, boxes: Any = N
     else:  # prompt
         body = render_bracketed(clean_text(text, "The prompt"), norm)
         prompts = [("<grounding>" if grounding_on else "") + body]
-    return TaskRequest(task, img, tuple(prompts), tuple(pixel_boxes), colour_by_row)
+    return TaskRequest(task, img, tuple(prompts), colour_by_row)
 
 
 # --------------------------------------------------------------------------- generation settings
