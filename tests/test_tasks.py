@@ -363,3 +363,25 @@ def test_tokens_per_second_counts_decoding_after_the_first_token(image):
                               first_token_s=1.0)
     assert result.tokens_per_s == 5.0  # 10 tokens in the 2 s after the first one
     assert "5.0 tokens/s" in result.timing_text()
+
+
+@pytest.mark.parametrize("task, text, boxes, reference_text", [
+    ("refer", None, [SNOWMAN_BOX], "<grounding><phrase> It</phrase> is"),
+    ("ask", "Where is [the fire] next to?", [FIRE_BOX],
+     "<grounding> Question: Where is<phrase> the fire</phrase> next to? Answer:"),
+    ("prompt", "[A snowman] near [a fire].", [SNOWMAN_BOX, FIRE_BOX],
+     "<grounding><phrase> A snowman</phrase> near<phrase> a fire</phrase>."),
+])
+def test_box_prompts_tokenize_like_the_reference_processor_with_bboxes(tiny_checkpoint, image, task, text, boxes,
+                                                                        reference_text):
+    """Our prompts carry the patch tokens inline; the reference processor inserts them from
+    ``bboxes``: both give the same ids."""
+    from reference import reference_processor
+
+    from kosmos2 import AutoProcessor
+
+    (prompt,) = build_request(task, image, text, boxes).prompts
+    ours = AutoProcessor.from_pretrained(tiny_checkpoint)(text=prompt, images=image)["input_ids"]
+    norm = [tuple(c / 64 for c in box) for box in boxes]
+    ref = reference_processor(tiny_checkpoint)(text=reference_text, images=image, bboxes=norm)["input_ids"]
+    assert list(ours) == list(ref)
