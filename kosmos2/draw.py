@@ -67,16 +67,28 @@ def rgb_to_hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def text_colour_on(colour: str) -> str:
-    """Black or white, whichever reads better on ``colour`` (WCAG relative luminance)."""
+def _luminance(colour: str) -> float:
+    """WCAG relative luminance of ``#rrggbb`` (0 black .. 1 white)."""
 
     def linear(c: int) -> float:
         s = c / 255
         return s / 12.92 if s <= 0.04045 else ((s + 0.055) / 1.055) ** 2.4
 
     r, g, b = (linear(c) for c in hex_to_rgb(colour))
-    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
-    return "#000000" if luminance > 0.179 else "#ffffff"
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def text_colour_on(colour: str) -> str:
+    """Black or white, whichever contrasts more with ``colour``."""
+    return "#000000" if _luminance(colour) > 0.179 else "#ffffff"
+
+
+def readable_on_white(colour: str) -> str:
+    """``colour`` for text on white: darkened when its contrast with white is below 3:1."""
+    if _luminance(colour) <= 0.3:  # (1 + 0.05) / (0.3 + 0.05) = 3
+        return colour
+    r, g, b = hex_to_rgb(colour)
+    return rgb_to_hex((round(r * 0.55), round(g * 0.55), round(b * 0.55)))
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

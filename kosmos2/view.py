@@ -14,7 +14,7 @@ import itertools
 
 from PIL import Image
 
-from .draw import text_colour_on
+from .draw import readable_on_white, text_colour_on
 from .tasks import TaskResult
 
 _ids = itertools.count()
@@ -72,7 +72,7 @@ def _caption_html(result: TaskResult) -> str:
         colour = result.row_colours[row]
         # one colour per row (phrase grounding, region description): a bar; a region's description is
         # also written in its box's colour
-        text_colour = f";color:{colour}" if result.task == "refer" else ""
+        text_colour = f";color:{readable_on_white(colour)}" if colour and result.task == "refer" else ""
         style = f' style="border-left-color:{colour}{text_colour}"' if colour else ""
         rows.append(f'<div class="k2-row"{style}>{"".join(pieces)}</div>')
     return "".join(rows)

@@ -385,3 +385,8 @@ def test_box_prompts_tokenize_like_the_reference_processor_with_bboxes(tiny_chec
     norm = [tuple(c / 64 for c in box) for box in boxes]
     ref = reference_processor(tiny_checkpoint)(text=reference_text, images=image, bboxes=norm)["input_ids"]
     assert list(ours) == list(ref)
+
+
+def test_light_colours_are_darkened_for_text_on_white():
+    assert draw.readable_on_white("#e6194b") == "#e6194b"  # red reads well already
+    assert draw.readable_on_white("#ffe119") == "#8c7c0e"  # yellow x 0.55: (140.25, 123.75, 13.75) rounded
