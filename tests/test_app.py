@@ -126,11 +126,15 @@ def test_bad_input_gives_a_clear_error_and_the_app_keeps_serving(client, kwargs,
     _check(client.predict(handle_file(str(CAT)), **FAST, api_name="/caption"))
 
 
-def test_unreadable_image_file(client, tmp_path):
+def test_unreadable_and_enormous_images(client, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG not really")
     with pytest.raises(AppError):
         client.predict(handle_file(str(bad)), **FAST, api_name="/caption")
+    huge = tmp_path / "huge.png"
+    Image.new("1", (8000, 6000)).save(huge)  # 48 megapixels in a few kB
+    with pytest.raises(AppError, match="too large"):
+        client.predict(handle_file(str(huge)), **FAST, api_name="/caption")
     _check(client.predict(handle_file(str(CAT)), **FAST, api_name="/caption"))
 
 
