@@ -100,4 +100,10 @@ def test_draw_a_box_by_mouse_and_get_a_description(page):
     page.wait_for_timeout(300)
     assert box_of_phrase.evaluate("e => getComputedStyle(e).strokeWidth") == "6px"
     assert phrase.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
+    # and the other way round: hovering the other box highlights its phrase only
+    other = page.locator("#refer-result span.k2-ph").nth(0)
+    page.locator(f'#refer-result rect.k2-box[data-e="{other.get_attribute("data-e")}"]').hover()
+    page.wait_for_timeout(300)
+    assert other.evaluate("e => getComputedStyle(e).backgroundColor") != "rgba(0, 0, 0, 0)"
+    assert phrase.evaluate("e => getComputedStyle(e).backgroundColor") == "rgba(0, 0, 0, 0)"
     page.screenshot(path=str(SHOTS / "refer-result.png"), full_page=True)
