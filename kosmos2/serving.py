@@ -1,0 +1,573 @@
+"""Serving many users: a cache of each image's prefix, and batched generation with per-row positions.
+
+Every prompt starts with the same image prefix, ``<s> <image>`` and the image slots. Its keys and
+values depend only on the image (and those ids), so :class:`PrefixCache` keeps them per image, in a
+small thread-safe LRU: a new prompt on a cached image copies them into a fresh ``KVCache`` and
+prefills only its own tokens (``</image>`` and the prompt), skipping the vision encoder too.
+
+:class:`Engine` generates for a batch of rows laid out as ``[prefix][pads][rest]``: the prefixes (all
+the same length) line up, and each row's positions count only its own tokens, so every row gets
+exactly the tokens it would get alone. (The seed API's ``generate`` keeps the reference's behaviour
+instead, where left-padded rows decode at positions shifted by their pad count.)
+
+:class:`Batcher` gathers concurrent requests into such batches on one worker thread and streams
+each row's tokens to its own :class:`RowStream`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import generation
+from .cache import KVCache
+from .generation import DecodingSettings, Streamer
+from .language import position_ids_from_input_ids
+
+if TYPE_CHECKING:
+    from .model import Kosmos2ForConditionalGeneration
+
+DEFAULT_MAX_IMAGES = 8
+
+
+# ----------------------------------------------------------------------------- rows and keys
+
+
+@dataclass(frozen=True)
+class Row:
+    """One prompt with its image, split at the end of the image slots."""
+
+    pixel_values: torch.Tensor  # (3, S, S)
+    prefix_ids: torch.Tensor  # (P,) <s> <image> and the slots
+    prefix_mask: torch.Tensor  # (P,) image_embeds_position_mask of the prefix
+    rest_ids: torch.Tensor  # (R,) </image> and the prompt, R >= 1
+    key: str  # hash of the image and the prefix: the PrefixCache key
+
+
+def prefix_key(pixel_values: torch.Tensor, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor) -> str:
+    """SHA-256 of the preprocessed pixels (bytes, dtype, shape) and of the prefix ids and slot mask."""
+    digest = hashlib.sha256()
+    for t in (pixel_values, prefix_ids, prefix_mask):
+        t = t.detach().to("cpu").contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def split_row(pixel_values: torch.Tensor, input_ids: torch.Tensor, image_mask: torch.Tensor, pad_id: int) -> Row:
+    """A :class:`Row` from one unpadded prompt: (3, S, S) pixels, (T,) ids and (T,) image slot mask."""
+    if pixel_values.ndim != 3:
+        raise ValueError(f"pixel_values of one row must have shape (3, size, size), got {tuple(pixel_values.shape)}")
+    if input_ids.ndim != 1 or image_mask.shape != input_ids.shape:
+        raise ValueError(f"input_ids and image_embeds_position_mask of one row must be 1-D and of equal length, "
+                         f"got {tuple(input_ids.shape)} and {tuple(image_mask.shape)}")
+    slots = image_mask.nonzero()
+    if slots.numel() == 0:
+        raise ValueError("the prompt has no image slots (image_embeds_position_mask is all 0)")
+    length = int(slots.max()) + 1
+    if length >= input_ids.shape[0]:
+        raise ValueError("the prompt has no tokens after its image slots (expected at least </image>)")
+    prefix_ids = input_ids[:length]
+    if bool((prefix_ids == pad_id).any()):
+        raise ValueError(f"the image prefix contains the pad id {pad_id}: rows must be left-padded only")
+    prefix_mask = image_mask[:length]
+    return Row(pixel_values, prefix_ids, prefix_mask, input_ids[length:],
+               prefix_key(pixel_values, prefix_ids, prefix_mask))
+
+
+def split_batch(
+    pixel_values: torch.Tensor | None,
+    input_ids: torch.Tensor | None,
+    image_embeds_position_mask: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    pad_id: int,
+) -> list[Row]:
+    """The rows of a processor batch (left-padded (B, T) tensors and (B, 3, S, S) pixels)."""
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError("input_ids of shape (batch, length > 0) are required")
+    if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[0] != input_ids.shape[0]:
+        shape = None if pixel_values is None else tuple(pixel_values.shape)
+        raise ValueError(f"pixel_values of shape ({input_ids.shape[0]}, 3, size, size) are required, got {shape}")
+    if image_embeds_position_mask is None or image_embeds_position_mask.shape != input_ids.shape:
+        shape = None if image_embeds_position_mask is None else tuple(image_embeds_position_mask.shape)
+        raise ValueError(f"image_embeds_position_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {shape}")
+    if attention_mask is None:
+        attention_mask = input_ids.ne(pad_id).long()
+    elif attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                         f"expected {tuple(input_ids.shape)} like input_ids")
+    rows = []
+    for pixels, ids, slots, keep in zip(pixel_values, input_ids, image_embeds_position_mask, attention_mask):
+        keep = keep.bool()
+        start = int(keep.long().argmax())
+        if not bool(keep[start:].all()):
+            raise ValueError("attention_mask must be 0s then 1s per row (left padding only)")
+        rows.append(split_row(pixels, ids[start:], slots[start:], pad_id))
+    return rows
+
+
+# ----------------------------------------------------------------------------- the prefix cache
+
+
+@dataclass(frozen=True)
+class PrefixEntry:
+    """The decoder's keys and values over one image prefix."""
+
+    keys: torch.Tensor  # (layers, heads, P, head_dim)
+    values: torch.Tensor  # (layers, heads, P, head_dim)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+
+class PrefixCache:
+    """A thread-safe LRU of :class:`PrefixEntry` by :func:`prefix_key`, at most ``max_entries``."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_IMAGES) -> None:
+        if not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        self.max_entries = max_entries
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[str, PrefixEntry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> PrefixEntry | None:
+        """The entry (now the most recently used) or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: str, entry: PrefixEntry) -> None:
+        """Store ``entry``, evicting the least recently used ones beyond ``max_entries``."""
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def keys(self) -> list[str]:
+        """Keys from least to most recently used."""
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+class RowDecoder:
+    """Next-token logits from a ``KVCache`` that already holds each row's prefix.
+
+    Each call feeds the columns of ``sequences`` after the cached ones. A row's positions count only
+    its own tokens (``attention_mask`` 1), so pads anywhere in the row do not shift them. Follows the
+    decoder protocol of ``kosmos2.generation``'s loops: ``__call__`` and ``reorder``.
+    """
+
+    def __init__(self, model: "Kosmos2ForConditionalGeneration", cache: KVCache) -> None:
+        self.model = model
+        self.cache = cache
+
+    def __call__(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, L) ids and (N, L) attention so far -> (N, V) float32 logits for the next token."""
+        past = self.cache.length
+        ids = sequences[:, past:]  # (N, new)
+        seen = attention_mask[:, :past].sum(dim=1, keepdim=True)  # (N, 1) real tokens in the cache
+        text = self.model.text_model
+        positions = position_ids_from_input_ids(ids, text.model.config.pad_token_id, seen)
+        hidden = text.model(input_ids=ids, attention_mask=attention_mask, past_key_values=self.cache,
+                            position_ids=positions, use_cache=True).last_hidden_state
+        return text.lm_head(hidden[:, -1]).float()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder(index)
+
+
+def layout(rows: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ids and attention mask, (B, P + R) each, as ``[prefix][pads][rest]`` per row."""
+    width = max(r.rest_ids.shape[0] for r in rows)
+    ids, attention = [], []
+    for r in rows:
+        pads = width - r.rest_ids.shape[0]
+        ids.append(torch.cat([r.prefix_ids, r.rest_ids.new_full((pads,), pad_id), r.rest_ids]))
+        attention.append(torch.cat([torch.ones_like(r.prefix_ids), r.rest_ids.new_zeros(pads),
+                                    torch.ones_like(r.rest_ids)]))
+    return torch.stack(ids), torch.stack(attention)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch ready to decode: its decoder (cache filled with the prefixes) and ids/attention so far."""
+
+    decoder: RowDecoder
+    sequences: torch.Tensor  # (B * copies, P + R)
+    attention_mask: torch.Tensor  # (B * copies, P + R)
+
+
+class Engine:
+    """Generation for batches of rows with a per-image prefix cache; thread-safe.
+
+    ``generate`` takes the processor's (left-padded) batch like ``model.generate`` and returns the same
+    layout, with each row's tokens what that row alone would give (token-identical for batch 1).
+    """
+
+    def __init__(self, model: "Kosmos2ForConditionalGeneration", max_images: int = DEFAULT_MAX_IMAGES) -> None:
+        self.model = model
+        self.prefixes = PrefixCache(max_images)
+
+    @property
+    def pad_id(self) -> int:
+        return self.model.config.text_config.pad_token_id
+
+    def rows(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None,
+             image_embeds_position_mask: torch.Tensor | None,
+             attention_mask: torch.Tensor | None = None) -> list[Row]:
+        """The rows of a processor batch (see :func:`split_batch`)."""
+        rows = split_batch(pixel_values, input_ids, image_embeds_position_mask, attention_mask, self.pad_id)
+        self._check_image_size(rows)
+        return rows
+
+    def row(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, image_embeds_position_mask: torch.Tensor) -> Row:
+        """One unpadded prompt as a row (see :func:`split_row`)."""
+        row = split_row(pixel_values, input_ids, image_embeds_position_mask, self.pad_id)
+        self._check_image_size([row])
+        return row
+
+    def _check_image_size(self, rows: Sequence[Row]) -> None:
+        size = self.model.config.vision_config.image_size
+        for r in rows:
+            if tuple(r.pixel_values.shape) != (3, size, size):
+                raise ValueError(f"pixel_values of a row must have shape (3, {size}, {size}) for this model, "
+                                 f"got {tuple(r.pixel_values.shape)}")
+
+    def prefix_entries(self, rows: Sequence[Row]) -> list[PrefixEntry]:
+        """Each row's prefix keys/values: from the cache, or computed (all misses in one batch) and stored."""
+        found = {r.key: self.prefixes.get(r.key) for r in rows}
+        missing = list({r.key: r for r in rows if found[r.key] is None}.values())
+        by_length: dict[int, list[Row]] = {}
+        for r in missing:
+            by_length.setdefault(r.prefix_ids.shape[0], []).append(r)
+        for group in by_length.values():
+            for r, entry in zip(group, self._compute_prefixes(group)):
+                self.prefixes.put(r.key, entry)
+                found[r.key] = entry
+        return [found[r.key] for r in rows]
+
+    def _compute_prefixes(self, rows: Sequence[Row]) -> list[PrefixEntry]:
+        """Vision, projection and decoder over the prefixes of ``rows`` (all of one length P)."""
+        model, device = self.model, self.model.device
+        pixels = torch.stack([r.pixel_values for r in rows]).to(device, model.dtype)  # (M, 3, S, S)
+        ids = torch.stack([r.prefix_ids for r in rows]).to(device)  # (M, P)
+        slots = torch.stack([r.prefix_mask for r in rows]).to(device)
+        image_embeds = model.get_image_features(pixels)[0]  # (M, Q, D)
+        cache = KVCache.for_config(model.config.text_config, len(rows), ids.shape[1], model.dtype, device)
+        model.text_model.model(input_ids=ids, image_embeds=image_embeds, image_embeds_position_mask=slots,
+                               past_key_values=cache, use_cache=True)
+        keys = torch.stack([cache[layer][0] for layer in range(len(cache))], dim=1)  # (M, layers, H, P, hd)
+        values = torch.stack([cache[layer][1] for layer in range(len(cache))], dim=1)
+        return [PrefixEntry(k.clone(), v.clone()) for k, v in zip(keys, values)]
+
+    def prepare(self, rows: Sequence[Row], copies: int = 1, max_new_tokens: int = 0) -> Prepared:
+        """A decoder whose cache holds each row's prefix (each row ``copies`` times, for beams), with
+        room for the rest and ``max_new_tokens``."""
+        if not rows:
+            raise ValueError("no rows to generate for")
+        entries = self.prefix_entries(rows)
+        model, device = self.model, self.model.device
+        sequences, attention = (t.to(device).repeat_interleave(copies, dim=0) for t in layout(rows, self.pad_id))
+        keys = torch.stack([e.keys for e in entries], dim=1).repeat_interleave(copies, dim=1)  # (L, N, H, P, hd)
+        values = torch.stack([e.values for e in entries], dim=1).repeat_interleave(copies, dim=1)
+        length = keys.shape[3]
+        cache = KVCache.for_config(model.config.text_config, keys.shape[1], sequences.shape[1] + max_new_tokens,
+                                   model.dtype, device)
+        cache.reserve(length)
+        for layer in range(len(cache)):
+            cache.update(layer, keys[layer], values[layer])
+        cache.advance(length)
+        return Prepared(RowDecoder(model, cache), sequences, attention)
+
+    @torch.no_grad()
+    def run(
+        self,
+        rows: Sequence[Row],
+        settings: DecodingSettings,
+        eos_token_id: int | list[int] | None = None,
+        generator: torch.Generator | None = None,
+        streamer: Streamer | None = None,
+    ) -> torch.Tensor:
+        """Decode ``rows``; returns the (B, new) generated ids (finished rows padded).
+
+        ``streamer`` gets each step's (B,) new ids (not the prompt) and ``end()`` at the end.
+        """
+        if streamer is not None and settings.num_beams > 1:
+            raise ValueError("streaming is not supported with beam search (num_beams > 1)")
+        defaults = self.model.generation_config
+        eos = defaults.eos_token_id if eos_token_id is None else eos_token_id
+        eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos),
+                               dtype=torch.long, device=self.model.device)
+        try:
+            ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
+            padding_lengths = (ready.attention_mask != 0).int().argmax(dim=1)
+            args = (ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids, self.pad_id,
+                    padding_lengths if settings.repetition_penalty != 1.0 else None, generator)
+            if settings.num_beams > 1:
+                out = generation._beam_search(*args)
+            else:
+                out = generation._sample(*args, streamer)
+        finally:
+            if streamer is not None:
+                streamer.end()
+        return out[:, ready.sequences.shape[1]:]
+
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds_position_mask: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        generator: torch.Generator | None = None,
+        streamer: Streamer | None = None,
+        **decoding: Any,
+    ) -> torch.Tensor:
+        """Like ``model.generate`` (same arguments; ``decoding`` are its decoding options) through the
+        prefix cache, with per-row positions. Returns (B, T + new): the given ids, then the new ones.
+        ``streamer`` gets the prompt ids first, as with ``model.generate``."""
+        settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
+        rows = self.rows(pixel_values, input_ids, image_embeds_position_mask, attention_mask)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        new = self.run(rows, settings, eos_token_id, generator, streamer)
+        return torch.cat([input_ids.to(new.device), new], dim=1)
+
+
+# ----------------------------------------------------------------------------- the batcher
+
+
+class RowStream:
+    """One request's new tokens as they are generated: iterate for ids, or wait with :meth:`result`.
+
+    Iteration ends after the row's last token (EOS, or its ``max_new_tokens``); an error of the
+    batch it ran in is raised there. :meth:`cancel` drops the row (its batch goes on without it).
+    """
+
+    _END = object()
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self.tokens: list[int] = []
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+
+    def _put(self, token: int) -> None:
+        self.tokens.append(token)
+        self._queue.put(token)
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+            self._queue.put(self._END)
+
+    def cancel(self) -> None:
+        """Stop receiving tokens; the row stops taking part in its batch."""
+        self.cancelled.set()
+        self._finish()
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            item = self._queue.get(timeout=self.timeout)
+            if item is self._END:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """All new ids of the row, once it is done (raises the batch's error, or TimeoutError)."""
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"the row was not done after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return list(self.tokens)
+
+
+class _AllRowsDone(Exception):
+    """Ends a batch's decoding loop once no row takes tokens any more."""
+
+
+class _FanOut:
+    """A streamer that gives each row's tokens to its own :class:`RowStream` and ends rows on EOS or
+    their own token limit."""
+
+    def __init__(self, streams: Sequence[RowStream], limits: Sequence[int], eos_ids: set[int]) -> None:
+        self.streams = streams
+        self.limits = limits
+        self.eos_ids = eos_ids
+
+    def put(self, ids: torch.Tensor) -> None:
+        for stream, limit, token in zip(self.streams, self.limits, ids.tolist()):
+            if stream.done.is_set():
+                continue
+            stream._put(token)
+            if token in self.eos_ids or len(stream.tokens) >= limit:
+                stream._finish()
+        if all(s.done.is_set() for s in self.streams):
+            raise _AllRowsDone
+
+    def end(self) -> None:
+        for stream in self.streams:
+            stream._finish()
+
+
+@dataclass(eq=False)
+class _Request:
+    row: Row
+    settings: DecodingSettings
+    stream: RowStream
+    generator: torch.Generator | None
+    group: tuple = field(init=False)  # requests of one group may share a batch
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        # Only max_new_tokens may differ within a batch. Beam search, a private generator and the
+        # penalties that read the whole sequence (its pads included) run alone, so that their tokens
+        # stay those of a lone row.
+        alone = (s.num_beams > 1 or s.repetition_penalty != 1.0 or s.no_repeat_ngram_size > 0
+                 or self.generator is not None)
+        self.group = (id(self),) if alone else (s.min_new_tokens, s.do_sample, s.temperature, s.top_k, s.top_p)
+
+
+class Batcher:
+    """Runs concurrent requests as batches of up to ``max_batch_size`` rows on one worker thread.
+
+    The worker takes the oldest waiting request, waits up to ``gather_s`` for more that can share its
+    batch (same decoding settings; ``max_new_tokens`` may differ), then decodes them together through
+    ``engine``. Requests that arrive while a batch runs wait for the next one.
+    """
+
+    def __init__(self, engine: Engine, max_batch_size: int = 4, gather_s: float = 0.02) -> None:
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an int >= 1, got {max_batch_size!r}")
+        if not gather_s >= 0:
+            raise ValueError(f"gather_s must be >= 0, got {gather_s!r}")
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.gather_s = gather_s
+        self.batch_sizes: list[int] = []  # of every batch run, for tests and monitoring
+        self._pending: list[_Request] = []
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    def submit(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        image_embeds_position_mask: torch.Tensor,
+        max_new_tokens: int | None = None,
+        generator: torch.Generator | None = None,
+        timeout: float | None = None,
+        **decoding: Any,
+    ) -> RowStream:
+        """Queue one unpadded prompt: (3, S, S) pixels, (T,) ids and (T,) slot mask. Returns its stream
+        (``timeout``: seconds the stream's iteration waits for each token). Bad input raises here."""
+        settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
+        row = self.engine.row(pixel_values, input_ids, image_embeds_position_mask)
+        request = _Request(row, settings, RowStream(timeout), generator)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._pending.append(request)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="kosmos2-batcher", daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+        return request.stream
+
+    def close(self) -> None:
+        """Finish the waiting requests, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            worker = self._worker
+        if worker is not None:
+            worker.join()
+
+    def _next_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._pending:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            group = self._pending[0].group
+            deadline = time.monotonic() + self.gather_s
+            while (len([r for r in self._pending if r.group == group]) < self.max_batch_size
+                   and not self._closed and (left := deadline - time.monotonic()) > 0):
+                self._cond.wait(left)
+            batch = [r for r in self._pending if r.group == group][: self.max_batch_size]
+            self._pending = [r for r in self._pending if r not in batch]
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            live = [r for r in batch if not r.stream.cancelled.is_set()]
+            if live:
+                self.batch_sizes.append(len(live))
+                self._run(live)
+
+    def _run(self, batch: list[_Request]) -> None:
+        streams = [r.stream for r in batch]
+        limits = [r.settings.max_new_tokens for r in batch]
+        settings = batch[0].settings
+        if len(batch) > 1:
+            settings = DecodingSettings(**{**settings.__dict__, "max_new_tokens": max(limits)})
+        eos = self.engine.model.generation_config.eos_token_id
+        eos_ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        try:
+            if settings.num_beams > 1:
+                new = self.engine.run([batch[0].row], settings, generator=batch[0].generator)
+                _deliver(streams[0], new[0].tolist(), eos_ids)
+            else:
+                self.engine.run([r.row for r in batch], settings, generator=batch[0].generator,
+                                streamer=_FanOut(streams, limits, eos_ids))
+        except _AllRowsDone:
+            pass
+        except Exception as e:  # every row of the batch gets the error, raised in its consumer's thread
+            for stream in streams:
+                stream._finish(e)
+        for stream in streams:
+            stream._finish()
+
+
+def _deliver(stream: RowStream, tokens: list[int], eos_ids: set[int]) -> None:
+    """Give a finished (beam search) row's tokens up to and including its first EOS."""
+    for token in tokens:
+        stream._put(token)
+        if token in eos_ids:
+            break
+    stream._finish()
