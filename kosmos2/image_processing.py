@@ -6,7 +6,6 @@ Pillow and numpy do the work; torch is only used to build the returned tensor.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -93,23 +92,37 @@ def _size_from(size: Any, use_square_size: bool) -> tuple[int, int]:
 def open_image(path: str | Path) -> Image.Image:
     """Open and decode an image file; unreadable, truncated or oversized files raise ``ValueError``.
 
-    Pillow's decompression-bomb warning (more than ``Image.MAX_IMAGE_PIXELS`` pixels) is an error here.
+    Images of more than ``Image.MAX_IMAGE_PIXELS`` pixels (pillow's decompression-bomb limit) are
+    rejected from their header, before any pixel is decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Image file not found: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return image.copy()
+        with Image.open(path) as image:
+            check_pixel_count(image.size)
+            image.load()
+            return image.copy()
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise ValueError(f"Image {path} is too large (decompression bomb check): {e}") from e
     except UnidentifiedImageError as e:
         raise ValueError(f"{path} is not an image file Pillow can read.") from e
     except OSError as e:
         raise ValueError(f"Image {path} could not be decoded (truncated or corrupt?): {e}") from e
+
+
+def check_pixel_count(size: tuple[int, int], limit: int | None = None) -> None:
+    """Raise ``Image.DecompressionBombError`` when an image of ``size`` has more than ``limit``
+    pixels (default: pillow's ``Image.MAX_IMAGE_PIXELS``, read at each call; ``None`` there means no limit).
+
+    A plain comparison: unlike pillow's own warning, it needs no process-wide warning filter, so
+    it is safe in a multi-threaded server.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if limit is None else limit
+    width, height = size
+    if limit is not None and width * height > limit:
+        raise Image.DecompressionBombError(
+            f"{width}×{height} = {width * height} pixels is more than the limit of {limit} pixels")
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:
