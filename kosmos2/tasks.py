@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import sys
 import tempfile
 import threading
@@ -128,30 +129,53 @@ def parse_phrases(text: str | None, max_phrases: int = MAX_PHRASES) -> list[str]
 
 
 def load_image(value: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """An RGB image from a path, a numpy array or a PIL image (alpha composited onto white)."""
+    """An upright RGB image from a path, a numpy array or a PIL image.
+
+    A file's pixel count is checked from its header, before anything is decoded. EXIF orientation
+    is applied (the image as a phone shows it); an animation gives its first frame; 16-bit and
+    32-bit integer images (taken as 0..65535) are scaled to 8 bits; transparency is composited onto white.
+    """
     if value is None:
         raise InputError("No image: please upload an image first.")
-    try:
-        if isinstance(value, (str, Path)):
-            image = Image.open(value)
-        elif isinstance(value, np.ndarray):
-            image = Image.fromarray(value)
-        elif isinstance(value, Image.Image):
-            image = value
-        else:
-            raise InputError(f"Unsupported image value of type {type(value).__name__}.")
-        width, height = image.size
-        if width * height > max_pixels:
-            raise InputError(
-                f"The image is too large ({width}×{height} pixels); the limit is {max_pixels / 1e6:g} megapixels."
-            )
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, FileNotFoundError, Image.DecompressionBombError, OSError, TypeError) as e:
-        raise InputError("Could not read the image: it is not a supported image file.") from e
-    if image.width < 1 or image.height < 1:
+    if isinstance(value, (str, Path)):
+        try:
+            with Image.open(value) as image:
+                _check_pixels(image.size, max_pixels)
+                return _upright_rgb(image)
+        except Image.DecompressionBombError as e:
+            raise InputError(f"The image is too large; the limit is {max_pixels / 1e6:g} megapixels.") from e
+        except UnidentifiedImageError as e:
+            raise InputError("Could not read the image: it is not a supported image file.") from e
+        except (OSError, SyntaxError, struct.error) as e:  # pillow's errors for damaged or truncated data
+            raise InputError("Could not read the image: the file is damaged or truncated.") from e
+    if isinstance(value, np.ndarray):
+        try:
+            value = Image.fromarray(value)
+        except TypeError as e:
+            raise InputError(f"Unsupported image array of shape {value.shape} and type {value.dtype}.") from e
+    if not isinstance(value, Image.Image):
+        raise InputError(f"Unsupported image value of type {type(value).__name__}.")
+    _check_pixels(value.size, max_pixels)
+    return _upright_rgb(value)
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
         raise InputError("The image is empty (zero width or height).")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if width * height > max_pixels:
+        raise InputError(
+            f"The image is too large ({width}×{height} pixels); the limit is {max_pixels / 1e6:g} megapixels."
+        )
+
+
+def _upright_rgb(image: Image.Image) -> Image.Image:
+    """Decode ``image`` (its current frame), apply its EXIF orientation and make it 8-bit RGB."""
+    image = ImageOps.exif_transpose(image)  # a decoded copy
+    if image.mode.startswith("I"):  # 16-bit ("I;16...") or 32-bit integer grey: 0..65535 -> 0..255
+        grey = np.asarray(image.convert("I"), dtype=np.int64)
+        image = Image.fromarray((np.clip(grey, 0, 65535) // 257).astype(np.uint8))  # (H, W) -> "L"
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
