@@ -12,6 +12,7 @@ import atexit
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,12 +36,16 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 QUEUE_MAX_SIZE = 32
 CONCURRENCY_LIMIT = 1
 OUTPUT_MAX_AGE_S = 3600
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+OUTPUT_MAX_FILES = 64  # annotated PNGs kept in the private output folder (Gradio serves its own copy)
 STREAM_INTERVAL_S = 0.15  # at most ~7 partial updates a second
 TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
                "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
 CAPTION_MODES = {"Brief (grounded)": "caption", "Detailed (grounded)": "detailed", "Brief, no grounding": "plain"}
 BOX_HELP = ("To draw a box: click ⬚ *Create box* under the image (or press C), then drag on the image. "
             "Select a box and press Delete to remove it.")
+# The uploaded file as it is (no conversion or re-encoding by Gradio): tasks.load_image checks and decodes it.
+IMAGE_INPUT = dict(type="filepath", image_mode=None, height=360)
 USER_ERROR = "Generation failed because of an internal error; please try again."
 
 
@@ -61,18 +66,24 @@ class Runner:
     def __init__(self, holder: tasks.ModelHolder) -> None:
         self.holder = holder
         self._out_dir: str | None = None
+        self._lock = threading.Lock()
 
     def save_png(self, image: Any) -> str:
-        """A fresh PNG file per request in this process's output folder; files older than
-        ``OUTPUT_MAX_AGE_S`` are deleted first (Gradio serves its own copy)."""
-        if self._out_dir is None:
-            self._out_dir = tempfile.mkdtemp(prefix="kosmos2-out-")
-            atexit.register(shutil.rmtree, self._out_dir, ignore_errors=True)
-        cutoff = time.time() - OUTPUT_MAX_AGE_S
-        for old in Path(self._out_dir).glob("*.png"):
-            if old.stat().st_mtime < cutoff:
-                old.unlink(missing_ok=True)
-        return draw.save_png_tempfile(image, self._out_dir)
+        """A fresh PNG file per request in this process's private output folder (removed at exit).
+
+        The folder is pruned first: files older than ``OUTPUT_MAX_AGE_S`` go, then the oldest until
+        fewer than ``OUTPUT_MAX_FILES`` remain (Gradio serves its own copy of each result).
+        """
+        with self._lock:
+            if self._out_dir is None:
+                self._out_dir = tempfile.mkdtemp(prefix="kosmos2-out-")
+                atexit.register(shutil.rmtree, self._out_dir, ignore_errors=True)
+            files = sorted(Path(self._out_dir).glob("*.png"), key=lambda p: p.stat().st_mtime)
+            cutoff = time.time() - OUTPUT_MAX_AGE_S
+            for i, old in enumerate(files):
+                if old.stat().st_mtime < cutoff or len(files) - i >= OUTPUT_MAX_FILES:
+                    old.unlink()
+            return draw.save_png_tempfile(image, self._out_dir)
 
     def banner(self) -> dict:
         """Loads the model (first call) and shows the banner when the tiny checkpoint is in use."""
@@ -174,7 +185,7 @@ def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
         with gr.Tab("Caption", id="caption"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="Image", height=360, elem_id="caption-image")
+                    image = gr.Image(label="Image", elem_id="caption-image", **IMAGE_INPUT)
                     mode = gr.Radio(list(CAPTION_MODES), value="Brief (grounded)", label="Caption")
                     go = gr.Button("Describe", variant="primary", elem_id="caption-run")
                 with gr.Column():
@@ -186,7 +197,7 @@ def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
         with gr.Tab("Phrase grounding", id="ground"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", label="Image", height=360, elem_id="ground-image")
+                    image = gr.Image(label="Image", elem_id="ground-image", **IMAGE_INPUT)
                     phrases = gr.Textbox(label="Phrases (one per line)", lines=3, max_length=tasks.MAX_TEXT_CHARS)
                     go = gr.Button("Find", variant="primary", elem_id="ground-run")
                 with gr.Column():
@@ -251,7 +262,7 @@ def _api_endpoints(runner: Runner, events: dict) -> None:
     """One named endpoint per task for ``gradio_client``: (image, text, boxes, settings...) ->
     (caption, entities, annotated PNG). Boxes are pixel boxes as "x1,y1,x2,y2; ..." or a JSON list."""
     with gr.Column(visible=False):
-        image = gr.Image(type="filepath", label="image")
+        image = gr.File(type="filepath", label="image")  # reaches tasks.load_image undecoded
         text = gr.Textbox(value="", label="text")
         boxes = gr.JSON(value=[], label="boxes")
         grounding_on = gr.Checkbox(value=True, label="grounding")
@@ -282,13 +293,21 @@ def _api_fn(runner: Runner, task: str) -> Callable:
 
     return fn
 
-demo = build_demo()
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``python app.py [--tiny] [--checkpoint ...] [--share]``: serve the demo (local only unless ``--share``)."""
     parser = argparse.ArgumentParser(description="KOSMOS-2 Gradio demo")
     parser.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
     parser.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT)")
-    args = parser.parse_args()
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    args = parser.parse_args(argv)
+    served = demo
     if args.tiny or args.checkpoint:
-        demo = build_demo(tasks.ModelHolder(args.checkpoint, force_tiny=args.tiny))
-    demo.launch()
+        served = build_demo(tasks.ModelHolder(args.checkpoint, force_tiny=args.tiny))
+    served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES)
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    main()

@@ -10,14 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import itertools
+import uuid
 
 from PIL import Image
 
 from .draw import readable_on_white, text_colour_on
 from .tasks import TaskResult
-
-_ids = itertools.count()
 
 _CSS = """
 #{uid} {{ font-family: system-ui, sans-serif; }}
@@ -103,7 +101,7 @@ def _overlay_svg(result: TaskResult) -> str:
 def render(image_uri: str, result: TaskResult) -> str:
     """The HTML of ``result`` over the image given as a data URI (:func:`image_data_uri` of the
     image the model saw, made once per request)."""
-    uid = f"k2v{next(_ids)}"
+    uid = f"k2v{uuid.uuid4().hex[:12]}"  # unique per render, no shared counter
     css = _CSS.format(uid=uid) + "".join(
         _CSS_ENTITY.format(uid=uid, i=i, c=e.colour, fg=text_colour_on(e.colour)) for i, e in enumerate(result.entities)
     )

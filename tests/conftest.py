@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from kosmos2.tiny import write_tiny_checkpoint
+from launch import serve
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +29,10 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
 def tiny_checkpoint(make_checkpoint: Callable[..., Path]) -> Path:
     """The default built-in tiny checkpoint (tags in the tokenizer, tied matrix as embed_tokens)."""
     return make_checkpoint("tiny")
+
+
+@pytest.fixture(scope="module")
+def app_url() -> Iterator[str]:
+    """The URL of the app served in this process on the built-in tiny checkpoint (one per test module)."""
+    with serve() as url:
+        yield url

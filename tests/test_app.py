@@ -24,17 +24,8 @@ def test_import_loads_no_model():
 
 
 @pytest.fixture(scope="module")
-def client():
-    sys.path.insert(0, str(ROOT))
-    import app
-    from kosmos2 import tasks
-
-    demo = app.build_demo(tasks.ModelHolder(force_tiny=True))
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+def client(app_url):
+    return Client(app_url, verbose=False)
 
 
 def _check(result, size=(451, 300)):

@@ -5,7 +5,6 @@ Screenshots go to ``test-output/`` (git-ignored). Skipped when /usr/bin/chromium
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (
 
 
 @pytest.fixture(scope="module")
-def url():
-    sys.path.insert(0, str(ROOT))
-    import app
-    from kosmos2 import tasks
-
-    demo = app.build_demo(tasks.ModelHolder(force_tiny=True))
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
-    try:
-        yield local_url
-    finally:
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def page(url):
+def page(app_url):
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(exist_ok=True)
@@ -41,7 +26,7 @@ def page(url):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
-            page.goto(url)
+            page.goto(app_url)
             yield page
         finally:
             browser.close()
