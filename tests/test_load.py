@@ -1,0 +1,127 @@
+"""Many people at once: concurrent clients each get the result a lone request gives, excess load is
+turned away with a "queue is full, try again" error, and no request leaves state in module globals."""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.utils import QueueError
+from PIL import Image
+
+from kosmos2 import tasks
+from launch import import_app, serve
+
+CLIENTS, REQUESTS = 8, 10
+SETTINGS = (6, "greedy", 3, 0.7, 0.9, 0)  # max_new_tokens, decoding, num_beams, temperature, top_p, ngram
+
+
+def _requests(folder: Path) -> list[tuple[str, str, str, list]]:
+    """CLIENTS x REQUESTS distinct (task, image, text, boxes): one image per client, every task."""
+    rng = np.random.default_rng(0)
+    out = []
+    for c in range(CLIENTS):
+        width, height = 60 + 37 * c, 40 + 23 * c
+        path = folder / f"client{c}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        box = [[3 + c, 2, width // 2 + c, height - 3]]
+        out += [
+            ("caption", str(path), "", []),
+            ("plain", str(path), "", []),
+            ("detailed", str(path), "", []),
+            ("ground", str(path), f"thing {c}\nthe sky", []),
+            ("ground", str(path), f"a person number {c}", []),
+            ("refer", str(path), "", box),
+            ("ask", str(path), f"What is in picture {c}?", []),
+            ("ask", str(path), f"What is [this part {c}] doing?", box),
+            ("prompt", str(path), f"A photo of {c} things", []),
+            ("prompt", str(path), f"The [left side {c}] shows", box),
+        ]
+    return out
+
+
+def _mutable_globals() -> dict[str, str]:
+    """The contents of every mutable container held in a global of the app's modules."""
+    kinds = (dict, list, set, bytearray, collections.deque)
+    modules = [m for name, m in list(sys.modules.items()) if name == "app" or name.split(".")[0] == "kosmos2"]
+    return {f"{m.__name__}.{k}": repr(v) for m in modules for k, v in vars(m).items() if isinstance(v, kinds)}
+
+
+@pytest.fixture(scope="module")
+def holder():
+    return tasks.ModelHolder(force_tiny=True)
+
+
+def _pixels(png: str) -> np.ndarray:
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
+    app = import_app()
+    requests = _requests(tmp_path)
+    lone = app.Runner(holder)  # each request alone, one after the other
+    expected = []
+    for task, image, text, boxes in requests:
+        caption, entities, png = lone.api(task, image, text, boxes, True, SETTINGS)
+        expected.append((caption, entities, _pixels(png)))
+    state_before = _mutable_globals()
+
+    with serve(holder) as url:
+        def one_client(c: int) -> list:
+            client = Client(url, verbose=False)
+            results = []
+            for task, image, text, boxes in requests[c * REQUESTS:(c + 1) * REQUESTS]:
+                results.append(client.predict(handle_file(image), text, boxes, True, *SETTINGS, api_name=f"/{task}"))
+            return results
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            per_client = list(pool.map(one_client, range(CLIENTS)))
+
+    got = [r for results in per_client for r in results]
+    assert len(got) == CLIENTS * REQUESTS
+    for (caption, entities, png), (want_caption, want_entities, want_pixels) in zip(got, expected):
+        assert caption == want_caption and entities == want_entities
+        assert np.array_equal(_pixels(png), want_pixels)
+    assert _mutable_globals() == state_before  # no request left anything in a module global
+
+
+def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch, tmp_path):
+    app = import_app()
+    monkeypatch.setattr(app, "QUEUE_MAX_SIZE", 2)
+    decoder = holder.get().model.text_model.model
+    running, release = threading.Event(), threading.Event()
+    original = decoder.forward
+
+    def held(*args, **kwargs):  # the first request holds the only worker until released
+        running.set()
+        assert release.wait(60), "the test never released the worker"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", held)
+    image = handle_file(str(Path(__file__).resolve().parents[1] / "assets" / "cat.jpg"))
+    with serve(holder) as url:
+        client = Client(url, verbose=False)
+        first = client.submit(image, max_new_tokens=2, api_name="/plain")
+        assert running.wait(60)
+        queued = [client.submit(image, max_new_tokens=2, api_name="/plain") for _ in range(2)]
+        for job in queued:  # accepted: waiting in the queue
+            while job.status().code.name not in ("IN_QUEUE", "PROCESSING"):
+                assert not job.done(), job.exception()
+                time.sleep(0.05)
+        turned_away = [client.submit(image, max_new_tokens=2, api_name="/plain") for _ in range(3)]
+        for job in turned_away:
+            with pytest.raises(QueueError, match="Queue is full! Please try again."):
+                job.result(timeout=60)
+        release.set()
+        for job in [first, *queued]:
+            caption, _, _ = job.result(timeout=120)
+            assert caption.startswith("An image of")
+        caption, _, _ = client.predict(image, max_new_tokens=2, api_name="/plain")
+        assert caption.startswith("An image of")
