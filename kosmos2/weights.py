@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -17,6 +18,8 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Buffers that some exporters store; the model recomputes them.
 _BUFFER_SUFFIXES = (".position_ids", "embed_positions.weights")
+_MAP_GROUP_BYTES = 128 * 2**20
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def safetensors_files(folder: Path) -> list[Path]:
@@ -43,18 +46,38 @@ def safetensors_files(folder: Path) -> list[Path]:
 def read_weights(folder: Path, dtype: torch.dtype, device: torch.device | str) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint, floating-point ones converted to ``dtype`` as each is read.
 
-    Tensors come one at a time from the memory-mapped files, so peak memory is about one copy of the
-    weights in ``dtype``. Stray buffer entries are skipped.
+    Tensors come one at a time from the memory-mapped files, and each file is mapped again for every
+    group of about ``_MAP_GROUP_BYTES`` source bytes: the pages read for a converted group are unmapped
+    before the next, so peak memory is about one copy of the weights in ``dtype`` plus one group. (A
+    tensor already in ``dtype`` stays backed by the file's pages.) Stray buffer entries are skipped.
     """
     tensors: dict[str, torch.Tensor] = {}
     for path in safetensors_files(folder):
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if name.endswith(_BUFFER_SUFFIXES):
-                    continue
-                t = f.get_tensor(name)
-                tensors[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        for group in _groups(path):
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in group:
+                    t = f.get_tensor(name)
+                    tensors[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
     return tensors
+
+
+def _groups(path: Path) -> list[list[str]]:
+    """The tensor names of one safetensors file (buffers skipped) in groups of at most ``_MAP_GROUP_BYTES``
+    (a larger tensor forms its own group)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for name in f.keys():
+            if name.endswith(_BUFFER_SUFFIXES):
+                continue
+            view = f.get_slice(name)
+            nbytes = math.prod(view.get_shape()) * _DTYPE_BYTES.get(view.get_dtype(), 8)
+            if groups[-1] and size + nbytes > _MAP_GROUP_BYTES:
+                groups.append([])
+                size = 0
+            groups[-1].append(name)
+            size += nbytes
+    return [g for g in groups if g]
 
 
 def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

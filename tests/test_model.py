@@ -308,6 +308,9 @@ def test_bfloat16_load_holds_at_most_two_float32_tensors_at_once(tiny_checkpoint
         def keys(self):
             return self.file.keys()
 
+        def get_slice(self, name):
+            return self.file.get_slice(name)
+
         def get_tensor(self, name):
             tensor = self.file.get_tensor(name)
             alive.add(id(tensor))
