@@ -19,17 +19,26 @@ def attend(
     mask: torch.Tensor | None = None,
     head_mask: torch.Tensor | None = None,
     need_weights: bool = False,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention over (batch, heads, len, head_dim) tensors; ``mask`` is additive.
 
-    SDPA does the work unless the weights are wanted or ``head_mask`` (heads,) scales them; then the
-    weights are computed explicitly (softmax in the input dtype). Returns (output, weights or None).
+    ``causal`` masks keys after each query (the queries being the last T of the S keys); it needs
+    ``mask`` None. SDPA does the work unless the weights are wanted or ``head_mask`` (heads,) scales
+    them; then the weights are computed explicitly (softmax in the input dtype). Returns (output,
+    weights or None).
     """
+    if causal and mask is not None:
+        raise ValueError("pass either an additive mask or causal=True, not both")
     if not need_weights and head_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and q.shape[-2] > 1), None
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, T, S)
     if mask is not None:
         scores = scores + mask
+    if causal:
+        t, s = scores.shape[-2:]
+        allowed = torch.ones(t, s, dtype=torch.bool, device=scores.device).tril(s - t)
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
     if head_mask is not None:
         weights = weights * head_mask.view(1, -1, 1, 1).to(weights.dtype)
@@ -64,6 +73,7 @@ class MultiHeadAttention(nn.Module):
         layer_idx: int = 0,
         head_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Queries from ``x`` (B, T, D); keys/values from ``context`` (B, S, D), default ``x``.
 
@@ -75,7 +85,7 @@ class MultiHeadAttention(nn.Module):
         v = self._heads(self.v_proj(source))
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
-        out, weights = attend(q, k, v, mask, head_mask, need_weights)
+        out, weights = attend(q, k, v, mask, head_mask, need_weights, causal)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (B, T, D)
         if self.inner_attn_ln is not None:
             out = self.inner_attn_ln(out)

@@ -501,20 +501,23 @@ def _sample(
     generator: torch.Generator | None,
     streamer: Streamer | None,
 ) -> torch.Tensor:
-    """Greedy or sampled decoding, one token per row per step."""
-    unfinished = torch.ones(sequences.shape[0], dtype=torch.bool, device=sequences.device)
+    """Greedy or sampled decoding, one token per row per step (ids and attention written in place)."""
+    rows, length = sequences.shape
+    ids = F.pad(sequences, (0, settings.max_new_tokens), value=pad)  # (B, T + max_new)
+    attention = F.pad(attention_mask, (0, settings.max_new_tokens), value=1)
+    unfinished = torch.ones(rows, dtype=torch.bool, device=sequences.device)
     for step in range(settings.max_new_tokens):
-        logits = decoder(sequences, attention_mask)
+        sequences = ids[:, : length + step]
+        logits = decoder(sequences, attention[:, : length + step])
         scores = process_scores(logits, sequences, settings, step, eos_ids, padding_lengths)
         tokens = torch.where(unfinished, choose_tokens(scores, settings.do_sample, generator), pad)
-        sequences = torch.cat([sequences, tokens[:, None]], dim=1)
-        attention_mask = F.pad(attention_mask, (0, 1), value=1)
+        ids[:, length + step] = tokens
         if streamer is not None:
             streamer.put(tokens.cpu())
         unfinished &= ~torch.isin(tokens, eos_ids)
         if not bool(unfinished.any()):
-            break
-    return sequences
+            return ids[:, : length + step + 1].clone()
+    return ids
 
 
 def _beam_search(

@@ -55,14 +55,28 @@ def decoder_attention_mask(
         cols = torch.arange(total, device=device).unsqueeze(0)
         mask = torch.where(cols > rows, neg, 0.0).to(dtype)[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
-        if attention_mask.shape[-1] != total:
-            raise ValueError(
-                f"attention_mask covers {attention_mask.shape[-1]} positions, expected {total} "
-                f"({past_length} cached + {new_len} new)"
-            )
+        _check_attention_mask(attention_mask, new_len, past_length)
         padding = torch.where(attention_mask[:, None, None, :].bool(), 0.0, neg).to(dtype)  # (B,1,1,S)
         mask = padding if mask is None else padding + mask
     return mask
+
+
+def _check_attention_mask(attention_mask: torch.Tensor, new_len: int, past_length: int) -> None:
+    if attention_mask.shape[-1] != past_length + new_len:
+        raise ValueError(
+            f"attention_mask covers {attention_mask.shape[-1]} positions, expected {past_length + new_len} "
+            f"({past_length} cached + {new_len} new)"
+        )
+
+
+def needs_explicit_mask(attention_mask: torch.Tensor | None, new_len: int, past_length: int) -> bool:
+    """Whether attention needs an additive mask, or plain causal attention (SDPA's ``is_causal`` for a
+    prompt, nothing for one new token) is the same: no padding, and not several tokens after a cache."""
+    if attention_mask is not None:
+        _check_attention_mask(attention_mask, new_len, past_length)
+        if not bool(attention_mask.all()):
+            return True
+    return new_len > 1 and past_length > 0
 
 
 class TextFFN(nn.Module):
@@ -99,10 +113,11 @@ class TextBlock(nn.Module):
         cache: KVCache | None,
         head_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attn, weights = self.self_attn(
             self.self_attn_layer_norm(x), mask=mask, cache=cache, layer_idx=self.layer_idx,
-            head_mask=head_mask, need_weights=need_weights,
+            head_mask=head_mask, need_weights=need_weights, causal=causal,
         )
         x = x + attn
         return x + self.ffn(self.final_layer_norm(x)), weights
@@ -177,7 +192,10 @@ class TextTransformer(nn.Module):
             image_embeds = image_embeds_position_mask = None
 
         x = self.embed(input_ids, inputs_embeds, image_embeds, image_embeds_position_mask, position_ids, past_length)
-        mask = decoder_attention_mask(attention_mask, new_len, past_length, x.dtype, x.device)
+        if head_mask is None and not output_attentions and not needs_explicit_mask(attention_mask, new_len, past_length):
+            mask, causal = None, new_len > 1
+        else:
+            mask, causal = decoder_attention_mask(attention_mask, new_len, past_length, x.dtype, x.device), False
         head_masks = _per_layer_head_mask(head_mask, len(self.layers), self.config.attention_heads)
         if cache is not None:
             cache.reserve(new_len)
@@ -185,7 +203,7 @@ class TextTransformer(nn.Module):
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for layer, layer_head_mask in zip(self.layers, head_masks):
-            x, weights = layer(x, mask, cache, layer_head_mask, output_attentions)
+            x, weights = layer(x, mask, cache, layer_head_mask, output_attentions, causal)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:
