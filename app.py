@@ -262,7 +262,7 @@ def _api_endpoints(runner: Runner, events: dict) -> None:
     """One named endpoint per task for ``gradio_client``: (image, text, boxes, settings...) ->
     (caption, entities, annotated PNG). Boxes are pixel boxes as "x1,y1,x2,y2; ..." or a JSON list."""
     with gr.Column(visible=False):
-        image = gr.File(type="filepath", label="image")  # reaches tasks.load_image undecoded
+        image = gr.File(type="binary", label="image")  # reaches tasks.load_image undecoded, no temp file
         text = gr.Textbox(value="", label="text")
         boxes = gr.JSON(value=[], label="boxes")
         grounding_on = gr.Checkbox(value=True, label="grounding")
@@ -286,7 +286,7 @@ def _api_endpoints(runner: Runner, events: dict) -> None:
 def _api_fn(runner: Runner, task: str) -> Callable:
     """The endpoint function of ``task``; its parameter names are the API's keyword arguments."""
 
-    def fn(image: str | None, text: str, boxes: Any, grounding: bool, max_new_tokens: float, decoding: str,
+    def fn(image: bytes | None, text: str, boxes: Any, grounding: bool, max_new_tokens: float, decoding: str,
            num_beams: float, temperature: float, top_p: float, no_repeat_ngram_size: float) -> tuple[str, list, str]:
         settings = (max_new_tokens, decoding, num_beams, temperature, top_p, no_repeat_ngram_size)
         return runner.api(task, image, text, boxes, grounding, settings)

@@ -9,6 +9,7 @@ prompt is built, so only this module ever writes tags.
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import math
 import os
@@ -129,7 +130,7 @@ def parse_phrases(text: str | None, max_phrases: int = MAX_PHRASES) -> list[str]
 
 
 def load_image(value: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """An upright RGB image from a path, a numpy array or a PIL image.
+    """An upright RGB image from a path, the bytes of a file, a numpy array or a PIL image.
 
     A file's pixel count is checked from its header, before anything is decoded. EXIF orientation
     is applied (the image as a phone shows it); an animation gives its first frame; 16-bit and
@@ -137,7 +138,9 @@ def load_image(value: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """
     if value is None:
         raise InputError("No image: please upload an image first.")
-    if isinstance(value, (str, Path)):
+    if isinstance(value, bytes):
+        value = io.BytesIO(value)
+    if isinstance(value, (str, Path, io.BytesIO)):
         try:
             with Image.open(value) as image:
                 _check_pixels(image.size, max_pixels)
