@@ -2,10 +2,14 @@
 
     python -m benchmarks.run                      # full-size random checkpoint, float32 + bfloat16
     python -m benchmarks.run --size tiny --reps 1 --new-tokens 4   # smoke run
+    python -m benchmarks.run --serving only       # only the serving table (ours)
 
 Builds the checkpoint once (random weights in the hub layout) in ``--cache``, then runs each
 measurement in its own process, alternating ours and the reference (A B A B …), and prints a
-markdown table of medians with the ratio ours / reference.
+markdown table of medians with the ratio ours / reference. A second table (ours only, see
+``benchmarks.serving_worker``) gives the prefix cache's time to first token for a second prompt on the
+same image against a cold prompt, and the throughput of concurrent requests batched against one at a
+time, each with its target ratio.
 """
 
 from __future__ import annotations
@@ -53,6 +57,35 @@ def run_worker(impl: str, folder: Path, dtype: str, new_tokens: int, repeats: in
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_serving_worker(folder: Path, dtype: str, new_tokens: int, repeats: int, concurrency: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "benchmarks.serving_worker", "--checkpoint", str(folder), "--dtype", dtype,
+           "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--concurrency", str(concurrency)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        raise RuntimeError(f"serving benchmark worker failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def serving_table(results: dict[str, list[dict[str, float]]], concurrency: int) -> str:
+    """Medians of the serving runs per dtype: baseline, ours, ratio and whether the target is met."""
+    lines = ["| serving (ours) | baseline | with cache / batching | ratio | target |", "|---|---|---|---|---|"]
+    for dtype, runs in results.items():
+        def median(key: str) -> float:
+            return statistics.median(r[key] for r in runs)
+
+        cold, cached = median("ttft_cold_s"), median("ttft_cached_s")
+        alone, together = median("one_at_a_time_tokens_per_s"), median("concurrent_tokens_per_s")
+        for label, base, ours, ratio, target, met in (
+            ("time to first token (s): cold prompt; second prompt on the same image", cold, cached,
+             cached / cold, "<= 0.3", cached / cold <= 0.3),
+            (f"throughput (tokens/s): {concurrency} grounded captions one at a time; concurrent, batched",
+             alone, together, together / alone, ">= 2.5", together / alone >= 2.5),
+        ):
+            lines.append(f"| {dtype}: {label} | {base:.3g} | {ours:.3g} | {ratio:.2f} | {target} "
+                         f"{'met' if met else 'NOT met'} |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -82,10 +115,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per process (median)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
+    parser.add_argument("--serving", choices=("with", "skip", "only"), default="with",
+                        help="the serving table (ours: prefix cache, batching): with the comparison, skip it, or only it")
+    parser.add_argument("--serving-dtypes", default="float32")
+    parser.add_argument("--concurrency", type=int, default=4, help="concurrent requests of the serving benchmark")
     args = parser.parse_args(argv)
 
     folder = ensure_checkpoint(args.cache, args.size)
-    dtypes = args.dtypes.split(",")
+    dtypes = args.dtypes.split(",") if args.serving != "only" else []
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for dtype in dtypes:
         for rep in range(args.reps):
@@ -94,7 +131,17 @@ def main(argv: list[str] | None = None) -> str:
                 result = run_worker(impl, folder, dtype, args.new_tokens, args.repeats)
                 results.setdefault((dtype, impl), []).append(result)
     report = f"Machine: {machine()}; checkpoint: {args.size}-size random weights; {args.new_tokens} new tokens.\n\n"
-    report += table(results, dtypes)
+    if dtypes:
+        report += table(results, dtypes)
+    if args.serving != "skip":
+        serving: dict[str, list[dict[str, float]]] = {}
+        for dtype in args.serving_dtypes.split(","):
+            for rep in range(args.reps):
+                print(f"{dtype} serving run {rep + 1}/{args.reps} …", file=sys.stderr, flush=True)
+                result = run_serving_worker(folder, dtype, args.new_tokens, args.repeats, args.concurrency)
+                serving.setdefault(dtype, []).append(result)
+        report += "\n\n" if dtypes else ""
+        report += serving_table(serving, args.concurrency)
     print(report)
     return report
 

@@ -22,9 +22,9 @@ from PIL import Image
 PROMPT = "<grounding>An image of"
 
 
-def test_image(size: int = 480) -> Image.Image:
+def test_image(size: int = 480, seed: int = 0) -> Image.Image:
     """A deterministic, photo-sized RGB image (the content does not change the cost)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size * 4 // 3, 3), dtype=np.uint8))
 
 

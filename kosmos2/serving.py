@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -496,18 +496,38 @@ class Batcher:
     ) -> RowStream:
         """Queue one unpadded prompt: (3, S, S) pixels, (T,) ids and (T,) slot mask. Returns its stream
         (``timeout``: seconds the stream's iteration waits for each token). Bad input raises here."""
-        settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
         row = self.engine.row(pixel_values, input_ids, image_embeds_position_mask)
-        request = _Request(row, settings, RowStream(timeout), generator)
+        return self._enqueue([row], max_new_tokens, generator, timeout, decoding)[0]
+
+    def submit_batch(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds_position_mask: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        generator: torch.Generator | None = None,
+        timeout: float | None = None,
+        **decoding: Any,
+    ) -> list[RowStream]:
+        """Queue each row of a processor batch (left-padded, as for ``model.generate``); one stream per
+        row, as :meth:`submit`. Bad input raises here, before anything is queued."""
+        rows = self.engine.rows(pixel_values, input_ids, image_embeds_position_mask, attention_mask)
+        return self._enqueue(rows, max_new_tokens, generator, timeout, decoding)
+
+    def _enqueue(self, rows: Sequence[Row], max_new_tokens: int | None, generator: torch.Generator | None,
+                 timeout: float | None, decoding: dict[str, Any]) -> list[RowStream]:
+        settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
+        requests = [_Request(row, settings, RowStream(timeout), generator) for row in rows]
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            self._pending.append(request)
+            self._pending.extend(requests)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="kosmos2-batcher", daemon=True)
                 self._worker.start()
             self._cond.notify_all()
-        return request.stream
+        return [r.stream for r in requests]
 
     def close(self) -> None:
         """Finish the waiting requests, then stop the worker."""
@@ -545,7 +565,7 @@ class Batcher:
         limits = [r.settings.max_new_tokens for r in batch]
         settings = batch[0].settings
         if len(batch) > 1:
-            settings = DecodingSettings(**{**settings.__dict__, "max_new_tokens": max(limits)})
+            settings = replace(settings, max_new_tokens=max(limits))
         eos = self.engine.model.generation_config.eos_token_id
         eos_ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
         try:
@@ -562,6 +582,26 @@ class Batcher:
                 stream._finish(e)
         for stream in streams:
             stream._finish()
+
+
+def follow(streams: Sequence[RowStream]) -> Iterator[list[list[int]]]:
+    """Each row's new ids so far, after every round in which each unfinished row got one more token;
+    the last item has every row complete. Closing the iterator early cancels the rows."""
+    iterators = [iter(s) for s in streams]
+    got: list[list[int]] = [[] for _ in streams]
+    live = list(range(len(streams)))
+    try:
+        while live:
+            for i in list(live):
+                token = next(iterators[i], None)
+                if token is None:
+                    live.remove(i)
+                else:
+                    got[i].append(token)
+            yield [list(row) for row in got]
+    finally:
+        for s in streams:
+            s.cancel()
 
 
 def _deliver(stream: RowStream, tokens: list[int], eos_ids: set[int]) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from kosmos2 import AutoProcessor, Kosmos2ForConditionalGeneration
 from kosmos2.generation import DecodingSettings, TokenStreamer
-from kosmos2.serving import Batcher, Engine, PrefixCache, PrefixEntry, split_batch, split_row
+from kosmos2.serving import Batcher, Engine, PrefixCache, PrefixEntry, follow, split_batch, split_row
 from reference_model import reference_model
 
 PROMPTS = (
@@ -230,6 +230,23 @@ def test_batcher_runs_different_settings_apart_and_survives_a_cancelled_row(env)
     assert list(dropped) == []
     batcher.close()
     assert sorted(batcher.batch_sizes) == [1, 1]
+
+
+def test_a_submitted_processor_batch_streams_every_row_like_a_lone_run(env):
+    model, processor, ref, images = env
+    batcher = Batcher(Engine(model), gather_s=0.5)
+    streams = batcher.submit_batch(**_batch(processor, images), max_new_tokens=NEW)
+    updates = list(follow(streams))
+    assert len(updates) >= 2 and [len(row) for row in updates[0]] == [1, 1, 1]
+    for i, (prompt, image) in enumerate(zip(PROMPTS, images)):
+        want = _reference(ref, _inputs(processor, prompt, image))
+        assert updates[-1][i] == streams[i].result() == _until_eos(want[0, -NEW:].tolist())
+    early = follow(batcher.submit_batch(**_batch(processor, images), max_new_tokens=NEW))
+    first = next(early)
+    early.close()  # the listener went away: its rows are cancelled, the batch stops
+    batcher.close()
+    assert [len(row) for row in first] == [1, 1, 1]
+    assert batcher.batch_sizes == [3, 3]
 
 
 def test_batcher_raises_a_batch_error_in_each_caller(env, monkeypatch):
