@@ -1,0 +1,66 @@
+"""Model failures: a missing checkpoint at start gives the tiny fallback with its banner; an exception
+inside one request gives that user a short error and the next request works."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from kosmos2 import tasks
+from launch import ROOT, import_app, serve
+
+CAT = ROOT / "assets" / "cat.jpg"
+
+
+def test_missing_checkpoint_at_start_serves_the_tiny_fallback_with_its_banner(tmp_path, monkeypatch):
+    app = import_app()
+    monkeypatch.setenv("KOSMOS2_CHECKPOINT", str(tmp_path / "no-such-checkpoint"))
+    holder = tasks.ModelHolder()
+    with serve(holder) as url:
+        caption, _, _ = Client(url, verbose=False).predict(handle_file(str(CAT)), max_new_tokens=2, api_name="/plain")
+    assert caption.startswith("An image of")
+    assert holder.loaded.is_tiny and "no-such-checkpoint" in holder.loaded.note
+    banner = app.Runner(holder).banner()
+    assert banner["visible"] is True and "tiny checkpoint with random weights" in banner["value"]
+    assert app.Runner(tasks.ModelHolder(str(tmp_path / "nothing"), force_tiny=True)).banner()["visible"] is True
+
+
+@pytest.fixture
+def failing_once(monkeypatch):
+    """A tiny model whose language decoder raises once, with a message full of internals."""
+    holder = tasks.ModelHolder(force_tiny=True)
+    decoder = holder.get().model.text_model.model
+    original = decoder.forward
+    failures = [RuntimeError(f"CUDA error: out of memory in {ROOT}/kosmos2/language.py")]
+
+    def flaky(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", flaky)
+    return holder
+
+
+def test_an_exception_inside_a_request_reaches_only_that_user_as_a_short_error(failing_once):
+    app = import_app()
+    with serve(failing_once) as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError) as info:
+            client.predict(handle_file(str(CAT)), max_new_tokens=2, api_name="/caption")
+        assert str(info.value) == app.USER_ERROR
+        caption, _, png = client.predict(handle_file(str(CAT)), max_new_tokens=2, api_name="/caption")
+        assert caption.startswith("An image of") and png.endswith(".png")
+
+
+def test_the_streaming_ui_handler_fails_the_same_way(failing_once):
+    app = import_app()
+    runner = app.Runner(failing_once)
+    settings = (4, "greedy", 3, 0.7, 0.9, 0)
+    with pytest.raises(gr.Error) as info:
+        list(runner.ui("caption", str(CAT), None, [], True, settings))
+    assert info.value.message == app.USER_ERROR
+    *_, (page, timing, raw, entities, png) = runner.ui("caption", str(CAT), None, [], True, settings)
+    assert "k2-caption" in page and "new tokens in" in timing
