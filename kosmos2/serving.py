@@ -585,20 +585,23 @@ class Batcher:
 
 
 def follow(streams: Sequence[RowStream]) -> Iterator[list[list[int]]]:
-    """Each row's new ids so far, after every round in which each unfinished row got one more token;
-    the last item has every row complete. Closing the iterator early cancels the rows."""
+    """Each row's new ids so far, after every round in which each unfinished row got one more token
+    (until every row is complete). Closing the iterator early cancels the rows."""
     iterators = [iter(s) for s in streams]
     got: list[list[int]] = [[] for _ in streams]
     live = list(range(len(streams)))
     try:
         while live:
+            grew = False
             for i in list(live):
                 token = next(iterators[i], None)
                 if token is None:
                     live.remove(i)
                 else:
                     got[i].append(token)
-            yield [list(row) for row in got]
+                    grew = True
+            if grew:
+                yield [list(row) for row in got]
     finally:
         for s in streams:
             s.cancel()
