@@ -261,6 +261,7 @@ class Engine:
                 raise ValueError(f"pixel_values of a row must have shape (3, {size}, {size}) for this model, "
                                  f"got {tuple(r.pixel_values.shape)}")
 
+    @torch.no_grad()
     def prefix_entries(self, rows: Sequence[Row]) -> list[PrefixEntry]:
         """Each row's prefix keys/values: from the cache, or computed (all misses in one batch) and stored."""
         found = {r.key: self.prefixes.get(r.key) for r in rows}
@@ -288,6 +289,7 @@ class Engine:
         values = torch.stack([cache[layer][1] for layer in range(len(cache))], dim=1)
         return [PrefixEntry(k.clone(), v.clone()) for k, v in zip(keys, values)]
 
+    @torch.no_grad()
     def prepare(self, rows: Sequence[Row], copies: int = 1, max_new_tokens: int = 0) -> Prepared:
         """A decoder whose cache holds each row's prefix (each row ``copies`` times, for beams), with
         room for the rest and ``max_new_tokens``."""
