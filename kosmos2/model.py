@@ -24,6 +24,7 @@ from .outputs import (
     TextModelOutput,
     VisionModelOutput,
 )
+from .quantize import INT8_MODES, quantize_int8
 from .vision import Kosmos2VisionModel
 from .weights import load_weights, read_weights
 
@@ -157,13 +158,18 @@ class _Kosmos2Base(nn.Module):
         device: torch.device | str | None = None,
         revision: str | None = None,
         local_files_only: bool | None = None,
+        quantize: str | None = None,
     ):
         """Load a checkpoint folder or hub repository (safetensors only; single file or sharded).
 
         The model is built on the meta device and each tensor is converted to ``dtype`` (default
-        float32) as it is read, then placed on ``device`` (default CPU). Raises ``CheckpointError``
-        for a missing/incomplete checkpoint or weights whose names or shapes do not match.
+        float32) as it is read, then placed on ``device`` (default CPU). ``quantize="int8"`` then gives
+        the text decoder int8 weights (experimental, CPU only; see ``kosmos2.quantize``). Raises
+        ``CheckpointError`` for a missing/incomplete checkpoint or weights whose names or shapes do not
+        match.
         """
+        if quantize is not None and quantize not in INT8_MODES:
+            raise ValueError(f"quantize must be None or one of {INT8_MODES}, got {quantize!r}")
         folder = resolve_checkpoint(path_or_repo_id, MODEL_FILES, revision, local_files_only)
         require_files(folder, ["config.json"], "The KOSMOS-2 checkpoint")
         config = Kosmos2Config.from_json_file(folder / "config.json")
@@ -175,6 +181,8 @@ class _Kosmos2Base(nn.Module):
             model.text_model.tie_weights()
         if (folder / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_json_file(folder / "generation_config.json")
+        if quantize is not None:
+            quantize_int8(model)
         return model.eval()
 
 
