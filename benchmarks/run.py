@@ -3,13 +3,16 @@
     python -m benchmarks.run                      # full-size random checkpoint, float32 + bfloat16
     python -m benchmarks.run --size tiny --reps 1 --new-tokens 4   # smoke run
     python -m benchmarks.run --serving only       # only the serving table (ours)
+    python -m benchmarks.run --modes int8         # also ours in int8 mode against the reference's bfloat16
 
 Builds the checkpoint once (random weights in the hub layout) in ``--cache``, then runs each
 measurement in its own process, alternating ours and the reference (A B A B …), and prints a
 markdown table of medians with the ratio ours / reference. A second table (ours only, see
 ``benchmarks.serving_worker``) gives the prefix cache's time to first token for a second prompt on the
 same image against a cold prompt, and the throughput of concurrent requests batched against one at a
-time, each with its target ratio.
+time, each with its target ratio. ``--modes int8`` adds rows for our experimental int8 mode (text decoder
+int8, the rest bfloat16) against the reference's bfloat16, and the share of greedy tokens it shares with
+float32 on tiny random checkpoints (its quality cannot be checked without the real weights).
 """
 
 from __future__ import annotations
@@ -86,6 +89,49 @@ def serving_table(results: dict[str, list[dict[str, float]]], concurrency: int) 
     return "\n".join(lines)
 
 
+MODE_BASE_DTYPE = {"int8": "bfloat16"}  # each extra mode of ours, and the reference dtype it is compared with
+
+
+def modes_table(results: dict[tuple[str, str], list[dict[str, float]]], modes: list[str]) -> str:
+    """Rows for our extra modes: ours in the mode against the reference in the mode's base dtype."""
+    lines = ["| mode (ours) | metric | ours | reference | ours / reference |", "|---|---|---|---|---|"]
+    for mode in modes:
+        base = MODE_BASE_DTYPE[mode]
+        for key, label in METRICS:
+            ours = statistics.median(r[key] for r in results[(base, f"ours-{mode}")])
+            ref = statistics.median(r[key] for r in results[(base, "reference")])
+            lines.append(f"| {mode} vs reference {base} | {label} | {ours:.3g} | {ref:.3g} | {ours / ref:.2f} |")
+    return "\n".join(lines)
+
+
+def int8_agreement(cache: Path, seeds: tuple[int, ...] = (0, 1, 2), new_tokens: int = 24) -> tuple[float, int]:
+    """Share of greedy tokens that the int8 mode shares with float32, position by position, on tiny random
+    checkpoints (one per seed, three prompts each); returns (share, tokens compared)."""
+    from benchmarks.worker import test_image
+    from kosmos2 import Kosmos2ForConditionalGeneration, Kosmos2Processor
+
+    same = total = 0
+    for seed in seeds:
+        folder = cache / f"kosmos2-tiny-seed{seed}"
+        if not (folder / "model.safetensors").is_file():
+            write_tiny_checkpoint(folder, seed=seed)
+        processor = Kosmos2Processor.from_pretrained(folder)
+        plain = Kosmos2ForConditionalGeneration.from_pretrained(folder)
+        int8 = Kosmos2ForConditionalGeneration.from_pretrained(folder, quantize="int8")
+        for prompt in ("<grounding>An image of", "<grounding> Describe this image in detail:",
+                       "<grounding> Question: What is special about this image? Answer:"):
+            inputs = processor(text=prompt, images=test_image(), return_tensors="pt")
+            args = dict(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                        attention_mask=inputs["attention_mask"],
+                        image_embeds_position_mask=inputs["image_embeds_position_mask"],
+                        max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+            start = inputs["input_ids"].shape[1]
+            a, b = plain.generate(**args)[0, start:], int8.generate(**args)[0, start:]
+            same += int((a == b).sum())
+            total += a.numel()
+    return same / total, total
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -117,6 +163,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
     parser.add_argument("--serving", choices=("with", "skip", "only"), default="with",
                         help="the serving table (ours: prefix cache, batching): with the comparison, skip it, or only it")
+    parser.add_argument("--modes", default="", help=f"extra modes of ours, comma-separated: {sorted(MODE_BASE_DTYPE)}")
     parser.add_argument("--serving-dtypes", default="float32")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent requests of the serving benchmark")
     args = parser.parse_args(argv)
@@ -130,9 +177,26 @@ def main(argv: list[str] | None = None) -> str:
                 print(f"{dtype} {impl} run {rep + 1}/{args.reps} …", file=sys.stderr, flush=True)
                 result = run_worker(impl, folder, dtype, args.new_tokens, args.repeats)
                 results.setdefault((dtype, impl), []).append(result)
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
+        if mode not in MODE_BASE_DTYPE:
+            parser.error(f"unknown mode {mode!r} (choose from {sorted(MODE_BASE_DTYPE)})")
+        base = MODE_BASE_DTYPE[mode]
+        impls = [f"ours-{mode}"] + (["reference"] if base not in dtypes else [])
+        for rep in range(args.reps):
+            for impl in impls:
+                print(f"{mode} ({base}) {impl} run {rep + 1}/{args.reps} …", file=sys.stderr, flush=True)
+                result = run_worker(impl, folder, base, args.new_tokens, args.repeats)
+                results.setdefault((base, impl), []).append(result)
     report = f"Machine: {machine()}; checkpoint: {args.size}-size random weights; {args.new_tokens} new tokens.\n\n"
     if dtypes:
         report += table(results, dtypes)
+    if modes:
+        report += ("\n\n" if dtypes else "") + modes_table(results, modes)
+        if "int8" in modes:
+            share, count = int8_agreement(args.cache)
+            report += (f"\n\nint8 agreement with float32 (greedy, tiny random checkpoints): {share:.1%} of "
+                       f"{count} tokens identical")
     if args.serving != "skip":
         serving: dict[str, list[dict[str, float]]] = {}
         for dtype in args.serving_dtypes.split(","):

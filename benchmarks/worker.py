@@ -28,10 +28,10 @@ def test_image(size: int = 480, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size, size * 4 // 3, 3), dtype=np.uint8))
 
 
-def load_ours(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+def load_ours(folder: Path, dtype: torch.dtype, quantize: str | None = None) -> tuple[Any, Any]:
     from kosmos2 import Kosmos2ForConditionalGeneration, Kosmos2Processor
 
-    model = Kosmos2ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+    model = Kosmos2ForConditionalGeneration.from_pretrained(folder, dtype=dtype, quantize=quantize)
     return model, Kosmos2Processor.from_pretrained(folder)
 
 
@@ -54,6 +54,7 @@ def load_reference(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 LOADERS: dict[str, Callable[[Path, torch.dtype], tuple[Any, Any]]] = {
     "ours": load_ours,
     "reference": load_reference,
+    "ours-int8": lambda folder, dtype: load_ours(folder, dtype, quantize="int8"),
 }
 
 
