@@ -92,35 +92,43 @@ def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
     assert _mutable_globals() == state_before  # no request left anything in a module global
 
 
-def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch, tmp_path):
+def _wait_until(job, state: str) -> None:
+    while job.status().code.name != state:
+        assert not job.done(), job.exception()
+        time.sleep(0.05)
+
+
+def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch):
     app = import_app()
     monkeypatch.setattr(app, "QUEUE_MAX_SIZE", 2)
     decoder = holder.get().model.text_model.model
-    running, release = threading.Event(), threading.Event()
+    release = threading.Event()
     original = decoder.forward
 
-    def held(*args, **kwargs):  # the first request holds the only worker until released
-        running.set()
-        assert release.wait(60), "the test never released the worker"
+    def held(*args, **kwargs):  # every running request holds its worker until released
+        assert release.wait(60), "the test never released the workers"
         return original(*args, **kwargs)
 
     monkeypatch.setattr(decoder, "forward", held)
     image = handle_file(str(Path(__file__).resolve().parents[1] / "assets" / "cat.jpg"))
     with serve(holder) as url:
         client = Client(url, verbose=False)
-        first = client.submit(image, max_new_tokens=2, api_name="/plain")
-        assert running.wait(60)
-        queued = [client.submit(image, max_new_tokens=2, api_name="/plain") for _ in range(2)]
-        for job in queued:  # accepted: waiting in the queue
-            while job.status().code.name not in ("IN_QUEUE", "PROCESSING"):
-                assert not job.done(), job.exception()
-                time.sleep(0.05)
-        turned_away = [client.submit(image, max_new_tokens=2, api_name="/plain") for _ in range(3)]
+
+        def submit():
+            return client.submit(image, max_new_tokens=2, api_name="/plain")
+
+        running = [submit() for _ in range(app.CONCURRENCY_LIMIT)]
+        for job in running:
+            _wait_until(job, "PROCESSING")
+        queued = [submit() for _ in range(app.QUEUE_MAX_SIZE)]
+        for job in queued:
+            _wait_until(job, "IN_QUEUE")
+        turned_away = [submit() for _ in range(3)]
         for job in turned_away:
             with pytest.raises(QueueError, match="Queue is full! Please try again."):
                 job.result(timeout=60)
         release.set()
-        for job in [first, *queued]:
+        for job in [*running, *queued]:
             caption, _, _ = job.result(timeout=120)
             assert caption.startswith("An image of")
         caption, _, _ = client.predict(image, max_new_tokens=2, api_name="/plain")
