@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent requests of the serving benchmark")
     args = parser.parse_args(argv)
 
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
+        if mode not in MODE_BASE_DTYPE:
+            parser.error(f"unknown mode {mode!r} (choose from {sorted(MODE_BASE_DTYPE)})")
     folder = ensure_checkpoint(args.cache, args.size)
     dtypes = args.dtypes.split(",") if args.serving != "only" else []
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -177,10 +181,7 @@ def main(argv: list[str] | None = None) -> str:
                 print(f"{dtype} {impl} run {rep + 1}/{args.reps} …", file=sys.stderr, flush=True)
                 result = run_worker(impl, folder, dtype, args.new_tokens, args.repeats)
                 results.setdefault((dtype, impl), []).append(result)
-    modes = [m for m in args.modes.split(",") if m]
     for mode in modes:
-        if mode not in MODE_BASE_DTYPE:
-            parser.error(f"unknown mode {mode!r} (choose from {sorted(MODE_BASE_DTYPE)})")
         base = MODE_BASE_DTYPE[mode]
         impls = [f"ours-{mode}"] + (["reference"] if base not in dtypes else [])
         for rep in range(args.reps):

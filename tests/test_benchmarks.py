@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from benchmarks.run import METRICS, main
 
 
@@ -23,3 +25,24 @@ def test_benchmark_smoke_run_prints_a_table(tmp_path):
         assert base > 0 and ours > 0
         assert abs(ratio - ours / base) <= 0.01 * ours / base + 0.006
         assert re.fullmatch(r" (<= 0\.3|>= 2\.5) (met|NOT met) ", row.split("|")[5])
+
+
+def test_benchmark_int8_mode_rows_and_agreement(tmp_path):
+    # the bfloat16 comparison's reference runs are reused for the int8 rows (three workers in all)
+    report = main(["--size", "tiny", "--dtypes", "bfloat16", "--reps", "1", "--repeats", "1", "--new-tokens", "2",
+                   "--cache", str(tmp_path), "--modes", "int8", "--serving", "skip"])
+    rows = [line for line in report.splitlines() if line.startswith("| int8 vs reference bfloat16 |")]
+    assert [row.split("|")[2].strip() for row in rows] == [label for _, label in METRICS]
+    for row in rows:
+        ours, ref, ratio = (float(cell) for cell in row.split("|")[3:6])
+        assert ours > 0 and ref > 0
+        assert abs(ratio - ours / ref) <= 0.01 * ours / ref + 0.006
+    share = re.search(r"int8 agreement with float32 \(greedy, tiny random checkpoints\): ([\d.]+)% of (\d+) tokens",
+                      report)
+    assert share and 0 <= float(share.group(1)) <= 100 and int(share.group(2)) == 3 * 3 * 24
+
+
+def test_benchmark_rejects_an_unknown_mode(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--size", "tiny", "--dtypes", "float32", "--reps", "1", "--cache", str(tmp_path), "--modes", "int4",
+              "--serving", "skip"])
