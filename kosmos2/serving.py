@@ -264,7 +264,7 @@ class Engine:
     @torch.no_grad()
     def prefix_entries(self, rows: Sequence[Row]) -> list[PrefixEntry]:
         """Each row's prefix keys/values: from the cache, or computed (all misses in one batch) and stored."""
-        found = {r.key: self.prefixes.get(r.key) for r in rows}
+        found = {key: self.prefixes.get(key) for key in dict.fromkeys(r.key for r in rows)}  # one lookup per image
         missing = list({r.key: r for r in rows if found[r.key] is None}.values())
         by_length: dict[int, list[Row]] = {}
         for r in missing:

@@ -173,6 +173,17 @@ def test_batched_decode_logits_match_lone_rows_unlike_the_shifted_reference_batc
             assert not torch.allclose(shifted[1][i], lone[1][0], atol=1e-3)
 
 
+def test_rows_on_one_image_compute_its_prefix_once(env):
+    model, processor, ref, images = env
+    engine = Engine(model)
+    batch = dict(processor(text=list(PROMPTS[:2]), images=[images[0]] * 2, return_tensors="pt", padding=True))
+    got = engine.generate(**batch, max_new_tokens=NEW)
+    assert (engine.prefixes.misses, engine.prefixes.hits, len(engine.prefixes)) == (1, 0, 1)
+    for i, prompt in enumerate(PROMPTS[:2]):
+        want = _reference(ref, _inputs(processor, prompt, images[0]))
+        assert _until_eos(got[i, -NEW:].tolist()) == _until_eos(want[0, -NEW:].tolist())
+
+
 def test_engine_streams_the_prompt_then_each_step(env):
     model, processor, _, images = env
     batch = _batch(processor, images)
