@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--serving", choices=("with", "skip", "only"), default="with",
                         help="the serving table (ours: prefix cache, batching): with the comparison, skip it, or only it")
     parser.add_argument("--modes", default="", help=f"extra modes of ours, comma-separated: {sorted(MODE_BASE_DTYPE)}")
-    parser.add_argument("--serving-dtypes", default="float32")
+    parser.add_argument("--serving-dtypes", default="float32,bfloat16")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent requests of the serving benchmark")
     args = parser.parse_args(argv)
 
