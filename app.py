@@ -34,7 +34,7 @@ except ImportError:
 log = logging.getLogger("kosmos2.app")
 ASSETS = Path(__file__).resolve().parent / "assets"
 QUEUE_MAX_SIZE = 32
-CONCURRENCY_LIMIT = 1
+CONCURRENCY_LIMIT = tasks.MAX_BATCH_SIZE  # waiting requests share batches (kosmos2.serving)
 OUTPUT_MAX_AGE_S = 3600
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 OUTPUT_MAX_FILES = 64  # annotated PNGs kept in the private output folder (Gradio serves its own copy)

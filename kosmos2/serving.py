@@ -442,8 +442,8 @@ class _FanOut:
             raise _AllRowsDone
 
     def end(self) -> None:
-        for stream in self.streams:
-            stream._finish()
+        """Nothing: ``generate`` calls this on errors too, so the batcher finishes the rows itself
+        after the run, with the error if there was one."""
 
 
 @dataclass(eq=False)

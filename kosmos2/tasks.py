@@ -21,7 +21,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ MAX_BOXES = 8
 MAX_PHRASES = 8
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_NEW_TOKENS_CAP = 512
+MAX_BATCH_SIZE = 4  # concurrent requests' rows decoded together
 
 PixelBox = tuple[float, float, float, float]
 NormBox = tuple[float, float, float, float]
@@ -383,6 +385,12 @@ class LoadedModel:
     checkpoint: str
     is_tiny: bool
     note: str = ""  # why the tiny checkpoint is in use, for the UI's banner
+    batcher: Any = field(init=False, repr=False)  # kosmos2.serving.Batcher: image prefix cache, batched users
+
+    def __post_init__(self) -> None:
+        from .serving import Batcher, Engine
+
+        self.batcher = Batcher(Engine(self.model), max_batch_size=MAX_BATCH_SIZE)
 
 
 def _dtype(name: str | None, device: str):
@@ -556,87 +564,41 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
                       "\n".join(_after_image(t) for t in texts), row_spans, row_colours, (width, height), done)
 
 
-class _Cancelled(Exception):
-    """Raised inside ``generate`` (from the streamer) once nobody listens to the run any more."""
-
-
-def _stoppable_streamer():
-    """A :class:`kosmos2.generation.TokenStreamer` whose ``stop`` event ends ``generate`` at its next step."""
-    from .generation import TokenStreamer
-
-    class StoppableStreamer(TokenStreamer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stop = threading.Event()
-
-        def put(self, ids) -> None:
-            if self.stop.is_set():
-                raise _Cancelled
-            super().put(ids)
-
-    return StoppableStreamer()
-
-
 def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
         min_interval_s: float = 0.05) -> Iterator[TaskResult]:
     """Generate for ``request``, yielding partial results while tokens arrive and the final one last.
 
-    ``generate`` runs in a thread and feeds a streamer; partial results are yielded at most every
-    ``min_interval_s`` seconds. An error in the thread is raised here. Closing the iterator early
-    (a client that went away) stops the generation at its next step (beam search runs to its end).
+    The rows go to the model's batcher (decoded together with other users' waiting rows, the image
+    prefix cached); partial results are yielded at most every ``min_interval_s`` seconds. A generation
+    error is raised here. Closing the iterator early (a client that went away) drops the rows from
+    their batch at its next step (beam search runs to its end).
     """
-    import torch
+    from .serving import follow
 
-    processor, model = loaded.processor, loaded.model
+    processor = loaded.processor
     n = len(request.prompts)
     batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
-    dtype = next(model.parameters()).dtype
-    inputs = {k: v.to(loaded.device) for k, v in batch.items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-    prompt_ids = batch["input_ids"].tolist()
-    streamer = _stoppable_streamer() if settings.streams else None
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            with torch.inference_mode():
-                outcome["ids"] = model.generate(**inputs, **settings.generate_kwargs(), streamer=streamer)
-        except BaseException as e:  # re-raised in the caller's thread below
-            outcome["error"] = e
-            if streamer is not None:
-                streamer.end()
-
+    prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
     start = time.perf_counter()
-    thread = threading.Thread(target=work, name="kosmos2-generate", daemon=True)
-    thread.start()
     first: float | None = None
-    try:
-        if streamer is not None:
-            new_ids: list[list[int]] = [[] for _ in range(n)]
-            last_yield = 0.0
-            for step in streamer:
-                now = time.perf_counter()
-                first = first if first is not None else now - start
-                for row, token in enumerate(step):
-                    new_ids[row].append(token)
-                if now - last_yield >= min_interval_s:
-                    last_yield = now
-                    texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)],
-                                                   skip_special_tokens=True)
-                    partial = build_result(request, texts, processor.post_process_generation)
-                    partial.new_tokens, partial.seconds, partial.first_token_s = len(new_ids[0]), now - start, first
-                    yield partial
-    finally:
-        if streamer is not None:
-            streamer.stop.set()  # no effect once generate has returned
-        thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
+    new_ids: list[list[int]] = [[] for _ in range(n)]
+    last_yield = 0.0
+    with closing(follow(loaded.batcher.submit_batch(**batch, **settings.generate_kwargs()))) as steps:
+        for new_ids in steps:
+            now = time.perf_counter()
+            if not settings.streams:
+                continue
+            first = first if first is not None else now - start
+            if now - last_yield >= min_interval_s:
+                last_yield = now
+                texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
+                partial = build_result(request, texts, processor.post_process_generation)
+                partial.new_tokens, partial.seconds, partial.first_token_s = len(new_ids[0]), now - start, first
+                yield partial
     seconds = time.perf_counter() - start
-    ids = outcome["ids"]
-    texts = processor.batch_decode(ids, skip_special_tokens=True)
+    texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
     result = build_result(request, texts, processor.post_process_generation, done=True)
-    result.new_tokens = ids.shape[1] - batch["input_ids"].shape[1]
+    result.new_tokens = max(len(q) for q in new_ids)
     result.seconds, result.first_token_s = seconds, first
     yield result
 

@@ -334,28 +334,52 @@ def test_view_links_phrases_and_boxes_and_escapes_text(image):
 
 
 def test_closing_a_run_stops_generation(tiny_checkpoint, image, monkeypatch):
-    import threading
-
     loaded = tasks.ModelHolder(str(tiny_checkpoint), device="cpu").get()
+    engine = loaded.batcher.engine
     ended = {}
-    generate = loaded.model.generate
+    run = engine.run
 
-    def spy(**kwargs):
+    def spy(*args, **kwargs):
         try:
-            ended["ids"] = generate(**kwargs)
+            ended["ids"] = run(*args, **kwargs)
         except BaseException as e:
             ended["error"] = e
             raise
         return ended["ids"]
 
-    monkeypatch.setattr(loaded.model, "generate", spy)
+    monkeypatch.setattr(engine, "run", spy)
     settings = tasks.GenerationSettings.from_user(max_new_tokens=512)
     stream = tasks.run(loaded, build_request("caption", image), settings, min_interval_s=0)
     first = next(stream)
     assert not first.done and first.new_tokens == 1
     stream.close()  # what Gradio does when the browser goes away
-    assert not any(t.name == "kosmos2-generate" for t in threading.enumerate())
-    assert "ids" not in ended and type(ended["error"]).__name__ == "_Cancelled"
+    loaded.batcher.close()  # waits for the batch to end
+    assert "ids" not in ended and type(ended["error"]).__name__ == "_AllRowsDone"
+
+
+def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoint, image):
+    import threading
+
+    loaded = tasks.ModelHolder(str(tiny_checkpoint), device="cpu").get()
+    settings = tasks.GenerationSettings.from_user(max_new_tokens=6)
+    requests = [build_request("caption", image), build_request("ground", image, "a snowman\na fire"),
+                build_request("ask", image.rotate(90, expand=True), "What is this?")]
+    alone = [tasks.run_to_end(loaded, r, settings).raw for r in requests]
+    loaded.batcher.gather_s = 1.0
+    together: dict[int, str] = {}
+    barrier = threading.Barrier(len(requests))
+
+    def user(i: int) -> None:
+        barrier.wait()
+        together[i] = tasks.run_to_end(loaded, requests[i], settings).raw
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [together[i] for i in range(len(requests))] == alone
+    assert max(loaded.batcher.batch_sizes) == 4  # 1 + 2 + 1 rows
 
 
 def test_tokens_per_second_counts_decoding_after_the_first_token(image):
