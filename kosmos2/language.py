@@ -11,6 +11,7 @@ from torch import nn
 from .attention import MultiHeadAttention
 from .cache import KVCache
 from .config import Kosmos2TextConfig
+from .layers import Linear
 from .outputs import TextModelOutput
 
 
@@ -86,8 +87,8 @@ class TextFFN(nn.Module):
         super().__init__()
         if config.activation_function != "gelu":
             raise ValueError(f"unsupported activation_function {config.activation_function!r} (only 'gelu')")
-        self.fc1 = nn.Linear(config.embed_dim, config.ffn_dim)
-        self.fc2 = nn.Linear(config.ffn_dim, config.embed_dim)
+        self.fc1 = Linear(config.embed_dim, config.ffn_dim)
+        self.fc2 = Linear(config.ffn_dim, config.embed_dim)
         self.ffn_layernorm = nn.LayerNorm(config.ffn_dim, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,7 +278,7 @@ class Kosmos2TextForCausalLM(Kosmos2TextModel):
 
     def __init__(self, config: Kosmos2TextConfig) -> None:
         super().__init__(config)
-        self.lm_head = nn.Linear(config.embed_dim, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.embed_dim, config.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:

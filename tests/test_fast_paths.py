@@ -158,3 +158,22 @@ def test_generate_returns_prompt_and_new_ids_when_every_row_stops_early(tiny_che
         want = reference_model(tiny_checkpoint).generate(**inputs, max_new_tokens=10, eos_token_id=stop)
     assert got.shape[1] < inputs["input_ids"].shape[1] + 10
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (1, 64), (3, 1, 64), (1, 5, 64)])
+def test_linear_single_bfloat16_row_matches_f_linear(shape, bias):
+    """The bfloat16 one-row kernel (addmv) gives what F.linear gives; other inputs take F.linear itself."""
+    from kosmos2.layers import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(64, 96, bias=bias).to(torch.bfloat16)
+    x = torch.randn(shape).to(torch.bfloat16)
+    want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    got = layer(x)
+    assert got.shape == want.shape == (*shape[:-1], 96)
+    torch.testing.assert_close(got, want)
+    if x.numel() == 64:  # the addmv path was taken
+        row = x.reshape(64)
+        direct = torch.addmv(layer.bias, layer.weight, row) if bias else torch.mv(layer.weight, row)
+        assert torch.equal(got.reshape(96), direct)
