@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import grounding
-from .draw import Annotation, entity_colours
+from .draw import Annotation, entity_colours, rgb_to_hex
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class TaskRequest:
     image: Image.Image
     prompts: tuple[str, ...]
     colour_by_row: bool = False  # one colour per row (phrase grounding, region description)
+    row_colours: tuple[str, ...] = ()  # the rows' colours when the user's drawn boxes bring them
 
 
 _TAG = re.compile(r"<[^<>]*>")
@@ -211,6 +212,21 @@ def parse_boxes(value: Any) -> list[PixelBox]:
     return boxes
 
 
+def drawn_box_colours(value: Any) -> tuple[str, ...]:
+    """The ``#rrggbb`` colour of each of the image annotator's boxes, so results reuse the colours the
+    user drew with; ``()`` unless every box is such a dict with an RGB ``color``."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return ()
+    colours = []
+    for box in value:
+        rgb = box.get("color") if isinstance(box, dict) else None
+        if not (isinstance(rgb, (list, tuple)) and len(rgb) == 3
+                and all(isinstance(c, int) and 0 <= c <= 255 for c in rgb)):
+            return ()
+        colours.append(rgb_to_hex(tuple(rgb)))
+    return tuple(colours)
+
+
 def validate_boxes(boxes: Sequence[PixelBox], width: int, height: int, max_boxes: int = MAX_BOXES) -> list[PixelBox]:
     """Put each box's corners in order and clip it to the image; reject empty boxes and too many."""
     if len(boxes) > max_boxes:
@@ -286,6 +302,7 @@ def build_request(task: str, image: Any, text: str | None = None, boxes: Any = N
         raise InputError(f"The task '{task}' takes no boxes.")
     norm = [normalise_box(b, img.width, img.height) for b in pixel_boxes]
     colour_by_row = False
+    row_colours: tuple[str, ...] = ()
     if task == "caption":
         prompts = ["<grounding> An image of"]
     elif task == "detailed":
@@ -300,13 +317,14 @@ def build_request(task: str, image: Any, text: str | None = None, boxes: Any = N
             raise InputError("No box: draw a box around the region to describe.")
         prompts = [f"<grounding>{render_bracketed('[It] is', [b])}" for b in norm]
         colour_by_row = True
+        row_colours = drawn_box_colours(boxes)
     elif task == "ask":
         question = render_bracketed(clean_text(text, "The question"), norm)
         prompts = [f"<grounding> Question:{question} Answer:"]
     else:  # prompt
         body = render_bracketed(clean_text(text, "The prompt"), norm)
         prompts = [("<grounding>" if grounding_on else "") + body]
-    return TaskRequest(task, img, tuple(prompts), colour_by_row)
+    return TaskRequest(task, img, tuple(prompts), colour_by_row, row_colours)
 
 
 # --------------------------------------------------------------------------- generation settings
@@ -385,6 +403,7 @@ class LoadedModel:
     checkpoint: str
     is_tiny: bool
     note: str = ""  # why the tiny checkpoint is in use, for the UI's banner
+    quantize: str | None = None  # "int8": the experimental int8 text decoder
     batcher: Any = field(init=False, repr=False)  # kosmos2.serving.Batcher: image prefix cache, batched users
 
     def __post_init__(self) -> None:
@@ -410,13 +429,18 @@ class ModelHolder:
     ``checkpoint`` defaults to ``$KOSMOS2_CHECKPOINT`` or the hub model; ``"tiny"`` (or
     ``force_tiny``) means the built-in tiny random checkpoint, which is also the fallback when
     the checkpoint cannot be obtained (offline): :attr:`LoadedModel.is_tiny` then says so.
+    ``quantize`` (default ``$KOSMOS2_QUANTIZE``) may be ``"int8"``: the experimental int8 text
+    decoder on CPU (see ``kosmos2.quantize``).
     """
 
     def __init__(self, checkpoint: str | None = None, dtype: str | None = None, device: str | None = None,
-                 force_tiny: bool = False) -> None:
+                 force_tiny: bool = False, quantize: str | None = None) -> None:
         self.checkpoint = TINY_CHECKPOINT if force_tiny else (
             checkpoint or os.environ.get("KOSMOS2_CHECKPOINT") or DEFAULT_CHECKPOINT)
         self.dtype_name = dtype or os.environ.get("KOSMOS2_DTYPE") or None
+        self.quantize = quantize or os.environ.get("KOSMOS2_QUANTIZE") or None
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"KOSMOS2_QUANTIZE must be 'int8' or unset, got {self.quantize!r}")
         self.device = device
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
@@ -462,10 +486,11 @@ class ModelHolder:
         start = time.perf_counter()
         processor = AutoProcessor.from_pretrained(path)
         model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=_dtype(self.dtype_name, device),
-                                                                device=device)
+                                                                device=device, quantize=self.quantize)
         model.eval()
         _progress(f"Model ready in {time.perf_counter() - start:.1f} s.")
-        return LoadedModel(model, processor, device, path if is_tiny else self.checkpoint, is_tiny, note)
+        return LoadedModel(model, processor, device, path if is_tiny else self.checkpoint, is_tiny, note,
+                           self.quantize)
 
 
 def _progress(message: str) -> None:
@@ -543,7 +568,10 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
                  done: bool = False) -> TaskResult:
     """Merge the decoded rows of one batch into a single result (captions joined by newlines)."""
     width, height = request.image.size
-    row_colours = entity_colours(len(texts)) if request.colour_by_row else [None] * len(texts)
+    if not request.colour_by_row:
+        row_colours: list[str | None] = [None] * len(texts)
+    else:
+        row_colours = list(request.row_colours) or entity_colours(len(texts))
     caption_parts: list[str] = []
     entities: list[Entity] = []
     row_spans = []
