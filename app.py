@@ -41,6 +41,8 @@ OUTPUT_MAX_FILES = 64  # annotated PNGs kept in the private output folder (Gradi
 STREAM_INTERVAL_S = 0.15  # at most ~7 partial updates a second
 TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
                "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
+INT8_BANNER = ("🧪 <b>Experimental int8 mode</b> (<code>KOSMOS2_QUANTIZE=int8</code>): faster on CPU, but its "
+               "quality has not been verified against the full-precision model.")
 CAPTION_MODES = {"Brief (grounded)": "caption", "Detailed (grounded)": "detailed", "Brief, no grounding": "plain"}
 BOX_HELP = ("To draw a box: click ⬚ *Create box* under the image (or press C), then drag on the image. "
             "Select a box and press Delete to remove it.")
@@ -86,11 +88,13 @@ class Runner:
             return draw.save_png_tempfile(image, self._out_dir)
 
     def banner(self) -> dict:
-        """Loads the model (first call) and shows the banner when the tiny checkpoint is in use."""
+        """Loads the model (first call) and shows the banner when the tiny checkpoint or the
+        experimental int8 mode is in use."""
         loaded = self.holder.get()
-        if not loaded.is_tiny:
+        notes = [TINY_BANNER] * loaded.is_tiny + [INT8_BANNER] * (loaded.quantize == "int8")
+        if not notes:
             return gr.update(visible=False)
-        return gr.update(visible=True, value=f'<div class="k2-banner">{TINY_BANNER}</div>')
+        return gr.update(visible=True, value="".join(f'<div class="k2-banner">{n}</div>' for n in notes))
 
     def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
                settings: tuple, quarter_turns: int = 0) -> Iterator[tuple[Any, tasks.TaskResult]]:

@@ -64,3 +64,23 @@ def test_the_streaming_ui_handler_fails_the_same_way(failing_once):
     assert info.value.message == app.USER_ERROR
     *_, (page, timing, raw, entities, png) = runner.ui("caption", str(CAT), None, [], True, settings)
     assert "k2-caption" in page and "new tokens in" in timing
+
+
+def test_int8_mode_is_labelled_experimental_in_the_page(monkeypatch):
+    monkeypatch.setenv("KOSMOS2_QUANTIZE", "int8")
+    app = import_app()
+    holder = tasks.ModelHolder(force_tiny=True)
+    loaded = holder.get()
+    assert loaded.quantize == "int8"
+    assert type(loaded.model.text_model.lm_head).__name__ == "Int8Linear"
+    banner = app.Runner(holder).banner()
+    assert banner["visible"] is True
+    assert "Experimental int8 mode" in banner["value"] and "tiny checkpoint" in banner["value"]
+    caption, _, png = app.Runner(holder).api("caption", str(CAT), None, [], True, (4, "greedy", 3, 0.7, 0.9, 0))
+    assert caption.startswith("An image of") and png.endswith(".png")
+
+
+def test_unknown_quantize_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("KOSMOS2_QUANTIZE", "int4")
+    with pytest.raises(ValueError, match="KOSMOS2_QUANTIZE"):
+        tasks.ModelHolder(force_tiny=True)
