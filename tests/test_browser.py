@@ -74,6 +74,7 @@ def test_draw_a_box_by_mouse_and_get_a_description(page):
     page.locator("#refer-image").screenshot(path=str(SHOTS / "refer-drawn.png"))
     page.locator("#refer-run").click()
     page.wait_for_function("document.querySelectorAll('#refer-result .k2-row').length === 2")
+    page.locator("#refer-png").get_by_text("kosmos2-").wait_for()  # the final result (no more re-renders)
     rows = page.locator("#refer-result .k2-row").all_inner_texts()
     assert all(r.startswith("It is") for r in rows)
 
