@@ -7,15 +7,20 @@ import pytest
 from benchmarks.run import METRICS, main
 
 
-def test_benchmark_smoke_run_prints_a_table(tmp_path):
-    report = main(["--size", "tiny", "--dtypes", "float32", "--reps", "1", "--repeats", "1",
-                   "--new-tokens", "2", "--cache", str(tmp_path)])
-    rows = [line for line in report.splitlines() if line.startswith("| float32 |")]
+def check_comparison_rows(report: str, prefix: str) -> None:
+    """The rows starting with ``prefix`` name every metric once, with positive times and ratio = ours / ref."""
+    rows = [line for line in report.splitlines() if line.startswith(prefix)]
     assert [row.split("|")[2].strip() for row in rows] == [label for _, label in METRICS]
     for row in rows:
         ours, ref, ratio = (float(cell) for cell in row.split("|")[3:6])
         assert ours > 0 and ref > 0
         assert abs(ratio - ours / ref) <= 0.01 * ours / ref + 0.006
+
+
+def test_benchmark_smoke_run_prints_a_table(tmp_path):
+    report = main(["--size", "tiny", "--dtypes", "float32", "--reps", "1", "--repeats", "1",
+                   "--new-tokens", "2", "--cache", str(tmp_path)])
+    check_comparison_rows(report, "| float32 |")
     assert re.search(r"Machine: .+ cores", report)
     serving = [line for line in report.splitlines() if line.startswith("| float32: ")]
     assert [row.split("|")[1].split(":")[1].strip() for row in serving] == ["time to first token (s)",
@@ -31,12 +36,7 @@ def test_benchmark_int8_mode_rows_and_agreement(tmp_path):
     # the bfloat16 comparison's reference runs are reused for the int8 rows (three workers in all)
     report = main(["--size", "tiny", "--dtypes", "bfloat16", "--reps", "1", "--repeats", "1", "--new-tokens", "2",
                    "--cache", str(tmp_path), "--modes", "int8", "--serving", "skip"])
-    rows = [line for line in report.splitlines() if line.startswith("| int8 vs reference bfloat16 |")]
-    assert [row.split("|")[2].strip() for row in rows] == [label for _, label in METRICS]
-    for row in rows:
-        ours, ref, ratio = (float(cell) for cell in row.split("|")[3:6])
-        assert ours > 0 and ref > 0
-        assert abs(ratio - ours / ref) <= 0.01 * ours / ref + 0.006
+    check_comparison_rows(report, "| int8 vs reference bfloat16 |")
     share = re.search(r"int8 agreement with float32 \(greedy, tiny random checkpoints\): ([\d.]+)% of (\d+) tokens",
                       report)
     assert share and 0 <= float(share.group(1)) <= 100 and int(share.group(2)) == 3 * 3 * 24
