@@ -415,34 +415,34 @@ def generate(
     ids, then each step's new ids; ``end()`` is called when generation stops, also on an error.
     ``eos_token_id``/``pad_token_id`` default to ``model.generation_config``.
     """
-    settings = DecodingSettings(
-        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,  # type: ignore[arg-type]
-        temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams, length_penalty=length_penalty,
-        early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
-        repetition_penalty=repetition_penalty,
-    )
-    if streamer is not None and num_beams > 1:
-        raise ValueError("streaming is not supported with beam search (num_beams > 1)")
-    defaults = model.generation_config
-    eos = defaults.eos_token_id if eos_token_id is None else eos_token_id
-    pad = defaults.pad_token_id if pad_token_id is None else pad_token_id
-    if pad is None:
-        raise ValueError("pad_token_id is needed (to fill finished rows) and the model has no default")
-    device = model.device
-    eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device,
-                           dtype=torch.long)
-    input_ids, attention_mask, image_embeds, image_mask = _prepare_inputs(
-        model, pixel_values, input_ids, attention_mask, image_embeds, image_embeds_position_mask, pad, eos_ids
-    )
-    if num_beams > 1:
-        input_ids, attention_mask, image_embeds, image_mask = (
-            t.repeat_interleave(num_beams, dim=0) for t in (input_ids, attention_mask, image_embeds, image_mask)
-        )
-    padding_lengths = (attention_mask != 0).int().argmax(dim=1) if repetition_penalty != 1.0 else None
-    decoder = _Decoder(model, image_embeds, image_mask, use_cache, input_ids.shape[1] + settings.max_new_tokens)
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
     try:
+        settings = DecodingSettings(
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,  # type: ignore[arg-type]
+            temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams, length_penalty=length_penalty,
+            early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
+            repetition_penalty=repetition_penalty,
+        )
+        if streamer is not None and num_beams > 1:
+            raise ValueError("streaming is not supported with beam search (num_beams > 1)")
+        defaults = model.generation_config
+        eos = defaults.eos_token_id if eos_token_id is None else eos_token_id
+        pad = defaults.pad_token_id if pad_token_id is None else pad_token_id
+        if pad is None:
+            raise ValueError("pad_token_id is needed (to fill finished rows) and the model has no default")
+        device = model.device
+        eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device,
+                               dtype=torch.long)
+        input_ids, attention_mask, image_embeds, image_mask = _prepare_inputs(
+            model, pixel_values, input_ids, attention_mask, image_embeds, image_embeds_position_mask, pad, eos_ids
+        )
+        if num_beams > 1:
+            input_ids, attention_mask, image_embeds, image_mask = (
+                t.repeat_interleave(num_beams, dim=0) for t in (input_ids, attention_mask, image_embeds, image_mask)
+            )
+        padding_lengths = (attention_mask != 0).int().argmax(dim=1) if repetition_penalty != 1.0 else None
+        decoder = _Decoder(model, image_embeds, image_mask, use_cache, input_ids.shape[1] + settings.max_new_tokens)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
         if num_beams > 1:
             return _beam_search(decoder, input_ids, attention_mask, settings, eos_ids, pad, padding_lengths, generator)
         return _sample(decoder, input_ids, attention_mask, settings, eos_ids, pad, padding_lengths, generator, streamer)

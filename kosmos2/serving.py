@@ -51,6 +51,8 @@ class Row:
     rest_ids: torch.Tensor  # (R,) </image> and the prompt, R >= 1
     key: str  # hash of the image and the prefix: the PrefixCache key
 
+BATCH_SIZES_KEPT = 1000
+
 
 def prefix_key(pixel_values: torch.Tensor, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor) -> str:
     """SHA-256 of the preprocessed pixels (bytes, dtype, shape) and of the prefix ids and slot mask."""
@@ -357,10 +359,15 @@ class Engine:
         """Like ``model.generate`` (same arguments; ``decoding`` are its decoding options) through the
         prefix cache, with per-row positions. Returns (B, T + new): the given ids, then the new ones.
         ``streamer`` gets the prompt ids first, as with ``model.generate``."""
-        settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
-        rows = self.rows(pixel_values, input_ids, image_embeds_position_mask, attention_mask)
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
+        try:
+            settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
+            rows = self.rows(pixel_values, input_ids, image_embeds_position_mask, attention_mask)
+            if streamer is not None:
+                streamer.put(input_ids.cpu())
+        except BaseException:  # run() ends the streamer from here on; before it, end it here
+            if streamer is not None:
+                streamer.end()
+            raise
         new = self.run(rows, settings, eos_token_id, generator, streamer)
         return torch.cat([input_ids.to(new.device), new], dim=1)
 
@@ -480,7 +487,7 @@ class Batcher:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.gather_s = gather_s
-        self.batch_sizes: list[int] = []  # of every batch run, for tests and monitoring
+        self.batch_sizes: list[int] = []  # of the latest batches (at most BATCH_SIZES_KEPT), for tests and monitoring
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -560,6 +567,7 @@ class Batcher:
             live = [r for r in batch if not r.stream.cancelled.is_set()]
             if live:
                 self.batch_sizes.append(len(live))
+                del self.batch_sizes[:-BATCH_SIZES_KEPT]
                 self._run(live)
 
     def _run(self, batch: list[_Request]) -> None:

@@ -177,6 +177,17 @@ def test_token_streamer_iterates_in_another_thread(tiny):
         next(TokenStreamer(timeout=0.01))
 
 
+def test_streamer_is_ended_when_generate_rejects_its_arguments(tiny):
+    """A consumer iterating a streamer in another thread must not wait forever on a failed call."""
+    model, inputs = tiny
+    for bad in ({"max_new_tokens": 0}, {"max_new_tokens": 2, "num_beams": 2},
+                {"max_new_tokens": 2, "image_embeds_position_mask": None}):
+        recorder = _Recorder()
+        with pytest.raises(ValueError):
+            model.generate(**{**inputs, **bad}, streamer=recorder)
+        assert recorder.ended == 1 and recorder.calls == []
+
+
 def test_token_streamer_ends_once_and_can_be_reused(tiny):
     model, inputs = tiny
     streamer = TokenStreamer(timeout=30)
