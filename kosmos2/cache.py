@@ -62,7 +62,7 @@ class KVCache:
         needed = self.length + new_tokens
         if needed <= self.capacity:
             return
-        extra = needed - self.capacity
+        extra = max(needed - self.capacity, self.capacity)  # grow geometrically: no copy per decode step
         for store in (self.keys, self.values):
             for i, t in enumerate(store):
                 store[i] = torch.cat([t, t.new_zeros(t.shape[0], t.shape[1], extra, t.shape[3])], dim=2)
