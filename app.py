@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -97,9 +98,11 @@ class Runner:
         return gr.update(visible=True, value="".join(f'<div class="k2-banner">{n}</div>' for n in notes))
 
     def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-               settings: tuple, quarter_turns: int = 0) -> Iterator[tuple[Any, tasks.TaskResult]]:
-        """Validated streaming run yielding (RGB image, result); user errors become ``gr.Error``
-        with their message only, other errors a generic one (details go to the server log)."""
+               settings: tuple, quarter_turns: int = 0,
+               min_interval_s: float | None = None) -> Iterator[tuple[Any, tasks.TaskResult]]:
+        """Validated streaming run yielding (RGB image, result), partial results at most every
+        ``min_interval_s`` (default ``STREAM_INTERVAL_S``); user errors become ``gr.Error`` with their message only, other errors a
+        generic one (details go to the server log)."""
         try:
             request = tasks.build_request(task, image, text, boxes, grounding_on, quarter_turns)
             gen = tasks.GenerationSettings.from_user(*settings)
@@ -107,7 +110,8 @@ class Runner:
             raise gr.Error(str(e), print_exception=False) from None
         try:
             loaded = self.holder.get()
-            for result in tasks.run(loaded, request, gen, min_interval_s=STREAM_INTERVAL_S):
+            interval = STREAM_INTERVAL_S if min_interval_s is None else min_interval_s
+            for result in tasks.run(loaded, request, gen, min_interval_s=interval):
                 yield request.image, result
         except Exception:
             log.exception("generation failed for task %s", task)
@@ -125,7 +129,8 @@ class Runner:
     def api(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
             settings: tuple) -> tuple[str, list, str]:
         """API outputs: caption, entities, path of the annotated PNG."""
-        *_, (shown, result) = self.stream(task, image, text, boxes, grounding_on, settings)
+        # no partial results: the API returns the final one only
+        *_, (shown, result) = self.stream(task, image, text, boxes, grounding_on, settings, min_interval_s=math.inf)
         png = self.save_png(draw.annotate(shown, result.annotations()))
         return result.caption, result.entities_json(), png
 

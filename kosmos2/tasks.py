@@ -487,7 +487,6 @@ class ModelHolder:
         processor = AutoProcessor.from_pretrained(path)
         model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=_dtype(self.dtype_name, device),
                                                                 device=device, quantize=self.quantize)
-        model.eval()
         _progress(f"Model ready in {time.perf_counter() - start:.1f} s.")
         return LoadedModel(model, processor, device, path if is_tiny else self.checkpoint, is_tiny, note,
                            self.quantize)
@@ -621,7 +620,7 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
                 last_yield = now
                 texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
                 partial = build_result(request, texts, processor.post_process_generation)
-                partial.new_tokens, partial.seconds, partial.first_token_s = len(new_ids[0]), now - start, first
+                partial.new_tokens, partial.seconds, partial.first_token_s = max(map(len, new_ids)), now - start, first
                 yield partial
     seconds = time.perf_counter() - start
     texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
