@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kosmos2.image_processing import CLIP_MEAN, CLIP_STD
+
 PROMPT = "<grounding>An image of"
 
 
@@ -46,7 +48,7 @@ def load_reference(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     tokenizer = XLMRobertaTokenizer(tokenizer_object=Tokenizer.from_file(str(folder / "tokenizer.json")))
     image_processor = CLIPImageProcessor(
         do_resize=True, size={"height": size, "width": size}, do_center_crop=False, resample=3,
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
     )
     return model, Kosmos2Processor(image_processor, tokenizer)
 
