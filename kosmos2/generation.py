@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import queue
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -430,8 +431,7 @@ def generate(
         if pad is None:
             raise ValueError("pad_token_id is needed (to fill finished rows) and the model has no default")
         device = model.device
-        eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device,
-                               dtype=torch.long)
+        eos_ids = torch.tensor(eos_id_list(eos), device=device, dtype=torch.long)
         input_ids, attention_mask, image_embeds, image_mask = _prepare_inputs(
             model, pixel_values, input_ids, attention_mask, image_embeds, image_embeds_position_mask, pad, eos_ids
         )
@@ -449,6 +449,13 @@ def generate(
     finally:
         if streamer is not None:
             streamer.end()
+
+
+def eos_id_list(eos_token_id: int | Sequence[int] | None) -> list[int]:
+    """The end-of-sequence ids as a list (``eos_token_id`` may be one id, several, or None)."""
+    if eos_token_id is None:
+        return []
+    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
 
 def _prepare_inputs(

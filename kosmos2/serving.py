@@ -127,10 +127,6 @@ class PrefixEntry:
     keys: torch.Tensor  # (layers, heads, P, head_dim)
     values: torch.Tensor  # (layers, heads, P, head_dim)
 
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
-
 
 class PrefixCache:
     """A thread-safe LRU of :class:`PrefixEntry` by :func:`prefix_key`, at most ``max_entries``."""
@@ -328,8 +324,7 @@ class Engine:
             raise ValueError("streaming is not supported with beam search (num_beams > 1)")
         defaults = self.model.generation_config
         eos = defaults.eos_token_id if eos_token_id is None else eos_token_id
-        eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos),
-                               dtype=torch.long, device=self.model.device)
+        eos_ids = torch.tensor(generation.eos_id_list(eos), dtype=torch.long, device=self.model.device)
         try:
             ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
             padding_lengths = (ready.attention_mask != 0).int().argmax(dim=1)
@@ -576,8 +571,7 @@ class Batcher:
         settings = batch[0].settings
         if len(batch) > 1:
             settings = replace(settings, max_new_tokens=max(limits))
-        eos = self.engine.model.generation_config.eos_token_id
-        eos_ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        eos_ids = set(generation.eos_id_list(self.engine.model.generation_config.eos_token_id))
         try:
             if settings.num_beams > 1:
                 new = self.engine.run([batch[0].row], settings, generator=batch[0].generator)
