@@ -51,22 +51,24 @@ def ensure_checkpoint(cache: Path, size: str) -> Path:
     return folder
 
 
-def run_worker(impl: str, folder: Path, dtype: str, new_tokens: int, repeats: int) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "benchmarks.worker", "--impl", impl, "--checkpoint", str(folder),
-           "--dtype", dtype, "--new-tokens", str(new_tokens), "--repeats", str(repeats)]
+def _run_module(module: str, args: list[str]) -> dict[str, float]:
+    """Run ``python -m module args`` in a fresh process and return the JSON of its last output line."""
+    cmd = [sys.executable, "-m", module, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{module} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_worker(impl: str, folder: Path, dtype: str, new_tokens: int, repeats: int) -> dict[str, float]:
+    return _run_module("benchmarks.worker", ["--impl", impl, "--checkpoint", str(folder), "--dtype", dtype,
+                                             "--new-tokens", str(new_tokens), "--repeats", str(repeats)])
 
 
 def run_serving_worker(folder: Path, dtype: str, new_tokens: int, repeats: int, concurrency: int) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "benchmarks.serving_worker", "--checkpoint", str(folder), "--dtype", dtype,
-           "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--concurrency", str(concurrency)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
-    if proc.returncode != 0:
-        raise RuntimeError(f"serving benchmark worker failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_module("benchmarks.serving_worker", ["--checkpoint", str(folder), "--dtype", dtype, "--new-tokens",
+                                                     str(new_tokens), "--repeats", str(repeats),
+                                                     "--concurrency", str(concurrency)])
 
 
 def serving_table(results: dict[str, list[dict[str, float]]], concurrency: int) -> str:
