@@ -7,6 +7,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .config import Kosmos2VisionConfig
+from .layers import Linear
 from .outputs import VisionModelOutput
 
 
@@ -41,8 +42,8 @@ class VisionEmbeddings(nn.Module):
 class VisionMLP(nn.Module):
     def __init__(self, config: Kosmos2VisionConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(quick_gelu(self.fc1(x)))
