@@ -147,25 +147,34 @@ class DecodingSettings:
 
 
 def apply_repetition_penalty(
-    scores: torch.Tensor, sequences: torch.Tensor, penalty: float, ignore_before: torch.Tensor | None = None
+    scores: torch.Tensor, sequences: torch.Tensor, penalty: float, ignored: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Divide positive (multiply negative) scores of tokens present in ``sequences`` by ``penalty``.
 
-    ``ignore_before`` (batch,) skips each row's first positions (its left padding).
+    ``ignored`` (batch, length <= L) marks leading positions of each row that do not count (padding).
     """
     vocab = scores.shape[-1]
     ids = sequences.clamp(max=vocab)
-    if ignore_before is not None:
-        positions = torch.arange(sequences.shape[1], device=sequences.device)
-        ids = ids.masked_fill(positions[None, :] < ignore_before[:, None], vocab)
+    if ignored is not None:
+        ids = ids.masked_fill(_extend(ignored, sequences.shape[1]), vocab)
     padded = F.pad(scores, (0, 1))  # column ``vocab`` absorbs ignored ids
     seen = padded.gather(1, ids)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
     return padded.scatter(1, ids, seen)[:, :vocab]
 
 
-def ban_repeated_ngrams(scores: torch.Tensor, sequences: torch.Tensor, n: int) -> torch.Tensor:
-    """Set to -inf every token that would complete an n-gram already present in its row."""
+def ban_repeated_ngrams(
+    scores: torch.Tensor, sequences: torch.Tensor, n: int, ignored: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Set to -inf every token that would complete an n-gram already present in its row.
+
+    ``ignored`` (batch, length <= L) marks positions (padding) that are taken out of a row before its
+    n-grams are read, so the tokens on either side of them join up.
+    """
+    if ignored is not None and bool(ignored.any()):
+        ignored = _extend(ignored, sequences.shape[1])
+        return torch.cat([ban_repeated_ngrams(scores[i : i + 1], sequences[i : i + 1, ~ignored[i]], n)
+                          for i in range(sequences.shape[0])])
     length = sequences.shape[1]
     if length < n:
         return scores
@@ -176,6 +185,11 @@ def ban_repeated_ngrams(scores: torch.Tensor, sequences: torch.Tensor, n: int) -
     banned = scores.new_zeros((scores.shape[0], vocab + 1), dtype=torch.bool)
     banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=vocab), vocab), True)
     return scores.masked_fill(banned[:, :vocab], float("-inf"))
+
+
+def _extend(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """A (B, T) mask padded with False to (B, length)."""
+    return F.pad(mask, (0, length - mask.shape[1]), value=False)
 
 
 def suppress_tokens(scores: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -205,13 +219,16 @@ def process_scores(
     settings: DecodingSettings,
     new_tokens: int,
     eos_ids: torch.Tensor,
-    padding_lengths: torch.Tensor | None,
+    ignored: torch.Tensor | None,
 ) -> torch.Tensor:
-    """All score processors, in the reference's order: penalties and bans, then the sampling warpers."""
+    """All score processors, in the reference's order: penalties and bans, then the sampling warpers.
+
+    ``ignored`` (B, T) marks the prompt's padding, which the penalty and the n-gram ban do not see.
+    """
     if settings.repetition_penalty != 1.0:
-        scores = apply_repetition_penalty(scores, sequences, settings.repetition_penalty, padding_lengths)
+        scores = apply_repetition_penalty(scores, sequences, settings.repetition_penalty, ignored)
     if settings.no_repeat_ngram_size > 0:
-        scores = ban_repeated_ngrams(scores, sequences, settings.no_repeat_ngram_size)
+        scores = ban_repeated_ngrams(scores, sequences, settings.no_repeat_ngram_size, ignored)
     if new_tokens < settings.min_new_tokens and eos_ids.numel():
         scores = suppress_tokens(scores, eos_ids)
     if settings.do_sample:
@@ -439,16 +456,22 @@ def generate(
             input_ids, attention_mask, image_embeds, image_mask = (
                 t.repeat_interleave(num_beams, dim=0) for t in (input_ids, attention_mask, image_embeds, image_mask)
             )
-        padding_lengths = (attention_mask != 0).int().argmax(dim=1) if repetition_penalty != 1.0 else None
+        ignored = left_padding(attention_mask)
         decoder = _Decoder(model, image_embeds, image_mask, use_cache, input_ids.shape[1] + settings.max_new_tokens)
         if streamer is not None:
             streamer.put(input_ids.cpu())
         if num_beams > 1:
-            return _beam_search(decoder, input_ids, attention_mask, settings, eos_ids, pad, padding_lengths, generator)
-        return _sample(decoder, input_ids, attention_mask, settings, eos_ids, pad, padding_lengths, generator, streamer)
+            return _beam_search(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored, generator)
+        return _sample(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored, generator, streamer)
     finally:
         if streamer is not None:
             streamer.end()
+
+
+def left_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) True on each row's positions before its first attended one (as the reference counts padding)."""
+    first = (attention_mask != 0).int().argmax(dim=1, keepdim=True)  # (B, 1)
+    return torch.arange(attention_mask.shape[1], device=attention_mask.device) < first
 
 
 def eos_id_list(eos_token_id: int | Sequence[int] | None) -> list[int]:
@@ -504,7 +527,7 @@ def _sample(
     settings: DecodingSettings,
     eos_ids: torch.Tensor,
     pad: int,
-    padding_lengths: torch.Tensor | None,
+    ignored: torch.Tensor | None,
     generator: torch.Generator | None,
     streamer: Streamer | None,
 ) -> torch.Tensor:
@@ -516,7 +539,7 @@ def _sample(
     for step in range(settings.max_new_tokens):
         sequences = ids[:, : length + step]
         logits = decoder(sequences, attention[:, : length + step])
-        scores = process_scores(logits, sequences, settings, step, eos_ids, padding_lengths)
+        scores = process_scores(logits, sequences, settings, step, eos_ids, ignored)
         tokens = torch.where(unfinished, choose_tokens(scores, settings.do_sample, generator), pad)
         ids[:, length + step] = tokens
         if streamer is not None:
@@ -534,7 +557,7 @@ def _beam_search(
     settings: DecodingSettings,
     eos_ids: torch.Tensor,
     pad: int,
-    padding_lengths: torch.Tensor | None,
+    ignored: torch.Tensor | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Beam search over (B*K) expanded prompts; returns each batch item's best hypothesis."""
@@ -546,7 +569,7 @@ def _beam_search(
     for cur_len in range(prompt_len, max_len):
         sequences = state.running[:, :, :cur_len].reshape(b * k, cur_len)
         log_probs = decoder(sequences, attention_mask).log_softmax(dim=-1)
-        log_probs = process_scores(log_probs, sequences, settings, cur_len - prompt_len, eos_ids, padding_lengths)
+        log_probs = process_scores(log_probs, sequences, settings, cur_len - prompt_len, eos_ids, ignored)
         state, parents, stops = beam_step(state, log_probs, cur_len, prompt_len, eos_ids, settings, generator)
         decoder.reorder(parents)
         attention_mask = F.pad(attention_mask, (0, 1), value=1)

@@ -327,9 +327,9 @@ class Engine:
         eos_ids = torch.tensor(generation.eos_id_list(eos), dtype=torch.long, device=self.model.device)
         try:
             ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
-            padding_lengths = (ready.attention_mask != 0).int().argmax(dim=1)
-            args = (ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids, self.pad_id,
-                    padding_lengths if settings.repetition_penalty != 1.0 else None, generator)
+            pads = ready.attention_mask == 0  # the middle pads of [prefix][pads][rest]: invisible to penalties
+            args = (ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids, self.pad_id, pads,
+                    generator)
             if settings.num_beams > 1:
                 out = generation._beam_search(*args)
             else:
@@ -458,12 +458,11 @@ class _Request:
 
     def __post_init__(self) -> None:
         s = self.settings
-        # Only max_new_tokens may differ within a batch. Beam search, a private generator and the
-        # penalties that read the whole sequence (its pads included) run alone, so that their tokens
-        # stay those of a lone row.
-        alone = (s.num_beams > 1 or s.repetition_penalty != 1.0 or s.no_repeat_ngram_size > 0
-                 or self.generator is not None)
-        self.group = (id(self),) if alone else (s.min_new_tokens, s.do_sample, s.temperature, s.top_k, s.top_p)
+        # Only max_new_tokens may differ within a batch. Beam search and a private generator run alone,
+        # so that their tokens stay those of a lone row.
+        alone = s.num_beams > 1 or self.generator is not None
+        self.group = (id(self),) if alone else (s.min_new_tokens, s.do_sample, s.temperature, s.top_k, s.top_p,
+                                               s.repetition_penalty, s.no_repeat_ngram_size)
 
 
 class Batcher:

@@ -237,8 +237,22 @@ def test_repetition_penalty_and_ngram_ban():
     scores = torch.tensor([[2.0, -2.0, 4.0, 1.0]])
     seq = torch.tensor([[0, 1, 0]])
     assert apply_repetition_penalty(scores, seq, 2.0).tolist() == [[1.0, -4.0, 4.0, 1.0]]
-    skip_two = apply_repetition_penalty(scores, seq, 2.0, ignore_before=torch.tensor([2]))
+    skip_two = apply_repetition_penalty(scores, seq, 2.0, ignored=torch.tensor([[True, True]]))
     assert skip_two.tolist() == [[1.0, -2.0, 4.0, 1.0]]
     # "3 1 2 3" ends with 3; "3 1" occurred, so 1 is banned for a 2-gram ban
     banned = ban_repeated_ngrams(scores, torch.tensor([[3, 1, 2, 3]]), 2)
     assert banned.tolist() == [[2.0, float("-inf"), 4.0, 1.0]]
+
+
+def test_ngram_ban_reads_rows_without_their_ignored_positions():
+    inf = float("-inf")
+    scores = torch.zeros(2, 5)
+    # row 0: "2 [0 0] 3 2" reads as "2 3 2": "2 3" occurred, 3 banned; the pads' "2 0" bans nothing.
+    # row 1 has nothing ignored: "4 0 0 3 4" ends with 4 and "4 0" occurred, so 0 is banned.
+    seq = torch.tensor([[2, 0, 0, 3, 2], [4, 0, 0, 3, 4]])
+    ignored = torch.tensor([[False, True, True], [False, False, False]])
+    got = ban_repeated_ngrams(scores, seq, 2, ignored)
+    assert got.tolist() == [[0.0, 0.0, 0.0, inf, 0.0], [inf, 0.0, 0.0, 0.0, 0.0]]
+    # the same as each row alone, written without its ignored positions
+    alone = ban_repeated_ngrams(scores[:1], torch.tensor([[2, 3, 2]]), 2)
+    assert got[:1].tolist() == alone.tolist()

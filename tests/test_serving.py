@@ -148,6 +148,27 @@ def test_batched_rows_get_the_tokens_of_lone_rows(env):
         assert _until_eos(got[i, -NEW:].tolist()) == _until_eos(want[0, -NEW:].tolist())
 
 
+@pytest.mark.parametrize("penalties", [dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2),
+                                       dict(repetition_penalty=0.7, no_repeat_ngram_size=3)])
+def test_batched_rows_with_penalties_get_the_tokens_of_lone_rows(env, penalties):
+    """The pads in the middle of a batched row are invisible to the penalty and the n-gram ban, so a
+    batch (through the engine and through the batcher) gives each row the reference's lone tokens."""
+    model, processor, ref, images = env
+    batch = _batch(processor, images)
+    got = Engine(model).generate(**batch, max_new_tokens=NEW, **penalties)
+    batcher = Batcher(Engine(model), max_batch_size=4, gather_s=0.5)
+    streams = batcher.submit_batch(**batch, max_new_tokens=NEW, **penalties)
+    batched = [s.result(timeout=60) for s in streams]
+    batcher.close()
+    assert batcher.batch_sizes == [3]
+    changed = False
+    for i, (prompt, image) in enumerate(zip(PROMPTS, images)):
+        want = _reference(ref, _inputs(processor, prompt, image), **penalties)[0, -NEW:].tolist()
+        assert _until_eos(got[i, -NEW:].tolist()) == batched[i] == _until_eos(want)
+        changed |= want != _reference(ref, _inputs(processor, prompt, image))[0, -NEW:].tolist()
+    assert changed, "the penalties should change some row's tokens, or this test proves nothing"
+
+
 def test_batched_decode_logits_match_lone_rows_unlike_the_shifted_reference_batch(env):
     """Per-step logits of each batched row equal the reference's for the row alone; the reference's own
     batched generate (positions shifted by the pad count) does not, which shows the check can fail."""
