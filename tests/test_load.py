@@ -117,12 +117,14 @@ def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch):
         def submit():
             return client.submit(image, max_new_tokens=2, api_name="/plain")
 
-        running = [submit() for _ in range(app.CONCURRENCY_LIMIT)]
-        for job in running:
-            _wait_until(job, "PROCESSING")
-        queued = [submit() for _ in range(app.QUEUE_MAX_SIZE)]
-        for job in queued:
-            _wait_until(job, "IN_QUEUE")
+        # one at a time: a burst would pass through the 2-place queue before the workers take it
+        running, queued = [], []
+        for _ in range(app.CONCURRENCY_LIMIT):
+            running.append(submit())
+            _wait_until(running[-1], "PROCESSING")
+        for _ in range(app.QUEUE_MAX_SIZE):
+            queued.append(submit())
+            _wait_until(queued[-1], "IN_QUEUE")
         turned_away = [submit() for _ in range(3)]
         for job in turned_away:
             with pytest.raises(QueueError, match="Queue is full! Please try again."):
