@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -72,18 +73,21 @@ class TokenStreamer:
         self._queue: queue.Queue = queue.Queue()
         self._expect_prompt = True
         self._ended = False
+        self._lock = threading.Lock()  # end() may come from another thread than put()
 
     def put(self, ids: torch.Tensor) -> None:
-        if self._expect_prompt:
-            self.prompt_ids = ids
-            self._expect_prompt = self._ended = False
-        else:
-            self._queue.put(ids.reshape(-1).tolist())
+        with self._lock:
+            if self._expect_prompt:
+                self.prompt_ids = ids
+                self._expect_prompt = self._ended = False
+            else:
+                self._queue.put(ids.reshape(-1).tolist())
 
     def end(self) -> None:
-        if not self._ended:
-            self._ended = self._expect_prompt = True
-            self._queue.put(self._END)
+        with self._lock:
+            if not self._ended:
+                self._ended = self._expect_prompt = True
+                self._queue.put(self._END)
 
     def __iter__(self) -> "TokenStreamer":
         return self

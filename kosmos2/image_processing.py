@@ -188,5 +188,13 @@ class Kosmos2ImageProcessor:
             raise ValueError("No images given.")
         if any(isinstance(image, (list, tuple)) for image in images):
             raise ValueError("Nested lists of images are not supported: give one image per prompt.")
-        pixel_values = [preprocess_image(image, self.config) for image in images]
+        processed: dict[int, np.ndarray] = {}  # an image object given for several prompts is processed once
+        pixel_values = []
+        for image in images:
+            done = processed.get(id(image))
+            if done is None:
+                done = processed[id(image)] = preprocess_image(image, self.config)
+            elif return_tensors is None:
+                done = done.copy()  # separate arrays, as if each had been processed on its own
+            pixel_values.append(done)
         return BatchFeature(pixel_values=as_tensor_type(pixel_values, return_tensors))

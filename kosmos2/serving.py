@@ -386,16 +386,20 @@ class RowStream:
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()  # the worker's _put/_finish against the consumer's cancel()
 
     def _put(self, token: int) -> None:
-        self.tokens.append(token)
-        self._queue.put(token)
+        with self._lock:
+            if not self.done.is_set():
+                self.tokens.append(token)
+                self._queue.put(token)
 
     def _finish(self, error: BaseException | None = None) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
-            self._queue.put(self._END)
+        with self._lock:
+            if not self.done.is_set():
+                self.error = error
+                self.done.set()
+                self._queue.put(self._END)
 
     def cancel(self) -> None:
         """Stop receiving tokens; the row stops taking part in its batch."""

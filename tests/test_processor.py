@@ -357,6 +357,21 @@ def test_image_inputs_match_reference(image_processors, name):
                                ref(image, return_tensors="pt")["pixel_values"], atol=1e-4, rtol=0)
 
 
+def test_one_image_for_several_prompts_is_processed_once(image_processors, monkeypatch):
+    ours, ref = image_processors
+    image, other = _random_image("RGB", (40, 30), 10), _random_image("RGB", (30, 40), 11)
+    images = [image, other, image, image]
+    expected = ref(images, return_tensors="pt")["pixel_values"]
+    calls = []
+    real = kosmos2.image_processing.preprocess_image
+    monkeypatch.setattr(kosmos2.image_processing, "preprocess_image", lambda im, cfg: calls.append(im) or real(im, cfg))
+    torch.testing.assert_close(ours(images, return_tensors="pt")["pixel_values"], expected, atol=1e-4, rtol=0)
+    assert [id(c) for c in calls] == [id(image), id(other)]
+    arrays = ours(images)["pixel_values"]  # plain lists: every row its own array
+    arrays[0][:] = 0
+    assert float(np.abs(arrays[2]).sum()) > 0 and len({id(a) for a in arrays}) == 4
+
+
 def test_image_from_path_and_2d_array(image_processors, tmp_path):
     ours, ref = image_processors
     image = _random_image("RGBA", (21, 13), 8)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from kosmos2 import AutoProcessor, Kosmos2ForConditionalGeneration
 from kosmos2.generation import DecodingSettings, TokenStreamer
-from kosmos2.serving import Batcher, Engine, PrefixCache, PrefixEntry, follow, split_batch, split_row
+from kosmos2.serving import Batcher, Engine, PrefixCache, PrefixEntry, RowStream, follow, split_batch, split_row
 from reference_model import reference_model
 
 PROMPTS = (
@@ -333,3 +333,13 @@ def test_bad_input_raises_clear_errors(env):
         PrefixCache(0)
     with pytest.raises(ValueError, match="max_batch_size"):
         Batcher(engine, max_batch_size=0)
+
+
+def test_a_row_stream_ends_once():
+    """After a cancel, late tokens and a late error from the worker change nothing."""
+    stream = RowStream()
+    stream._put(5)
+    stream.cancel()
+    stream._put(6)
+    stream._finish(RuntimeError("late"))
+    assert list(stream) == [5] and stream.result(timeout=1) == [5]
