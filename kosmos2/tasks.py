@@ -430,7 +430,8 @@ class ModelHolder:
     ``force_tiny``) means the built-in tiny random checkpoint, which is also the fallback when
     the checkpoint cannot be obtained (offline): :attr:`LoadedModel.is_tiny` then says so.
     ``quantize`` (default ``$KOSMOS2_QUANTIZE``) may be ``"int8"``: the experimental int8 text
-    decoder on CPU (see ``kosmos2.quantize``).
+    decoder on CPU (see ``kosmos2.quantize``). ``$KOSMOS2_PACK_WEIGHTS`` ``0``/``1`` turns the
+    oneDNN weight layout off/on (default: on for float32 on an x86-64 CPU; see ``kosmos2.packing``).
     """
 
     def __init__(self, checkpoint: str | None = None, dtype: str | None = None, device: str | None = None,
@@ -441,6 +442,10 @@ class ModelHolder:
         self.quantize = quantize or os.environ.get("KOSMOS2_QUANTIZE") or None
         if self.quantize not in (None, "int8"):
             raise ValueError(f"KOSMOS2_QUANTIZE must be 'int8' or unset, got {self.quantize!r}")
+        pack = os.environ.get("KOSMOS2_PACK_WEIGHTS") or None
+        if pack not in (None, "0", "1"):
+            raise ValueError(f"KOSMOS2_PACK_WEIGHTS must be 0, 1 or unset, got {pack!r}")
+        self.pack_weights = None if pack is None else pack == "1"  # None: kosmos2's default (float32 on x86 CPUs)
         self.device = device
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
@@ -486,7 +491,8 @@ class ModelHolder:
         start = time.perf_counter()
         processor = AutoProcessor.from_pretrained(path)
         model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=_dtype(self.dtype_name, device),
-                                                                device=device, quantize=self.quantize)
+                                                                device=device, quantize=self.quantize,
+                                                                pack_weights=self.pack_weights)
         _progress(f"Model ready in {time.perf_counter() - start:.1f} s.")
         return LoadedModel(model, processor, device, path if is_tiny else self.checkpoint, is_tiny, note,
                            self.quantize)
