@@ -48,10 +48,10 @@ def pack_linears(module: nn.Module, release_mapped: bool = False) -> list[Linear
                          f"this is {platform.machine()} with mkldnn available={torch.backends.mkldnn.is_available()}")
     layers = [m for m in module.modules()
               if isinstance(m, Linear) and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
+    mappings = _file_mappings() if release_mapped else []
     for layer in layers:
         layer.pack()
-        if release_mapped:
-            release_file_pages([layer.weight])
+        _release_pages(layer.weight, mappings)
     return layers
 
 
@@ -73,23 +73,23 @@ def release_file_pages(tensors: Iterable[torch.Tensor]) -> int:
     anonymous memory the call would zero the data, so tensors outside file mappings are left alone.
     """
     mappings = _file_mappings()
-    if not mappings:
+    return sum(_release_pages(tensor, mappings) for tensor in tensors)
+
+
+def _release_pages(tensor: torch.Tensor, mappings: list[tuple[int, int]]) -> int:
+    """madvise(DONTNEED) the whole pages of ``tensor`` if it lies inside one of ``mappings``; the bytes released."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page  # whole pages inside the tensor
+    if last <= first or not any(lo <= start and end <= hi for lo, hi in mappings):
         return 0
     libc = ctypes.CDLL(None, use_errno=True)
-    page = mmap.PAGESIZE
-    released = 0
-    for tensor in tensors:
-        start = tensor.data_ptr()
-        end = start + tensor.numel() * tensor.element_size()
-        first, last = -(-start // page) * page, end // page * page  # whole pages inside the tensor
-        if last <= first or not any(lo <= start and end <= hi for lo, hi in mappings):
-            continue
-        if libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) != 0:
-            warnings.warn(f"could not release the file pages of a weight (errno {ctypes.get_errno()}); "
-                          "the model uses more memory", RuntimeWarning, stacklevel=2)
-            continue
-        released += last - first
-    return released
+    if libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) != 0:
+        warnings.warn(f"could not release the file pages of a weight (errno {ctypes.get_errno()}); "
+                      "the model uses more memory", RuntimeWarning, stacklevel=3)
+        return 0
+    return last - first
 
 
 def _file_mappings() -> list[tuple[int, int]]:
