@@ -101,8 +101,8 @@ class Runner:
                settings: tuple, quarter_turns: int = 0,
                min_interval_s: float | None = None) -> Iterator[tuple[Any, tasks.TaskResult]]:
         """Validated streaming run yielding (RGB image, result), partial results at most every
-        ``min_interval_s`` (default ``STREAM_INTERVAL_S``); user errors become ``gr.Error`` with their message only, other errors a
-        generic one (details go to the server log)."""
+        ``min_interval_s`` (default ``STREAM_INTERVAL_S``); user errors become ``gr.Error`` with their
+        message only, other errors a generic one (details go to the server log)."""
         try:
             request = tasks.build_request(task, image, text, boxes, grounding_on, quarter_turns)
             gen = tasks.GenerationSettings.from_user(*settings)

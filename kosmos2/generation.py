@@ -155,7 +155,7 @@ def apply_repetition_penalty(
 ) -> torch.Tensor:
     """Divide positive (multiply negative) scores of tokens present in ``sequences`` by ``penalty``.
 
-    ``ignored`` (batch, length <= L) marks leading positions of each row that do not count (padding).
+    ``ignored`` (batch, length <= L) marks positions of each row that do not count (padding).
     """
     vocab = scores.shape[-1]
     ids = sequences.clamp(max=vocab)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .model import Kosmos2ForConditionalGeneration
 
 DEFAULT_MAX_IMAGES = 8
+BATCH_SIZES_KEPT = 1000
 
 
 # ----------------------------------------------------------------------------- rows and keys
@@ -50,8 +51,6 @@ class Row:
     prefix_mask: torch.Tensor  # (P,) image_embeds_position_mask of the prefix
     rest_ids: torch.Tensor  # (R,) </image> and the prompt, R >= 1
     key: str  # hash of the image and the prefix: the PrefixCache key
-
-BATCH_SIZES_KEPT = 1000
 
 
 def prefix_key(pixel_values: torch.Tensor, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor) -> str:

@@ -612,6 +612,10 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     n = len(request.prompts)
     batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
     prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+    def decode(new_ids: list[list[int]]) -> list[str]:  # each row's prompt and new ids as text
+        return processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
+
     start = time.perf_counter()
     first: float | None = None
     new_ids: list[list[int]] = [[] for _ in range(n)]
@@ -624,13 +628,11 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
             first = first if first is not None else now - start
             if now - last_yield >= min_interval_s:
                 last_yield = now
-                texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
-                partial = build_result(request, texts, processor.post_process_generation)
+                partial = build_result(request, decode(new_ids), processor.post_process_generation)
                 partial.new_tokens, partial.seconds, partial.first_token_s = max(map(len, new_ids)), now - start, first
                 yield partial
     seconds = time.perf_counter() - start
-    texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
-    result = build_result(request, texts, processor.post_process_generation, done=True)
+    result = build_result(request, decode(new_ids), processor.post_process_generation, done=True)
     result.new_tokens = max(len(q) for q in new_ids)
     result.seconds, result.first_token_s = seconds, first
     yield result
