@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -369,8 +369,20 @@ def beam_search_done(state: BeamState, stops: torch.Tensor, early_stopping: bool
 # ----------------------------------------------------------------------------- the loop
 
 
-class _Decoder:
-    """Runs the text decoder for next-token logits, with the image spliced in on the first call."""
+class Decoder(Protocol):
+    """What the decoding loops call: next-token logits for the ids so far, and beam reordering."""
+
+    def __call__(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, L) ids and (N, L) attention so far -> (N, V) float32 logits for the next token."""
+        ...
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep (and duplicate) cached rows: row i becomes old row ``index[i]``."""
+        ...
+
+
+class ImageDecoder:
+    """A :class:`Decoder` over the text decoder's KV cache, with the image spliced in on the first call."""
 
     def __init__(self, model: "Kosmos2ForConditionalGeneration", image_embeds: torch.Tensor,
                  image_mask: torch.Tensor, use_cache: bool, capacity: int) -> None:
@@ -444,15 +456,11 @@ def generate(
             early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
             repetition_penalty=repetition_penalty,
         )
-        if streamer is not None and num_beams > 1:
-            raise ValueError("streaming is not supported with beam search (num_beams > 1)")
-        defaults = model.generation_config
-        eos = defaults.eos_token_id if eos_token_id is None else eos_token_id
-        pad = defaults.pad_token_id if pad_token_id is None else pad_token_id
+        check_streaming(settings, streamer)
+        pad = model.generation_config.pad_token_id if pad_token_id is None else pad_token_id
         if pad is None:
             raise ValueError("pad_token_id is needed (to fill finished rows) and the model has no default")
-        device = model.device
-        eos_ids = torch.tensor(eos_id_list(eos), device=device, dtype=torch.long)
+        eos_ids = eos_tensor(model, eos_token_id)
         input_ids, attention_mask, image_embeds, image_mask = _prepare_inputs(
             model, pixel_values, input_ids, attention_mask, image_embeds, image_embeds_position_mask, pad, eos_ids
         )
@@ -461,12 +469,11 @@ def generate(
                 t.repeat_interleave(num_beams, dim=0) for t in (input_ids, attention_mask, image_embeds, image_mask)
             )
         ignored = left_padding(attention_mask)
-        decoder = _Decoder(model, image_embeds, image_mask, use_cache, input_ids.shape[1] + settings.max_new_tokens)
+        decoder = ImageDecoder(model, image_embeds, image_mask, use_cache, input_ids.shape[1] + settings.max_new_tokens)
         if streamer is not None:
             streamer.put(input_ids.cpu())
-        if num_beams > 1:
-            return _beam_search(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored, generator)
-        return _sample(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored, generator, streamer)
+        return decode(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored=ignored,
+                      generator=generator, streamer=streamer)
     finally:
         if streamer is not None:
             streamer.end()
@@ -485,6 +492,32 @@ def eos_id_list(eos_token_id: int | Sequence[int] | None) -> list[int]:
     return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
 
+def eos_tensor(model: "Kosmos2ForConditionalGeneration", eos_token_id: int | Sequence[int] | None = None) -> torch.Tensor:
+    """(E,) end-of-sequence ids on the model's device: ``eos_token_id``, or the model's default."""
+    eos = model.generation_config.eos_token_id if eos_token_id is None else eos_token_id
+    return torch.tensor(eos_id_list(eos), device=model.device, dtype=torch.long)
+
+
+def check_streaming(settings: DecodingSettings, streamer: Streamer | None) -> None:
+    """Beam search chooses its tokens only at the end, so it cannot stream."""
+    if streamer is not None and settings.num_beams > 1:
+        raise ValueError("streaming is not supported with beam search (num_beams > 1)")
+
+
+def check_prompt_shapes(
+    input_ids: torch.Tensor | None, image_embeds_position_mask: torch.Tensor | None, attention_mask: torch.Tensor | None
+) -> None:
+    """Raise ``ValueError`` unless ``input_ids`` is (batch, length > 0) and the image slot mask (required)
+    and the attention mask (optional) have its shape."""
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError("input_ids of shape (batch, length > 0) are required")
+    if image_embeds_position_mask is None:
+        raise ValueError("image_embeds_position_mask is required (the processor returns it)")
+    for name, mask in (("image_embeds_position_mask", image_embeds_position_mask), ("attention_mask", attention_mask)):
+        if mask is not None and mask.shape != input_ids.shape:
+            raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(input_ids.shape)} like input_ids")
+
+
 def _prepare_inputs(
     model: "Kosmos2ForConditionalGeneration",
     pixel_values: torch.Tensor | None,
@@ -496,23 +529,14 @@ def _prepare_inputs(
     eos_ids: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Check shapes and batch sizes; compute the image embeddings; default the attention mask."""
-    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids of shape (batch, length > 0) are required")
+    check_prompt_shapes(input_ids, image_mask, attention_mask)
     device = model.device
     input_ids = input_ids.to(device)
     batch = input_ids.shape[0]
-    if image_mask is None:
-        raise ValueError("image_embeds_position_mask is required (the processor returns it)")
-    if image_mask.shape != input_ids.shape:
-        raise ValueError(f"image_embeds_position_mask has shape {tuple(image_mask.shape)}, "
-                         f"expected {tuple(input_ids.shape)} like input_ids")
     if attention_mask is None:
         # as the reference: infer padding from the pad id when it occurs (and differs from EOS)
         infer = bool((input_ids == pad).any()) and not bool((eos_ids == pad).any())
         attention_mask = input_ids.ne(pad).long() if infer else torch.ones_like(input_ids)
-    elif attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                         f"expected {tuple(input_ids.shape)} like input_ids")
     if image_embeds is None:
         if pixel_values is None:
             raise ValueError("pass pixel_values or image_embeds")
@@ -524,18 +548,41 @@ def _prepare_inputs(
     return input_ids, attention_mask.to(device), image_embeds.to(device), image_mask.to(device)
 
 
-def _sample(
-    decoder: _Decoder,
+def decode(
+    decoder: Decoder,
     sequences: torch.Tensor,
     attention_mask: torch.Tensor,
     settings: DecodingSettings,
     eos_ids: torch.Tensor,
     pad: int,
-    ignored: torch.Tensor | None,
-    generator: torch.Generator | None,
-    streamer: Streamer | None,
+    *,
+    streamer: Streamer | None = None,
+    **options: Any,
 ) -> torch.Tensor:
-    """Greedy or sampled decoding, one token per row per step (ids and attention written in place)."""
+    """Run ``settings``' decoding from the (N, L) ``sequences``: :func:`beam_search` when ``num_beams > 1``,
+    else :func:`sample` (greedy or sampling, streamed to ``streamer``; see :func:`check_streaming`).
+    ``options`` are their shared keywords (``ignored``, ``generator``). Returns (N, L + new) ids.
+    """
+    if settings.num_beams > 1:
+        return beam_search(decoder, sequences, attention_mask, settings, eos_ids, pad, **options)
+    return sample(decoder, sequences, attention_mask, settings, eos_ids, pad, streamer=streamer, **options)
+
+
+def sample(
+    decoder: Decoder,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    settings: DecodingSettings,
+    eos_ids: torch.Tensor,
+    pad: int,
+    *,
+    ignored: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    streamer: Streamer | None = None,
+) -> torch.Tensor:
+    """Greedy or sampled decoding, one token per row per step (ids and attention written in place);
+    finished rows are filled with ``pad``. ``ignored`` (N, L) marks prompt positions that penalties and
+    n-gram bans do not see (padding); ``streamer`` gets each step's new ids (ending it is the caller's)."""
     rows, length = sequences.shape
     ids = F.pad(sequences, (0, settings.max_new_tokens), value=pad)  # (B, T + max_new)
     attention = F.pad(attention_mask, (0, settings.max_new_tokens), value=1)
@@ -554,15 +601,16 @@ def _sample(
     return ids
 
 
-def _beam_search(
-    decoder: _Decoder,
+def beam_search(
+    decoder: Decoder,
     prompts: torch.Tensor,
     attention_mask: torch.Tensor,
     settings: DecodingSettings,
     eos_ids: torch.Tensor,
     pad: int,
-    ignored: torch.Tensor | None,
-    generator: torch.Generator | None,
+    *,
+    ignored: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Beam search over (B*K) expanded prompts; returns each batch item's best hypothesis."""
     k = settings.num_beams

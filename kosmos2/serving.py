@@ -92,20 +92,12 @@ def split_batch(
     pad_id: int,
 ) -> list[Row]:
     """The rows of a processor batch (left-padded (B, T) tensors and (B, 3, S, S) pixels)."""
-    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids of shape (batch, length > 0) are required")
+    generation.check_prompt_shapes(input_ids, image_embeds_position_mask, attention_mask)
     if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[0] != input_ids.shape[0]:
         shape = None if pixel_values is None else tuple(pixel_values.shape)
         raise ValueError(f"pixel_values of shape ({input_ids.shape[0]}, 3, size, size) are required, got {shape}")
-    if image_embeds_position_mask is None or image_embeds_position_mask.shape != input_ids.shape:
-        shape = None if image_embeds_position_mask is None else tuple(image_embeds_position_mask.shape)
-        raise ValueError(f"image_embeds_position_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                         f"got {shape}")
     if attention_mask is None:
         attention_mask = input_ids.ne(pad_id).long()
-    elif attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                         f"expected {tuple(input_ids.shape)} like input_ids")
     rows = []
     for pixels, ids, slots, keep in zip(pixel_values, input_ids, image_embeds_position_mask, attention_mask):
         keep = keep.bool()
@@ -178,8 +170,8 @@ class RowDecoder:
     """Next-token logits from a ``KVCache`` that already holds each row's prefix.
 
     Each call feeds the columns of ``sequences`` after the cached ones. A row's positions count only
-    its own tokens (``attention_mask`` 1), so pads anywhere in the row do not shift them. Follows the
-    decoder protocol of ``kosmos2.generation``'s loops: ``__call__`` and ``reorder``.
+    its own tokens (``attention_mask`` 1), so pads anywhere in the row do not shift them. A
+    :class:`kosmos2.generation.Decoder`.
     """
 
     def __init__(self, model: "Kosmos2ForConditionalGeneration", cache: KVCache) -> None:
@@ -319,20 +311,13 @@ class Engine:
 
         ``streamer`` gets each step's (B,) new ids (not the prompt) and ``end()`` at the end.
         """
-        if streamer is not None and settings.num_beams > 1:
-            raise ValueError("streaming is not supported with beam search (num_beams > 1)")
-        defaults = self.model.generation_config
-        eos = defaults.eos_token_id if eos_token_id is None else eos_token_id
-        eos_ids = torch.tensor(generation.eos_id_list(eos), dtype=torch.long, device=self.model.device)
+        eos_ids = generation.eos_tensor(self.model, eos_token_id)
         try:
+            generation.check_streaming(settings, streamer)
             ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
             pads = ready.attention_mask == 0  # the middle pads of [prefix][pads][rest]: invisible to penalties
-            args = (ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids, self.pad_id, pads,
-                    generator)
-            if settings.num_beams > 1:
-                out = generation._beam_search(*args)
-            else:
-                out = generation._sample(*args, streamer)
+            out = generation.decode(ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids,
+                                    self.pad_id, ignored=pads, generator=generator, streamer=streamer)
         finally:
             if streamer is not None:
                 streamer.end()
@@ -521,6 +506,11 @@ class Batcher:
         rows = self.engine.rows(pixel_values, input_ids, image_embeds_position_mask, attention_mask)
         return self._enqueue(rows, max_new_tokens, generator, timeout, decoding)
 
+    def stream_batch(self, **batch: Any) -> Iterator[list[list[int]]]:
+        """:meth:`submit_batch` (same arguments), then :func:`follow` its rows: each row's new ids so far,
+        round by round; closing the iterator early cancels the rows."""
+        return follow(self.submit_batch(**batch))
+
     def _enqueue(self, rows: Sequence[Row], max_new_tokens: int | None, generator: torch.Generator | None,
                  timeout: float | None, decoding: dict[str, Any]) -> list[RowStream]:
         settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
@@ -573,7 +563,7 @@ class Batcher:
         settings = batch[0].settings
         if len(batch) > 1:
             settings = replace(settings, max_new_tokens=max(limits))
-        eos_ids = set(generation.eos_id_list(self.engine.model.generation_config.eos_token_id))
+        eos_ids = set(generation.eos_tensor(self.engine.model).tolist())
         try:
             if settings.num_beams > 1:
                 new = self.engine.run([batch[0].row], settings, generator=batch[0].generator)
