@@ -26,7 +26,8 @@ from .outputs import (
     TextModelOutput,
     VisionModelOutput,
 )
-from .quantize import INT8_MODES, quantize_int8
+from .precision import check_quantize, resolve_dtype
+from .quantize import quantize_int8
 from .vision import Kosmos2VisionModel
 from .weights import load_weights, read_weights
 
@@ -51,19 +52,6 @@ class Kosmos2ImageToTextProjection(nn.Module):
         queries = self.latent_query.unsqueeze(0).expand(hidden.shape[0], -1, -1)  # (B, Q, D)
         context = torch.cat([hidden, queries], dim=1)
         return self.x_attn(queries, context=context, need_weights=need_weights)
-
-
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}")
-        dtype = resolved
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point type, got {dtype}")
-    return dtype
 
 
 class _Kosmos2Base(nn.Module):
@@ -103,6 +91,7 @@ class _Kosmos2Base(nn.Module):
 
     def _forward_parts(
         self,
+        *,
         pixel_values: torch.Tensor | None,
         input_ids: torch.Tensor | None,
         image_embeds_position_mask: torch.Tensor | None,
@@ -173,12 +162,11 @@ class _Kosmos2Base(nn.Module):
         ``CheckpointError`` for a missing/incomplete checkpoint or weights whose names or shapes do not
         match.
         """
-        if quantize is not None and quantize not in INT8_MODES:
-            raise ValueError(f"quantize must be None or one of {INT8_MODES}, got {quantize!r}")
+        check_quantize(quantize, device or "cpu")
         folder = resolve_checkpoint(path_or_repo_id, MODEL_FILES, revision, local_files_only)
         require_files(folder, ["config.json"], "The KOSMOS-2 checkpoint")
         config = Kosmos2Config.from_json_file(folder / "config.json")
-        tensors = read_weights(folder, _resolve_dtype(dtype), device or "cpu")
+        tensors = read_weights(folder, resolve_dtype(dtype), device or "cpu")
         with torch.device("meta"):
             model = cls(config)
         load_weights(model, tensors, str(folder))
@@ -217,8 +205,10 @@ class Kosmos2Model(_Kosmos2Base):
         """Encode the image (unless ``image_embeds`` or a filled cache is given) and run the decoder."""
         out = Kosmos2ModelOutput(
             **self._forward_parts(
-                pixel_values, input_ids, image_embeds_position_mask, attention_mask, head_mask, past_key_values,
-                image_embeds, inputs_embeds, position_ids, use_cache, output_attentions, output_hidden_states,
+                pixel_values=pixel_values, input_ids=input_ids, image_embeds_position_mask=image_embeds_position_mask,
+                attention_mask=attention_mask, head_mask=head_mask, past_key_values=past_key_values,
+                image_embeds=image_embeds, inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=use_cache,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             )
         )
         return out if return_dict is None or return_dict else out.to_tuple()
@@ -251,8 +241,10 @@ class Kosmos2ForConditionalGeneration(_Kosmos2Base):
         if labels is not None:
             use_cache = False
         parts = self._forward_parts(
-            pixel_values, input_ids, image_embeds_position_mask, attention_mask, head_mask, past_key_values,
-            image_embeds, inputs_embeds, position_ids, use_cache, output_attentions, output_hidden_states,
+            pixel_values=pixel_values, input_ids=input_ids, image_embeds_position_mask=image_embeds_position_mask,
+            attention_mask=attention_mask, head_mask=head_mask, past_key_values=past_key_values,
+            image_embeds=image_embeds, inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
         )
         logits = self.text_model.lm_head(parts.pop("last_hidden_state"))  # (B, T, V)
         loss = next_token_loss(logits, labels) if labels is not None else None

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-INT8_MODES = ("int8",)
+from .precision import check_quantize
 
 
 def int8_supported() -> bool:
@@ -31,8 +31,7 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        if linear.weight.device.type != "cpu":
-            raise ValueError(f"int8 weights need the model on the CPU, not {linear.weight.device}")
+        check_quantize("int8", linear.weight.device)
         weight = linear.weight.detach().to(torch.float32)  # (out, in)
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.float64)
         zero_points = torch.zeros(weight.shape[0], dtype=torch.long)

@@ -1,0 +1,34 @@
+"""How a model's weights are held: the floating-point dtypes it loads in, and the int8 mode."""
+
+from __future__ import annotations
+
+import torch
+
+INT8_MODES = ("int8",)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype = torch.float32) -> torch.dtype:
+    """A ``torch.dtype`` from a dtype, one of the names of :data:`DTYPES` (``"torch."`` prefix allowed), or
+    None (``default``); anything else raises ``ValueError``."""
+    if dtype is None:
+        return default
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        return DTYPES[name]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    return dtype
+
+
+def check_quantize(quantize: str | None, device: torch.device | str) -> None:
+    """Raise ``ValueError`` unless ``quantize`` is None, or one of :data:`INT8_MODES` on a CPU ``device``."""
+    if quantize is None:
+        return
+    if quantize not in INT8_MODES:
+        raise ValueError(f"quantize must be None or one of {INT8_MODES}, got {quantize!r}")
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"int8 weights need the model on the CPU, not {device}")
