@@ -31,6 +31,7 @@ NUM_PATCH_INDEX_TOKENS = 1024
 GRID = 32  # cells per side: sqrt(NUM_PATCH_INDEX_TOKENS)
 
 Box = tuple[float, float, float, float]
+PixelBox = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels of the image
 PatchPair = tuple[int, int]
 BoxInput = Union[Box, PatchPair]
 # One entry per <phrase>: nothing, one box, or several boxes.

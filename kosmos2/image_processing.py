@@ -5,13 +5,15 @@ Pillow and numpy do the work; torch is only used to build the returned tensor.
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .batch import BatchFeature, as_tensor_type
 
@@ -89,31 +91,51 @@ def _size_from(size: Any, use_square_size: bool) -> tuple[int, int]:
     )
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and decode an image file; unreadable, truncated or oversized files raise ``ValueError``.
+class ImageError(ValueError):
+    """An image that cannot be used. ``kind`` says why: ``"missing"``, ``"unsupported"``, ``"damaged"``,
+    ``"too_large"`` (then ``size`` and ``limit`` are set) or ``"empty"``."""
 
-    Images of more than ``Image.MAX_IMAGE_PIXELS`` pixels (pillow's decompression-bomb limit) are
-    rejected from their header, before any pixel is decoded.
+    def __init__(self, kind: str, message: str, size: tuple[int, int] | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.kind, self.size, self.limit = kind, size, limit
+
+
+ImageSource = Union[str, Path, bytes, io.IOBase]
+
+
+def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
+    """Open and decode an image file (a path, the file's bytes or a binary file object); its first frame.
+
+    The pixel count is checked from the header, before any pixel is decoded, against ``max_pixels``
+    (default: pillow's ``Image.MAX_IMAGE_PIXELS``). Every problem raises :class:`ImageError`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Image file not found: {path}")
+    name = "The image"
+    if isinstance(source, (str, Path)):
+        name = f"Image {source}"
+        if not Path(source).is_file():
+            raise ImageError("missing", f"Image file not found: {source}")
+    elif isinstance(source, bytes):
+        source = io.BytesIO(source)
     try:
-        with Image.open(path) as image:
-            check_pixel_count(image.size)
+        with Image.open(source) as image:
+            check_pixel_count(image.size, max_pixels)
             image.load()
             return image.copy()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ValueError(f"Image {path} is too large (decompression bomb check): {e}") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError("too_large", f"{name} is too large (decompression bomb check): {e}",
+                         getattr(e, "size", None), getattr(e, "limit", None)) from e
+    except Image.DecompressionBombWarning as e:  # only where a caller turned pillow's warnings into errors
+        raise ImageError("too_large", f"{name} is too large (decompression bomb check): {e}") from e
     except UnidentifiedImageError as e:
-        raise ValueError(f"{path} is not an image file Pillow can read.") from e
-    except OSError as e:
-        raise ValueError(f"Image {path} could not be decoded (truncated or corrupt?): {e}") from e
+        raise ImageError("unsupported", f"{name} is not an image file Pillow can read.") from e
+    except (OSError, SyntaxError, struct.error) as e:  # pillow's errors for damaged or truncated data
+        raise ImageError("damaged", f"{name} could not be decoded (truncated or corrupt?): {e}") from e
 
 
 def check_pixel_count(size: tuple[int, int], limit: int | None = None) -> None:
-    """Raise ``Image.DecompressionBombError`` when an image of ``size`` has more than ``limit``
-    pixels (default: pillow's ``Image.MAX_IMAGE_PIXELS``, read at each call; ``None`` there means no limit).
+    """Raise ``Image.DecompressionBombError`` (with ``size`` and ``limit`` attributes) when an image of
+    ``size`` has more than ``limit`` pixels (default: pillow's ``Image.MAX_IMAGE_PIXELS``, read at each
+    call; ``None`` there means no limit).
 
     A plain comparison: unlike pillow's own warning, it needs no process-wide warning filter, so
     it is safe in a multi-threaded server.
@@ -121,8 +143,10 @@ def check_pixel_count(size: tuple[int, int], limit: int | None = None) -> None:
     limit = Image.MAX_IMAGE_PIXELS if limit is None else limit
     width, height = size
     if limit is not None and width * height > limit:
-        raise Image.DecompressionBombError(
+        error = Image.DecompressionBombError(
             f"{width}×{height} = {width * height} pixels is more than the limit of {limit} pixels")
+        error.size, error.limit = size, limit
+        raise error
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:
@@ -140,9 +164,13 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array)
 
 
-def to_rgb(image: ImageInput) -> Image.Image:
+def to_rgb(image: ImageInput, as_displayed: bool = False) -> Image.Image:
     """A PIL image, array (H, W[, C]) of uint8, or file path as an RGB PIL image; transparent parts
-    are composited onto white."""
+    are composited onto white.
+
+    ``as_displayed`` gives the image as a viewer shows it: its EXIF orientation applied, and 16-bit
+    or 32-bit integer grey (taken as 0..65535) scaled to 8 bits instead of clipped.
+    """
     if isinstance(image, (str, Path)):
         image = open_image(image)
     elif isinstance(image, np.ndarray):
@@ -150,7 +178,12 @@ def to_rgb(image: ImageInput) -> Image.Image:
     elif not isinstance(image, Image.Image):
         raise ValueError(f"Expected a PIL image, a numpy array or a file path, got {type(image).__name__}.")
     if image.width == 0 or image.height == 0:
-        raise ValueError(f"Image is empty: size {image.size}.")
+        raise ImageError("empty", f"Image is empty: size {image.size}.")
+    if as_displayed:
+        image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I"):  # "I;16...", "I": 0..65535 -> 0..255
+            grey = np.asarray(image.convert("I"), dtype=np.int64)
+            image = Image.fromarray((np.clip(grey, 0, 65535) // 257).astype(np.uint8))  # (H, W) -> "L"
     if "A" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
