@@ -1,28 +1,29 @@
-"""KOSMOS-2 Gradio demo: UI wiring only.
+"""KOSMOS-2 Gradio demo: UI wiring only, built from the task table and the settings spec.
 
-Prompts, validation, model loading and generation live in ``kosmos2.tasks``; the linked HTML view
-in ``kosmos2.view``; drawing in ``kosmos2.draw``. The model loads lazily, once per process, on the
-first page load or request. ``python app.py --tiny`` runs on the built-in tiny random checkpoint.
+Tasks, prompts and their examples are ``kosmos2.demo.tasks.TASKS``; generation settings are
+``kosmos2.demo.settings.SETTINGS``; validation, loading and the runner live in ``kosmos2.demo``.
+The model loads lazily, once per process, on the first page load or request. ``python app.py --tiny``
+runs on the built-in tiny random checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging
 import math
-import shutil
-import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio_image_annotation import image_annotator
 
-from kosmos2 import draw, tasks, view
+from kosmos2.demo import draw, view
+from kosmos2.demo.inputs import MAX_TEXT_CHARS, InputError
+from kosmos2.demo.loading import MAX_BATCH_SIZE, ModelHolder
+from kosmos2.demo.results import TaskResult, run
+from kosmos2.demo.settings import SETTINGS, GenerationSettings, Setting
+from kosmos2.demo.tasks import TASKS, Example, Task, build_request
 
 try:  # Hugging Face Spaces ZeroGPU: a GPU is attached only inside @spaces.GPU functions.
     import spaces
@@ -35,58 +36,30 @@ except ImportError:
 log = logging.getLogger("kosmos2.app")
 ASSETS = Path(__file__).resolve().parent / "assets"
 QUEUE_MAX_SIZE = 32
-CONCURRENCY_LIMIT = tasks.MAX_BATCH_SIZE  # waiting requests share batches (kosmos2.serving)
+CONCURRENCY_LIMIT = MAX_BATCH_SIZE  # waiting requests share batches (kosmos2.serving)
 OUTPUT_MAX_AGE_S = 3600
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 OUTPUT_MAX_FILES = 64  # annotated PNGs kept in the private output folder (Gradio serves its own copy)
 STREAM_INTERVAL_S = 0.15  # at most ~7 partial updates a second
+SETTINGS_PER_ROW = 3
 TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
                "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
 INT8_BANNER = ("🧪 <b>Experimental int8 mode</b> (<code>KOSMOS2_QUANTIZE=int8</code>): faster on CPU, but its "
                "quality has not been verified against the full-precision model.")
-CAPTION_MODES = {"Brief (grounded)": "caption", "Detailed (grounded)": "detailed", "Brief, no grounding": "plain"}
 BOX_HELP = ("To draw a box: click ⬚ *Create box* under the image (or press C), then drag on the image. "
             "Select a box and press Delete to remove it.")
-# The uploaded file as it is (no conversion or re-encoding by Gradio): tasks.load_image checks and decodes it.
+# The uploaded file as it is (no conversion or re-encoding by Gradio): the demo's load_image checks and decodes it.
 IMAGE_INPUT = dict(type="filepath", image_mode=None, height=360)
 USER_ERROR = "Generation failed because of an internal error; please try again."
-
-
-def _asset(name: str) -> str:
-    return str(ASSETS / name)
-
-
-def _annotator_value(value: dict | None) -> tuple[Any, list, int]:
-    """(image, boxes, clockwise quarter turns) from an ``image_annotator`` value."""
-    if not value:
-        return None, [], 0
-    return value.get("image"), value.get("boxes") or [], int(value.get("orientation") or 0)
 
 
 class Runner:
     """Runs tasks for the UI and the API on one lazily loaded model."""
 
-    def __init__(self, holder: tasks.ModelHolder) -> None:
+    def __init__(self, holder: ModelHolder, tasks: Mapping[str, Task] = TASKS) -> None:
         self.holder = holder
-        self._out_dir: str | None = None
-        self._lock = threading.Lock()
-
-    def save_png(self, image: Any) -> str:
-        """A fresh PNG file per request in this process's private output folder (removed at exit).
-
-        The folder is pruned first: files older than ``OUTPUT_MAX_AGE_S`` go, then the oldest until
-        fewer than ``OUTPUT_MAX_FILES`` remain (Gradio serves its own copy of each result).
-        """
-        with self._lock:
-            if self._out_dir is None:
-                self._out_dir = tempfile.mkdtemp(prefix="kosmos2-out-")
-                atexit.register(shutil.rmtree, self._out_dir, ignore_errors=True)
-            files = sorted(Path(self._out_dir).glob("*.png"), key=lambda p: p.stat().st_mtime)
-            cutoff = time.time() - OUTPUT_MAX_AGE_S
-            for i, old in enumerate(files):
-                if old.stat().st_mtime < cutoff or len(files) - i >= OUTPUT_MAX_FILES:
-                    old.unlink()
-            return draw.save_png_tempfile(image, self._out_dir)
+        self.tasks = tasks
+        self.outputs = draw.OutputFolder(OUTPUT_MAX_FILES, OUTPUT_MAX_AGE_S)
 
     def banner(self) -> dict:
         """Loads the model (first call) and shows the banner when the tiny checkpoint or the
@@ -98,54 +71,63 @@ class Runner:
         return gr.update(visible=True, value="".join(f'<div class="k2-banner">{n}</div>' for n in notes))
 
     def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-               settings: tuple, quarter_turns: int = 0,
-               min_interval_s: float | None = None) -> Iterator[tuple[Any, tasks.TaskResult]]:
+               settings: Mapping[str, Any], quarter_turns: int = 0,
+               min_interval_s: float | None = None) -> Iterator[tuple[Any, TaskResult]]:
         """Validated streaming run yielding (RGB image, result), partial results at most every
-        ``min_interval_s`` (default ``STREAM_INTERVAL_S``); user errors become ``gr.Error`` with their
-        message only, other errors a generic one (details go to the server log)."""
+        ``min_interval_s`` (default ``STREAM_INTERVAL_S``); ``settings`` by name. User errors become
+        ``gr.Error`` with their message only, other errors a generic one (details go to the server log)."""
         try:
-            request = tasks.build_request(task, image, text, boxes, grounding_on, quarter_turns)
-            gen = tasks.GenerationSettings.from_user(*settings)
-        except tasks.InputError as e:
+            if task not in self.tasks:
+                raise InputError(f"Unknown task {task!r}; choose one of: {', '.join(self.tasks)}.")
+            request = build_request(self.tasks[task], image, text, boxes, grounding_on, quarter_turns)
+            gen = GenerationSettings.from_user(**settings)
+        except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
         try:
             loaded = self.holder.get()
             interval = STREAM_INTERVAL_S if min_interval_s is None else min_interval_s
-            for result in tasks.run(loaded, request, gen, min_interval_s=interval):
+            for result in run(loaded, request, gen, min_interval_s=interval):
                 yield request.image, result
         except Exception:
             log.exception("generation failed for task %s", task)
             raise gr.Error(USER_ERROR, print_exception=False) from None
 
     def ui(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-           settings: tuple, quarter_turns: int = 0) -> Iterator[tuple]:
+           settings: Mapping[str, Any], quarter_turns: int = 0) -> Iterator[tuple]:
         """UI outputs: linked HTML, timing, raw text, entities JSON, annotated PNG (final step only)."""
         uri = None
         for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, quarter_turns):
             uri = uri or view.image_data_uri(shown)
-            png = self.save_png(draw.annotate(shown, result.annotations())) if result.done else gr.update()
+            png = self.outputs.save(draw.annotate(shown, result.annotations())) if result.done else gr.update()
             yield view.render(uri, result), result.timing_text(), result.raw, result.entities_json(), png
 
     def api(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-            settings: tuple) -> tuple[str, list, str]:
+            settings: Mapping[str, Any]) -> tuple[str, list, str]:
         """API outputs: caption, entities, path of the annotated PNG."""
         # no partial results: the API returns the final one only
         *_, (shown, result) = self.stream(task, image, text, boxes, grounding_on, settings, min_interval_s=math.inf)
-        png = self.save_png(draw.annotate(shown, result.annotations()))
-        return result.caption, result.entities_json(), png
+        return result.caption, result.entities_json(), self.outputs.save(draw.annotate(shown, result.annotations()))
 
 
-def _settings_panel() -> list[gr.components.Component]:
+# --------------------------------------------------------------------------- components
+
+
+def _setting_input(s: Setting) -> gr.components.Component:
+    """The UI control of one setting."""
+    if s.choices:
+        return gr.Radio(list(s.choices), value=s.default, label=s.label, info=s.help)
+    return gr.Slider(s.minimum, s.maximum, value=s.default, step=s.step, label=s.label, info=s.help)
+
+
+def _settings_panel() -> dict[str, gr.components.Component]:
+    names = list(SETTINGS)
+    controls: dict[str, gr.components.Component] = {}
     with gr.Accordion("Generation settings", open=False):
-        with gr.Row():
-            max_new = gr.Slider(1, tasks.MAX_NEW_TOKENS_CAP, value=128, step=1, label="Max new tokens")
-            decoding = gr.Radio(list(tasks.DECODING), value="greedy", label="Decoding")
-            beams = gr.Slider(1, 8, value=3, step=1, label="Beams (beam search)")
-        with gr.Row():
-            temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling)")
-            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p (sampling)")
-            ngram = gr.Slider(0, 10, value=0, step=1, label="No-repeat n-gram size (0 = off)")
-    return [max_new, decoding, beams, temperature, top_p, ngram]
+        for start in range(0, len(names), SETTINGS_PER_ROW):
+            with gr.Row():
+                for name in names[start:start + SETTINGS_PER_ROW]:
+                    controls[name] = _setting_input(SETTINGS[name])
+    return controls
 
 
 def _outputs(tab: str) -> list[gr.components.Component]:
@@ -159,148 +141,124 @@ def _outputs(tab: str) -> list[gr.components.Component]:
     return [page, timing, raw, entities, download]
 
 
-def _box_input(tab: str, label: str) -> image_annotator:
-    """An image on which the user drags rectangles, with a how-to line under it."""
-    boxed = image_annotator(label=label, image_type="filepath", sources=["upload"], disable_edit_boxes=True,
-                            height=360, elem_id=f"{tab}-image")
+def _image_input(tab: str, task: Task) -> gr.components.Component:
+    """A plain image upload, or an image on which the user drags rectangles (with a how-to line)."""
+    if task.boxes == "none":
+        return gr.Image(label=task.image_label, elem_id=f"{tab}-image", **IMAGE_INPUT)
+    boxed = image_annotator(label=task.image_label, image_type="filepath", sources=["upload"],
+                            disable_edit_boxes=True, height=360, elem_id=f"{tab}-image")
     gr.Markdown(BOX_HELP)
     return boxed
 
 
-def build_demo(holder: tasks.ModelHolder | None = None) -> gr.Blocks:
-    """The demo's Blocks. Nothing is loaded here: the model loads on first use."""
-    runner = Runner(holder or tasks.ModelHolder())
+def _example_image(example: Example, boxed: bool) -> Any:
+    path = str(ASSETS / example.image)
+    if not boxed:
+        return path
+    colours = draw.entity_colours(len(example.boxes))
+    return {"image": path, "boxes": [
+        {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2, "label": "", "color": draw.hex_to_rgb(colour)}
+        for (x1, y1, x2, y2), colour in zip(example.boxes, colours)]}
+
+
+def _annotator_value(value: dict | None) -> tuple[Any, list, int]:
+    """(image, boxes, clockwise quarter turns) from an ``image_annotator`` value."""
+    if not value:
+        return None, [], 0
+    return value.get("image"), value.get("boxes") or [], int(value.get("orientation") or 0)
+
+
+# --------------------------------------------------------------------------- tabs and endpoints
+
+
+def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Component], events: dict) -> None:
+    """One tab for ``tasks`` (several share a tab through a radio of their ``choice`` labels)."""
+    first = tasks[0]
+    tab, boxed = first.name, first.boxes != "none"
+    by_choice = {t.choice: t.name for t in tasks}
+    with gr.Tab(first.tab, id=tab):
+        with gr.Row():
+            with gr.Column():
+                inputs = {"image": _image_input(tab, first)}
+                if len(tasks) > 1:
+                    inputs["choice"] = gr.Radio(list(by_choice), value=first.choice, label=first.tab)
+                if first.text is not None:
+                    inputs["text"] = gr.Textbox(label=first.text, lines=first.text_lines, max_length=MAX_TEXT_CHARS,
+                                                info=first.text_info or None)
+                if first.grounding_option:
+                    inputs["grounding"] = gr.Checkbox(value=True, label="Ground the output (<grounding>)")
+                go = gr.Button(first.button, variant="primary", elem_id=f"{tab}-run")
+            with gr.Column():
+                out = _outputs(tab)
+        rows = []
+        for task in tasks:
+            for example in task.examples:
+                row = {"image": _example_image(example, boxed), "choice": task.choice, "text": example.text,
+                       "grounding": example.grounding}
+                rows.append([row[name] for name in inputs])
+        if rows:
+            gr.Examples(rows, list(inputs.values()))
+
+    @on_gpu
+    def handle(**values: Any) -> Iterator[tuple]:
+        task = by_choice[values.pop("choice")] if len(tasks) > 1 else first.name
+        image = values.pop("image")
+        image, boxes, turns = _annotator_value(image) if boxed else (image, [], 0)
+        text, grounding_on = values.pop("text", None), values.pop("grounding", True)
+        yield from runner.ui(task, image, text, boxes, grounding_on, values, turns)
+
+    go.click(handle, inputs_kwargs={**inputs, **settings}, outputs=out, api_visibility="private", **events)
+
+
+def _api_endpoints(runner: Runner, events: dict) -> None:
+    """One named endpoint per task for ``gradio_client``: (image, text, boxes, grounding, settings...) ->
+    (caption, entities, annotated PNG). Boxes are pixel boxes as "x1,y1,x2,y2; ..." or a JSON list."""
+    with gr.Column(visible=False):
+        inputs = {
+            "image": gr.File(type="binary", label="image"),  # reaches load_image undecoded, no temp file
+            "text": gr.Textbox(value="", label="text"),
+            "boxes": gr.JSON(value=[], label="boxes"),
+            "grounding": gr.Checkbox(value=True, label="grounding"),
+        }
+        for name, s in SETTINGS.items():
+            inputs[name] = (gr.Textbox if s.choices else gr.Number)(value=s.default, label=name)
+        outputs = [gr.Textbox(label="caption"), gr.JSON(label="entities"), gr.Image(type="filepath", label="annotated")]
+        trigger = gr.Button()
+    for task in runner.tasks.values():
+        trigger.click(on_gpu(_api_fn(runner, task.name)), inputs_kwargs=inputs, outputs=outputs, api_name=task.name,
+                      api_description=f"{task.title}: {task.description}", **events)
+
+
+def _api_fn(runner: Runner, task: str) -> Callable:
+    """The endpoint function of ``task``: its keyword arguments are the API's parameters."""
+
+    def fn(**values: Any) -> tuple[str, list, str]:
+        image, text, boxes, grounding_on = (values.pop(k) for k in ("image", "text", "boxes", "grounding"))
+        return runner.api(task, image, text, boxes, grounding_on, values)
+
+    return fn
+
+
+def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TASKS) -> gr.Blocks:
+    """The demo's Blocks: a tab per group of ``tasks`` (by their ``tab``) and an API endpoint per task.
+    Nothing is loaded here: the model loads on first use."""
+    runner = Runner(holder or ModelHolder(), tasks)
     events = dict(concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="kosmos2")
-
-    def ui_fn(task: str | None, with_text: bool, with_boxes: bool) -> Callable:
-        @on_gpu
-        def fn(*args: Any) -> Iterator[tuple]:
-            args = list(args)
-            mode = CAPTION_MODES[args.pop(0)] if task is None else task
-            image, boxes, turns = _annotator_value(args.pop(0)) if with_boxes else (args.pop(0), [], 0)
-            text = args.pop(0) if with_text else None
-            grounding_on = args.pop(0) if mode == "prompt" else True
-            yield from runner.ui(mode, image, text, boxes, grounding_on, tuple(args), turns)
-
-        return fn
-
     cache = (OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)
     with gr.Blocks(title="KOSMOS-2: grounded multimodal demo", delete_cache=cache) as demo:
         gr.Markdown("# KOSMOS-2: grounding language in images\nCaptions, phrase grounding, region descriptions "
                     "and questions with boxes, by Microsoft's KOSMOS-2. Hover a phrase or a box to see its partner.")
         banner = gr.HTML(visible=False)
         settings = _settings_panel()
-
-        with gr.Tab("Caption", id="caption"):
-            with gr.Row():
-                with gr.Column():
-                    image = gr.Image(label="Image", elem_id="caption-image", **IMAGE_INPUT)
-                    mode = gr.Radio(list(CAPTION_MODES), value="Brief (grounded)", label="Caption")
-                    go = gr.Button("Describe", variant="primary", elem_id="caption-run")
-                with gr.Column():
-                    out = _outputs("caption")
-            gr.Examples([[_asset("cat.jpg"), "Brief (grounded)"], [_asset("coffee.jpg"), "Detailed (grounded)"],
-                         [_asset("rocket.jpg"), "Brief (grounded)"]], [image, mode])
-            go.click(ui_fn(None, False, False), [mode, image, *settings], out, api_visibility="private", **events)
-
-        with gr.Tab("Phrase grounding", id="ground"):
-            with gr.Row():
-                with gr.Column():
-                    image = gr.Image(label="Image", elem_id="ground-image", **IMAGE_INPUT)
-                    phrases = gr.Textbox(label="Phrases (one per line)", lines=3, max_length=tasks.MAX_TEXT_CHARS)
-                    go = gr.Button("Find", variant="primary", elem_id="ground-run")
-                with gr.Column():
-                    out = _outputs("ground")
-            gr.Examples([[_asset("astronaut.jpg"), "a woman\nthe flag"],
-                         [_asset("coffee.jpg"), "a cup of coffee\na spoon"]], [image, phrases])
-            go.click(ui_fn("ground", True, False), [image, phrases, *settings], out, api_visibility="private",
-                     **events)
-
-        with gr.Tab("Describe a region", id="refer"):
-            with gr.Row():
-                with gr.Column():
-                    boxed = _box_input("refer", "Image: draw boxes")
-                    go = gr.Button("Describe the boxes", variant="primary", elem_id="refer-run")
-                with gr.Column():
-                    out = _outputs("refer")
-            gr.Examples([[{"image": _asset("cat.jpg"), "boxes": [
-                {"xmin": 280, "ymin": 90, "xmax": 360, "ymax": 180, "label": "", "color": (230, 25, 75)}]}]], [boxed])
-            go.click(ui_fn("refer", False, True), [boxed, *settings], out, api_visibility="private", **events)
-
-        with gr.Tab("Ask", id="ask"):
-            with gr.Row():
-                with gr.Column():
-                    boxed = _box_input("ask", "Image (optionally draw a box)")
-                    question = gr.Textbox(label="Question", max_length=tasks.MAX_TEXT_CHARS,
-                                          info="With a box, put the words it refers to in [brackets].")
-                    go = gr.Button("Ask", variant="primary", elem_id="ask-run")
-                with gr.Column():
-                    out = _outputs("ask")
-            gr.Examples([[{"image": _asset("rocket.jpg"), "boxes": []}, "What is special about this image?"],
-                         [{"image": _asset("cat.jpg"), "boxes": [
-                             {"xmin": 20, "ymin": 10, "xmax": 440, "ymax": 295, "label": "", "color": (60, 180, 75)}]},
-                          "What is [this animal] doing?"],
-                         [{"image": _asset("coffee.jpg"), "boxes": [
-                             {"xmin": 150, "ymin": 80, "xmax": 470, "ymax": 330, "label": "", "color": (67, 99, 216)}]},
-                          "What is in [this cup]?"]], [boxed, question])
-            go.click(ui_fn("ask", True, True), [boxed, question, *settings], out, api_visibility="private",
-                     **events)
-
-        with gr.Tab("Free prompt", id="prompt"):
-            with gr.Row():
-                with gr.Column():
-                    boxed = _box_input("prompt", "Image (optionally draw boxes)")
-                    prompt = gr.Textbox(label="Prompt", max_length=tasks.MAX_TEXT_CHARS,
-                                        info="Plain text; with boxes, put the words each refers to in [brackets].")
-                    grounding_on = gr.Checkbox(value=True, label="Ground the output (<grounding>)")
-                    go = gr.Button("Generate", variant="primary", elem_id="prompt-run")
-                with gr.Column():
-                    out = _outputs("prompt")
-            gr.Examples([[{"image": _asset("cameraman.jpg"), "boxes": []}, "A black and white photo of", True]],
-                        [boxed, prompt, grounding_on])
-            go.click(ui_fn("prompt", True, True), [boxed, prompt, grounding_on, *settings], out,
-                     api_visibility="private", **events)
-
+        tabs: dict[str, list[Task]] = {}
+        for task in tasks.values():
+            tabs.setdefault(task.tab, []).append(task)
+        for group in tabs.values():
+            _tab(runner, group, settings, events)
         _api_endpoints(runner, events)
         demo.load(runner.banner, None, banner, api_visibility="private")
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
-
-
-def _api_endpoints(runner: Runner, events: dict) -> None:
-    """One named endpoint per task for ``gradio_client``: (image, text, boxes, settings...) ->
-    (caption, entities, annotated PNG). Boxes are pixel boxes as "x1,y1,x2,y2; ..." or a JSON list."""
-    with gr.Column(visible=False):
-        image = gr.File(type="binary", label="image")  # reaches tasks.load_image undecoded, no temp file
-        text = gr.Textbox(value="", label="text")
-        boxes = gr.JSON(value=[], label="boxes")
-        grounding_on = gr.Checkbox(value=True, label="grounding")
-        max_new = gr.Number(value=128, label="max_new_tokens")
-        decoding = gr.Textbox(value="greedy", label="decoding")
-        beams = gr.Number(value=3, label="num_beams")
-        temperature = gr.Number(value=0.7, label="temperature")
-        top_p = gr.Number(value=0.9, label="top_p")
-        ngram = gr.Number(value=0, label="no_repeat_ngram_size")
-        caption = gr.Textbox(label="caption")
-        entities = gr.JSON(label="entities")
-        annotated = gr.Image(type="filepath", label="annotated")
-        trigger = gr.Button()
-    settings = [max_new, decoding, beams, temperature, top_p, ngram]
-    for task in tasks.TASKS:
-        trigger.click(on_gpu(_api_fn(runner, task)), [image, text, boxes, grounding_on, *settings],
-                      [caption, entities, annotated], api_name=task, api_description=tasks.TASKS[task].description,
-                      **events)
-
-
-def _api_fn(runner: Runner, task: str) -> Callable:
-    """The endpoint function of ``task``; its parameter names are the API's keyword arguments."""
-
-    def fn(image: bytes | None, text: str, boxes: Any, grounding: bool, max_new_tokens: float, decoding: str,
-           num_beams: float, temperature: float, top_p: float, no_repeat_ngram_size: float) -> tuple[str, list, str]:
-        settings = (max_new_tokens, decoding, num_beams, temperature, top_p, no_repeat_ngram_size)
-        return runner.api(task, image, text, boxes, grounding, settings)
-
-    return fn
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     served = demo
     if args.tiny or args.checkpoint:
-        served = build_demo(tasks.ModelHolder(args.checkpoint, force_tiny=args.tiny))
+        served = build_demo(ModelHolder(args.checkpoint, force_tiny=args.tiny))
     served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES)
 
 

@@ -1,7 +1,8 @@
 """Command line: ``python -m kosmos2 IMAGE [--task ...] [--text ...] [--box x1,y1,x2,y2 ...]``.
 
 Prints the caption and entities (or JSON with ``--json``) and writes the annotated image with
-``--out``, drawn by the same code as the app's download.
+``--out``, drawn by the same code as the app's download. Tasks come from the task table and the
+generation flags from the settings spec (``kosmos2.demo``).
 """
 
 from __future__ import annotations
@@ -10,40 +11,60 @@ import argparse
 import json
 import sys
 
-from . import draw, tasks
+from .demo.draw import annotate
+from .demo.inputs import InputError
+from .demo.loading import ModelHolder
+from .demo.results import run_to_end
+from .demo.settings import SETTINGS, GenerationSettings, Setting
+from .demo.tasks import TASKS, build_request
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _setting_help(s: Setting) -> str:
+    allowed = f"{s.minimum:g} to {s.maximum:g}" if not s.choices else ""
+    return "; ".join(p for p in (s.help, allowed, f"default {s.default}") if p)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's arguments: the task table's tasks and one flag per generation setting."""
+    p = argparse.ArgumentParser(prog="python -m kosmos2", description="Run a KOSMOS-2 task on an image.")
+    p.add_argument("image", help="image file")
+    p.add_argument("--task", choices=list(TASKS), default="caption",
+                   help="; ".join(f"{t.name} ({t.title}): {t.description}" for t in TASKS.values()))
+    p.add_argument("--text", help="phrases (ground; one per line), question (ask) or prompt (prompt)")
+    p.add_argument("--box", action="append", default=[], metavar="x1,y1,x2,y2",
+                   help="a box in pixels (repeatable): refer, ask and prompt")
+    p.add_argument("--no-grounding", action="store_true", help="prompt task: no <grounding> tag")
+    p.add_argument("--out", help="write the annotated image (PNG) here")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")
+    p.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
+    settings = p.add_argument_group("generation settings")
+    for name, s in SETTINGS.items():  # checked by GenerationSettings.from_user, as in the app
+        settings.add_argument(_flag(name), dest=name, choices=s.choices or None, help=_setting_help(s))
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one task on one image; returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m kosmos2", description="Run a KOSMOS-2 task on an image.")
-    parser.add_argument("image", help="image file")
-    parser.add_argument("--task", choices=list(tasks.TASKS), default="caption",
-                        help="; ".join(f"{t.name}: {t.description}" for t in tasks.TASKS.values()))
-    parser.add_argument("--text", help="phrases (ground; one per line), question (ask) or prompt (prompt)")
-    parser.add_argument("--box", action="append", default=[], metavar="x1,y1,x2,y2",
-                        help="a box in pixels (repeatable): refer, ask and prompt")
-    parser.add_argument("--no-grounding", action="store_true", help="prompt task: no <grounding> tag")
-    parser.add_argument("--out", help="write the annotated image (PNG) here")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")
-    parser.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="1 to %d" % tasks.MAX_NEW_TOKENS_CAP)
-    parser.add_argument("--decoding", choices=tasks.DECODING, default="greedy")
-    args = parser.parse_args(argv)
-
+    args = parser().parse_args(argv)
+    given = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
     try:
-        request = tasks.build_request(args.task, args.image, args.text, ";".join(args.box), not args.no_grounding)
-        settings = tasks.GenerationSettings.from_user(max_new_tokens=args.max_new_tokens, decoding=args.decoding)
-    except tasks.InputError as e:
+        request = build_request(args.task, args.image, args.text, ";".join(args.box), not args.no_grounding)
+        settings = GenerationSettings.from_user(**given)
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    loaded = tasks.ModelHolder(args.checkpoint, force_tiny=args.tiny).get()
+    loaded = ModelHolder(args.checkpoint, force_tiny=args.tiny).get()
     if loaded.is_tiny:
         print("warning: tiny checkpoint with random weights: outputs are random"
               + (f" ({loaded.note})" if loaded.note else ""), file=sys.stderr)
-    result = tasks.run_to_end(loaded, request, settings)
+    result = run_to_end(loaded, request, settings)
     if args.out:
-        draw.annotate(request.image, result.annotations()).save(args.out, format="PNG")
+        annotate(request.image, result.annotations()).save(args.out, format="PNG")
     if args.json:
         print(json.dumps({"caption": result.caption, "entities": result.entities_json(), "raw": result.raw,
                           "seconds": round(result.seconds, 3), "new_tokens": result.new_tokens}, indent=2))

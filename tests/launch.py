@@ -31,9 +31,9 @@ def import_app() -> Any:
 def serve(holder: Any = None) -> Iterator[str]:
     """Launch ``app.build_demo(holder)`` (default: the tiny checkpoint) in this process; yield its URL."""
     app = import_app()
-    from kosmos2 import tasks
+    from kosmos2.demo import loading
 
-    demo = app.build_demo(holder or tasks.ModelHolder(force_tiny=True))
+    demo = app.build_demo(holder or loading.ModelHolder(force_tiny=True))
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         yield url

@@ -54,7 +54,7 @@ def _rgb(colour: str) -> tuple[int, int, int]:
 
 
 def test_api_lists_every_task(client):
-    from kosmos2.tasks import TASKS
+    from kosmos2.demo.tasks import TASKS
 
     assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {f"/{t}" for t in TASKS}
 
@@ -132,11 +132,11 @@ def test_unreadable_and_enormous_images(client, tmp_path):
 def test_ui_handler_streams_partial_views_then_the_png(monkeypatch):
     sys.path.insert(0, str(ROOT))
     import app
-    from kosmos2 import tasks
+    from kosmos2.demo import loading
 
     monkeypatch.setattr(app, "STREAM_INTERVAL_S", 0.0)
-    runner = app.Runner(tasks.ModelHolder(force_tiny=True))
-    settings = (12, "greedy", 3, 0.7, 0.9, 0)
+    runner = app.Runner(loading.ModelHolder(force_tiny=True))
+    settings = {"max_new_tokens": 12}
     *partials, final = runner.ui("refer", str(CAT), None, [[40, 30, 200, 150]], True, settings)
     assert len(partials) >= 2
     for page, timing, raw, entities, png in partials:

@@ -8,7 +8,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from kosmos2 import tasks
+from kosmos2.demo import loading
 from launch import ROOT, import_app, serve
 
 CAT = ROOT / "assets" / "cat.jpg"
@@ -17,20 +17,20 @@ CAT = ROOT / "assets" / "cat.jpg"
 def test_missing_checkpoint_at_start_serves_the_tiny_fallback_with_its_banner(tmp_path, monkeypatch):
     app = import_app()
     monkeypatch.setenv("KOSMOS2_CHECKPOINT", str(tmp_path / "no-such-checkpoint"))
-    holder = tasks.ModelHolder()
+    holder = loading.ModelHolder()
     with serve(holder) as url:
         caption, _, _ = Client(url, verbose=False).predict(handle_file(str(CAT)), max_new_tokens=2, api_name="/plain")
     assert caption.startswith("An image of")
     assert holder.loaded.is_tiny and "no-such-checkpoint" in holder.loaded.note
     banner = app.Runner(holder).banner()
     assert banner["visible"] is True and "tiny checkpoint with random weights" in banner["value"]
-    assert app.Runner(tasks.ModelHolder(str(tmp_path / "nothing"), force_tiny=True)).banner()["visible"] is True
+    assert app.Runner(loading.ModelHolder(str(tmp_path / "nothing"), force_tiny=True)).banner()["visible"] is True
 
 
 @pytest.fixture
 def failing_once(monkeypatch):
     """A tiny model whose language decoder raises once, with a message full of internals."""
-    holder = tasks.ModelHolder(force_tiny=True)
+    holder = loading.ModelHolder(force_tiny=True)
     decoder = holder.get().model.text_model.model
     original = decoder.forward
     failures = [RuntimeError(f"CUDA error: out of memory in {ROOT}/kosmos2/language.py")]
@@ -58,7 +58,7 @@ def test_an_exception_inside_a_request_reaches_only_that_user_as_a_short_error(f
 def test_the_streaming_ui_handler_fails_the_same_way(failing_once):
     app = import_app()
     runner = app.Runner(failing_once)
-    settings = (4, "greedy", 3, 0.7, 0.9, 0)
+    settings = {"max_new_tokens": 4}
     with pytest.raises(gr.Error) as info:
         list(runner.ui("caption", str(CAT), None, [], True, settings))
     assert info.value.message == app.USER_ERROR
@@ -69,21 +69,21 @@ def test_the_streaming_ui_handler_fails_the_same_way(failing_once):
 def test_int8_mode_is_labelled_experimental_in_the_page(monkeypatch):
     monkeypatch.setenv("KOSMOS2_QUANTIZE", "int8")
     app = import_app()
-    holder = tasks.ModelHolder(force_tiny=True)
+    holder = loading.ModelHolder(force_tiny=True)
     loaded = holder.get()
     assert loaded.quantize == "int8"
     assert type(loaded.model.text_model.lm_head).__name__ == "Int8Linear"
     banner = app.Runner(holder).banner()
     assert banner["visible"] is True
     assert "Experimental int8 mode" in banner["value"] and "tiny checkpoint" in banner["value"]
-    caption, _, png = app.Runner(holder).api("caption", str(CAT), None, [], True, (4, "greedy", 3, 0.7, 0.9, 0))
+    caption, _, png = app.Runner(holder).api("caption", str(CAT), None, [], True, {"max_new_tokens": 4})
     assert caption.startswith("An image of") and png.endswith(".png")
 
 
 def test_unknown_quantize_mode_is_refused(monkeypatch):
     monkeypatch.setenv("KOSMOS2_QUANTIZE", "int4")
     with pytest.raises(ValueError, match="KOSMOS2_QUANTIZE"):
-        tasks.ModelHolder(force_tiny=True)
+        loading.ModelHolder(force_tiny=True)
 
 
 @pytest.mark.parametrize("value, packed", [("0", False), ("1", True)])
@@ -94,7 +94,7 @@ def test_packing_follows_its_environment_variable(monkeypatch, value, packed):
     if packed and not packing.supported():
         pytest.skip("needs an x86-64 CPU and PyTorch with oneDNN")
     monkeypatch.setenv("KOSMOS2_PACK_WEIGHTS", value)
-    model = tasks.ModelHolder(force_tiny=True, dtype="float32").get().model
+    model = loading.ModelHolder(force_tiny=True, dtype="float32").get().model
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     assert layers and all((m.packed_weight() is not None) == packed for m in layers)
 
@@ -102,4 +102,4 @@ def test_packing_follows_its_environment_variable(monkeypatch, value, packed):
 def test_unknown_packing_setting_is_refused(monkeypatch):
     monkeypatch.setenv("KOSMOS2_PACK_WEIGHTS", "yes")
     with pytest.raises(ValueError, match="KOSMOS2_PACK_WEIGHTS"):
-        tasks.ModelHolder(force_tiny=True)
+        loading.ModelHolder(force_tiny=True)

@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageFile
 
-from kosmos2 import tasks
+from kosmos2.demo import inputs, loading
 from launch import ROOT, serve
 
 CAT = ROOT / "assets" / "cat.jpg"  # 451 x 300
@@ -27,7 +27,7 @@ RED, GREEN, BLUE, WHITE, GREY = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255
 
 @pytest.fixture(scope="module")
 def holder():
-    return tasks.ModelHolder(force_tiny=True)
+    return loading.ModelHolder(force_tiny=True)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_decompression_bomb_is_rejected_without_decoding(client, tmp_path, decod
     with pytest.raises(AppError, match="too large") as info:
         client.predict(handle_file(str(path)), **ONE_TOKEN, api_name="/plain")
     assert_clean_message(info.value, tmp_path, path)
-    assert all(w * h <= tasks.MAX_IMAGE_PIXELS for w, h in decoded_sizes)  # no memory spike: never decoded
+    assert all(w * h <= inputs.MAX_IMAGE_PIXELS for w, h in decoded_sizes)  # no memory spike: never decoded
     next_request_works(client)
 
 
@@ -243,7 +243,7 @@ def test_the_box_annotator_keeps_exif_rotated_photos_upright(tmp_path):
     path = phone_photo(tmp_path)
     value = image_annotator(image_type="filepath").preprocess(AnnotatedImageData(
         image=FileData(path=str(path), orig_name="phone.jpg"), boxes=[]))
-    seen = tasks.load_image(value["image"])
+    seen = inputs.load_image(value["image"])
     assert seen.size == (32, 64) and close(seen.getpixel((28, 3)), RED) and close(seen.getpixel((3, 3)), GREY)
 
 
@@ -323,7 +323,7 @@ def test_boxes_are_ordered_and_clamped(client, boxes, expected):
 @pytest.mark.parametrize("boxes, message", [
     ([[5, 5, 5, 50]], "Box 1 is empty"),  # zero area
     ([[600, 400, 700, 500]], "Box 1 is empty"),  # entirely outside: nothing left after clamping
-    ([[0, 0, 10, 10]] * (tasks.MAX_BOXES + 1), "Too many boxes"),
+    ([[0, 0, 10, 10]] * (inputs.MAX_BOXES + 1), "Too many boxes"),
     ("1,2,3", "Box 1 is not four"),
     ([["a", "b", "c", "d"]], "Box 1 is not four"),
 ])

@@ -16,11 +16,12 @@ from gradio_client import Client, handle_file
 from gradio_client.utils import QueueError
 from PIL import Image
 
-from kosmos2 import tasks
+from kosmos2.demo import loading
 from launch import import_app, serve
 
 CLIENTS, REQUESTS = 8, 10
-SETTINGS = (6, "greedy", 3, 0.7, 0.9, 0)  # max_new_tokens, decoding, num_beams, temperature, top_p, ngram
+SETTINGS = {"max_new_tokens": 6, "decoding": "greedy", "num_beams": 3, "temperature": 0.7, "top_p": 0.9,
+            "no_repeat_ngram_size": 0}
 
 
 def _requests(folder: Path) -> list[tuple[str, str, str, list]]:
@@ -56,7 +57,7 @@ def _mutable_globals() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def holder():
-    return tasks.ModelHolder(force_tiny=True)
+    return loading.ModelHolder(force_tiny=True)
 
 
 def _pixels(png: str) -> np.ndarray:
@@ -78,7 +79,7 @@ def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
             client = Client(url, verbose=False)
             results = []
             for task, image, text, boxes in requests[c * REQUESTS:(c + 1) * REQUESTS]:
-                results.append(client.predict(handle_file(image), text, boxes, True, *SETTINGS, api_name=f"/{task}"))
+                results.append(client.predict(handle_file(image), text, boxes, True, **SETTINGS, api_name=f"/{task}"))
             return results
 
         with ThreadPoolExecutor(CLIENTS) as pool:

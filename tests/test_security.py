@@ -16,7 +16,8 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from kosmos2 import AutoProcessor, Kosmos2ForConditionalGeneration, tasks
+from kosmos2 import AutoProcessor, Kosmos2ForConditionalGeneration
+from kosmos2.demo import loading
 from kosmos2.hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError
 from launch import ROOT, import_app, serve
 
@@ -46,7 +47,7 @@ def test_weights_load_from_safetensors_only_never_pickle(tiny_checkpoint, tmp_pa
     (pickled_only / "pytorch_model.bin").write_bytes(trap)
     with pytest.raises(CheckpointError, match="pickle .bin weights are never loaded"):
         Kosmos2ForConditionalGeneration.from_pretrained(pickled_only)
-    loaded = tasks.ModelHolder(str(pickled_only), device="cpu").get()  # the app: the tiny fallback instead
+    loaded = loading.ModelHolder(str(pickled_only), device="cpu").get()  # the app: the tiny fallback instead
     assert loaded.is_tiny
 
     both = _copy(tiny_checkpoint, tmp_path / "both")
@@ -79,7 +80,7 @@ def test_no_remote_code_runs(tiny_checkpoint, tmp_path):
 def test_sources_hold_no_pickle_loading_remote_code_or_reference_import():
     forbidden = re.compile(r"torch\.load|import pickle|pickle\.load|trust_remote_code|import transformers"
                            r"|from transformers|(?<![.\w])(eval|exec)\(|share=True")
-    for path in [ROOT / "app.py", *sorted((ROOT / "kosmos2").glob("*.py"))]:
+    for path in [ROOT / "app.py", *sorted((ROOT / "kosmos2").rglob("*.py"))]:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not forbidden.search(line), f"{path.name}:{number}: {line.strip()}"
 
@@ -89,7 +90,7 @@ def test_sources_hold_no_pickle_loading_remote_code_or_reference_import():
 
 @pytest.fixture(scope="module")
 def served():
-    holder = tasks.ModelHolder(force_tiny=True)
+    holder = loading.ModelHolder(force_tiny=True)
     with serve(holder) as url:
         yield url, holder
 

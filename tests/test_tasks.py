@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kosmos2 import draw, tasks
+from kosmos2.demo import draw, inputs, loading, tasks
+from kosmos2.demo import results as demo_results
+from kosmos2.demo import settings as demo_settings
 from kosmos2.grounding import post_process_generation
-from kosmos2.tasks import InputError, build_request
+from kosmos2.demo.inputs import InputError
+from kosmos2.demo.tasks import build_request
 
 ROOT = Path(__file__).resolve().parents[1]
 # On a 64x64 image these pixel boxes are SPEC.md's example boxes: patch pairs (44, 863) and (5, 911).
@@ -76,7 +79,7 @@ def test_free_prompt_with_and_without_grounding(image):
 ])
 def test_user_markup_never_passes_as_markup(image, typed):
     """Tags typed by the user are removed: the prompt holds only the tags the task writes."""
-    assert tasks.neutralise_markup(typed).split() == ["a", "dog"]
+    assert inputs.neutralise_markup(typed).split() == ["a", "dog"]
     for request in (build_request("ground", image, typed), build_request("ask", image, typed),
                     build_request("prompt", image, typed, grounding_on=False)):
         (prompt,) = request.prompts
@@ -112,7 +115,7 @@ def test_enormous_image_is_rejected_before_decoding(tmp_path):
 
 def test_alpha_is_composited_onto_white():
     rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
-    assert tasks.load_image(rgba).getpixel((0, 0)) == (255, 255, 255)
+    assert inputs.load_image(rgba).getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_text_validation_messages(image):
@@ -121,28 +124,28 @@ def test_text_validation_messages(image):
     with pytest.raises(InputError, match="too long \\(1001 characters\\); the limit is 1000"):
         build_request("prompt", image, "a" * 1001)
     with pytest.raises(InputError, match="Too many phrases"):
-        build_request("ground", image, "\n".join(f"thing {i}" for i in range(tasks.MAX_PHRASES + 1)))
+        build_request("ground", image, "\n".join(f"thing {i}" for i in range(inputs.MAX_PHRASES + 1)))
     with pytest.raises(InputError, match="Phrases are empty"):
         build_request("ground", image, "\n \n")
 
 
 def test_box_validation(image):
     # inverted corners are put in order, parts outside the image are clipped
-    assert tasks.validate_boxes([(50, 60, 10, 20)], 64, 64) == [(10, 20, 50, 60)]
-    assert tasks.validate_boxes([(-10, -5, 100, 30)], 64, 64) == [(0, 0, 64, 30)]
+    assert inputs.validate_boxes([(50, 60, 10, 20)], 64, 64) == [(10, 20, 50, 60)]
+    assert inputs.validate_boxes([(-10, -5, 100, 30)], 64, 64) == [(0, 0, 64, 30)]
     with pytest.raises(InputError, match="Box 1 is empty"):
-        tasks.validate_boxes([(5, 5, 5, 30)], 64, 64)
+        inputs.validate_boxes([(5, 5, 5, 30)], 64, 64)
     with pytest.raises(InputError, match="Box 2 is empty"):
-        tasks.validate_boxes([(0, 0, 9, 9), (70, 70, 90, 90)], 64, 64)  # entirely outside
+        inputs.validate_boxes([(0, 0, 9, 9), (70, 70, 90, 90)], 64, 64)  # entirely outside
     with pytest.raises(InputError, match="Too many boxes \\(9\\); the limit is 8"):
         build_request("refer", image, boxes=[(0, 0, 9, 9)] * 9)
     with pytest.raises(InputError, match="No box"):
         build_request("refer", image)
     with pytest.raises(InputError, match="not four"):
-        tasks.parse_boxes("1,2,3")
+        inputs.parse_boxes("1,2,3")
     # the image annotator's dicts and the CLI/API string form
-    assert tasks.parse_boxes([{"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4, "label": ""}]) == [(1, 2, 3, 4)]
-    assert tasks.parse_boxes("1,2,3,4; 5 6 7 8") == [(1, 2, 3, 4), (5, 6, 7, 8)]
+    assert inputs.parse_boxes([{"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4, "label": ""}]) == [(1, 2, 3, 4)]
+    assert inputs.parse_boxes("1,2,3,4; 5 6 7 8") == [(1, 2, 3, 4), (5, 6, 7, 8)]
 
 
 def test_boxes_must_match_bracketed_phrases(image):
@@ -153,16 +156,16 @@ def test_boxes_must_match_bracketed_phrases(image):
 
 
 def test_generation_settings_are_validated():
-    s = tasks.GenerationSettings.from_user(max_new_tokens=20.0, decoding="sample", temperature="0.5")
+    s = demo_settings.GenerationSettings.from_user(max_new_tokens=20.0, decoding="sample", temperature="0.5")
     assert s.generate_kwargs() == {"max_new_tokens": 20, "num_beams": 1, "do_sample": True, "temperature": 0.5,
                                    "top_p": 0.9}
-    assert tasks.GenerationSettings.from_user(decoding="beam", num_beams=4).generate_kwargs()["num_beams"] == 4
+    assert demo_settings.GenerationSettings.from_user(decoding="beam", num_beams=4).generate_kwargs()["num_beams"] == 4
     for bad, match in [({"max_new_tokens": 513}, "between 1 and 512"), ({"max_new_tokens": 0}, "between"),
                        ({"max_new_tokens": 2.5}, "whole number"), ({"temperature": float("nan")}, "Temperature"),
                        ({"top_p": "x"}, "must be a number"), ({"decoding": "magic"}, "Decoding"),
                        ({"num_beams": 100}, "beams"), ({"no_repeat_ngram_size": -1}, "n-gram")]:
         with pytest.raises(InputError, match=match):
-            tasks.GenerationSettings.from_user(**bad)
+            demo_settings.GenerationSettings.from_user(**bad)
 
 
 # ----------------------------------------------------------------------------- colours and drawing
@@ -261,9 +264,9 @@ def test_entities_appear_when_their_object_closes(image):
 
     request = build_request("caption", image)
     head = "<image>x</image><grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044>"
-    partial = tasks.build_result(request, [head], post_process_generation)
+    partial = demo_results.build_result(request, [head], post_process_generation)
     assert partial.caption == "An image of a snowman" and partial.entities == []
-    final = tasks.build_result(request, [head + "<patch_index_0863></object> warming"], post_process_generation,
+    final = demo_results.build_result(request, [head + "<patch_index_0863></object> warming"], post_process_generation,
                                done=True)
     (e,) = final.entities
     assert (e.phrase, e.span, e.boxes) == ("a snowman", (12, 21), [(0.390625, 0.046875, 0.984375, 0.828125)])
@@ -278,17 +281,17 @@ def test_rows_are_merged_with_one_colour_per_row(image):
     request = build_request("ground", image, "a snowman\na fire")
     texts = ["</image><grounding><phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>",
              "</image><grounding><phrase> a fire</phrase><object><patch_index_0005><patch_index_0911></object>"]
-    result = tasks.build_result(request, texts, post_process_generation, done=True)
+    result = demo_results.build_result(request, texts, post_process_generation, done=True)
     assert result.caption == "a snowman\na fire"
     assert [(e.phrase, e.span) for e in result.entities] == [("a snowman", (0, 9)), ("a fire", (10, 16))]
     assert [e.colour for e in result.entities] == draw.entity_colours(2)
 
 
 def test_runner_streams_then_finishes(tiny_checkpoint, image):
-    loaded = tasks.ModelHolder(str(tiny_checkpoint), device="cpu").get()
+    loaded = loading.ModelHolder(str(tiny_checkpoint), device="cpu").get()
     assert not loaded.is_tiny  # a folder was given: no fallback
-    settings = tasks.GenerationSettings.from_user(max_new_tokens=8)
-    results = list(tasks.run(loaded, build_request("refer", image, boxes=[SNOWMAN_BOX]), settings, min_interval_s=0))
+    settings = demo_settings.GenerationSettings.from_user(max_new_tokens=8)
+    results = list(demo_results.run(loaded, build_request("refer", image, boxes=[SNOWMAN_BOX]), settings, min_interval_s=0))
     *partials, final = results
     assert partials and not any(r.done for r in partials) and final.done
     assert [r.new_tokens for r in partials] == list(range(1, len(partials) + 1))
@@ -297,7 +300,7 @@ def test_runner_streams_then_finishes(tiny_checkpoint, image):
 
 
 def test_holder_falls_back_to_tiny_when_the_checkpoint_is_missing(tmp_path):
-    loaded = tasks.ModelHolder(str(tmp_path / "no-such-checkpoint"), device="cpu").get()
+    loaded = loading.ModelHolder(str(tmp_path / "no-such-checkpoint"), device="cpu").get()
     assert loaded.is_tiny and "no-such-checkpoint" in loaded.note
 
 
@@ -314,14 +317,14 @@ def test_rotated_image_boxes_are_in_the_rotated_frame():
 
 
 def test_view_links_phrases_and_boxes_and_escapes_text(image):
-    from kosmos2 import view
+    from kosmos2.demo import view
     from kosmos2.grounding import post_process_generation
 
     request = build_request("caption", image)
     text = ("</image><grounding> An &<phrase> a snowman</phrase><object><patch_index_0044>"
             "<patch_index_0863></object> by<phrase> a fire</phrase><object><patch_index_0005><patch_index_0911>"
             "</object> 1 <img src=x onerror=alert(1)")
-    result = tasks.build_result(request, [text], post_process_generation, done=True)
+    result = demo_results.build_result(request, [text], post_process_generation, done=True)
     html = view.render(view.image_data_uri(image), result)
     assert result.caption.endswith("1 <img src=x onerror=alert(1)")
     assert "<img src=x" not in html and "1 &lt;img src=x" in html and "An &amp;" in html  # text is escaped
@@ -335,7 +338,7 @@ def test_view_links_phrases_and_boxes_and_escapes_text(image):
 
 
 def test_closing_a_run_stops_generation(tiny_checkpoint, image, monkeypatch):
-    loaded = tasks.ModelHolder(str(tiny_checkpoint), device="cpu").get()
+    loaded = loading.ModelHolder(str(tiny_checkpoint), device="cpu").get()
     engine = loaded.batcher.engine
     ended = {}
     run = engine.run
@@ -349,8 +352,8 @@ def test_closing_a_run_stops_generation(tiny_checkpoint, image, monkeypatch):
         return ended["ids"]
 
     monkeypatch.setattr(engine, "run", spy)
-    settings = tasks.GenerationSettings.from_user(max_new_tokens=512)
-    stream = tasks.run(loaded, build_request("caption", image), settings, min_interval_s=0)
+    settings = demo_settings.GenerationSettings.from_user(max_new_tokens=512)
+    stream = demo_results.run(loaded, build_request("caption", image), settings, min_interval_s=0)
     first = next(stream)
     assert not first.done and first.new_tokens == 1
     stream.close()  # what Gradio does when the browser goes away
@@ -361,18 +364,18 @@ def test_closing_a_run_stops_generation(tiny_checkpoint, image, monkeypatch):
 def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoint, image):
     import threading
 
-    loaded = tasks.ModelHolder(str(tiny_checkpoint), device="cpu").get()
-    settings = tasks.GenerationSettings.from_user(max_new_tokens=6)
+    loaded = loading.ModelHolder(str(tiny_checkpoint), device="cpu").get()
+    settings = demo_settings.GenerationSettings.from_user(max_new_tokens=6)
     requests = [build_request("caption", image), build_request("ground", image, "a snowman\na fire"),
                 build_request("ask", image.rotate(90, expand=True), "What is this?")]
-    alone = [tasks.run_to_end(loaded, r, settings).raw for r in requests]
+    alone = [demo_results.run_to_end(loaded, r, settings).raw for r in requests]
     loaded.batcher.gather_s = 1.0
     together: dict[int, str] = {}
     barrier = threading.Barrier(len(requests))
 
     def user(i: int) -> None:
         barrier.wait()
-        together[i] = tasks.run_to_end(loaded, requests[i], settings).raw
+        together[i] = demo_results.run_to_end(loaded, requests[i], settings).raw
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -384,7 +387,7 @@ def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoin
 
 
 def test_tokens_per_second_counts_decoding_after_the_first_token(image):
-    result = tasks.TaskResult("caption", "", [], "", [], [], (1, 1), done=True, new_tokens=11, seconds=3.0,
+    result = demo_results.TaskResult("caption", "", [], "", [], [], (1, 1), done=True, new_tokens=11, seconds=3.0,
                               first_token_s=1.0)
     assert result.tokens_per_s == 5.0  # 10 tokens in the 2 s after the first one
     assert "5.0 tokens/s" in result.timing_text()
@@ -424,10 +427,10 @@ def test_region_descriptions_take_the_colours_the_boxes_were_drawn_with():
     assert request.row_colours == ("#e6194b", "#3cb44b")  # hex of the drawn RGB triples
     texts = ["<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is red",
              "<grounding><phrase> It</phrase><object><patch_index_0005><patch_index_0911></object> is green"]
-    result = tasks.build_result(request, texts, post_process_generation)
+    result = demo_results.build_result(request, texts, post_process_generation)
     assert [e.colour for e in result.entities] == ["#e6194b", "#3cb44b"]
     # Without colours on the boxes (API pixel lists) the palette is used, one colour per row.
     plain = tasks.build_request("refer", Image.new("RGB", (320, 240)), boxes=[[10, 10, 100, 80], [150, 60, 300, 200]])
     assert plain.row_colours == ()
-    colours = [e.colour for e in tasks.build_result(plain, texts, post_process_generation).entities]
+    colours = [e.colour for e in demo_results.build_result(plain, texts, post_process_generation).entities]
     assert colours == draw.entity_colours(2)

@@ -15,7 +15,7 @@ import uuid
 from PIL import Image
 
 from .draw import readable_on_white, text_colour_on
-from .tasks import TaskResult
+from .results import TaskResult
 
 _CSS = """
 #{uid} {{ font-family: system-ui, sans-serif; }}

@@ -6,13 +6,20 @@ so the HTML view, the PNG and the JSON agree.
 
 from __future__ import annotations
 
+import atexit
 import colorsys
 import os
+import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
+
+from ..grounding import PixelBox
 
 # Well-separated colours, ordered so that neighbours differ strongly in hue and lightness.
 PALETTE = (
@@ -30,8 +37,6 @@ PALETTE = (
     "#800000",  # maroon
 )
 _GOLDEN = 0.6180339887498949
-
-PixelBox = tuple[float, float, float, float]
 
 
 class Annotation(NamedTuple):
@@ -143,3 +148,28 @@ def save_png_tempfile(image: Image.Image, folder: str | None = None, prefix: str
     with os.fdopen(fd, "wb") as f:
         image.save(f, format="PNG", compress_level=1)  # fast: level 6 costs ~0.2 s per megapixel
     return path
+
+
+class OutputFolder:
+    """A private temporary folder (removed at exit) of annotated PNGs, one fresh file per result, pruned
+    before each save: files older than ``max_age_s`` go, then the oldest until fewer than ``max_files``
+    remain. Thread-safe."""
+
+    def __init__(self, max_files: int, max_age_s: float) -> None:
+        self.max_files = max_files
+        self.max_age_s = max_age_s
+        self._path: str | None = None
+        self._lock = threading.Lock()
+
+    def save(self, image: Image.Image) -> str:
+        """Save ``image`` as a new PNG in the folder; return its path."""
+        with self._lock:
+            if self._path is None:
+                self._path = tempfile.mkdtemp(prefix="kosmos2-out-")
+                atexit.register(shutil.rmtree, self._path, ignore_errors=True)
+            files = sorted(Path(self._path).glob("*.png"), key=lambda p: p.stat().st_mtime)
+            cutoff = time.time() - self.max_age_s
+            for i, old in enumerate(files):
+                if old.stat().st_mtime < cutoff or len(files) - i >= self.max_files:
+                    old.unlink()
+            return save_png_tempfile(image, self._path)

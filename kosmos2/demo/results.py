@@ -1,0 +1,152 @@
+"""Running a request: the streaming runner and the :class:`TaskResult` it yields."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .. import grounding
+from ..grounding import Box, PixelBox
+from .draw import Annotation, entity_colours
+from .loading import LoadedModel
+from .settings import GenerationSettings
+from .tasks import TaskRequest
+
+
+@dataclass
+class ResultEntity:
+    """A located phrase of a result: its text, span in the caption, boxes (normalised and pixels),
+    colour and batch row."""
+
+    phrase: str
+    span: tuple[int, int]
+    boxes: list[Box]
+    pixel_boxes: list[PixelBox]
+    colour: str
+    row: int
+
+
+@dataclass
+class TaskResult:
+    """What a run produced so far (``done`` for the final one)."""
+
+    task: str
+    caption: str
+    entities: list[ResultEntity]
+    raw: str  # the model's text with its tags, one line per batch row
+    row_spans: list[tuple[int, int]]  # each batch row's span in ``caption``
+    row_colours: list[str | None]
+    image_size: tuple[int, int]
+    done: bool = False
+    new_tokens: int = 0
+    seconds: float = 0.0
+    first_token_s: float | None = None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decoding speed in new tokens per second per batch row, after the first token (over the
+        whole run when the first token's time is unknown, as with beam search)."""
+        if self.first_token_s is not None and self.new_tokens > 1 and self.seconds > self.first_token_s:
+            return (self.new_tokens - 1) / (self.seconds - self.first_token_s)
+        return self.new_tokens / self.seconds if self.new_tokens and self.seconds > 0 else None
+
+    def entities_json(self) -> list[dict[str, Any]]:
+        """The entities as plain JSON-able dicts."""
+        return [
+            {**asdict(e), "span": list(e.span), "boxes": [list(b) for b in e.boxes],
+             "pixel_boxes": [list(b) for b in e.pixel_boxes]}
+            for e in self.entities
+        ]
+
+    def annotations(self) -> list[Annotation]:
+        """What :func:`kosmos2.demo.draw.annotate` draws for this result."""
+        return [Annotation(e.phrase, e.colour, e.pixel_boxes) for e in self.entities]
+
+    def timing_text(self) -> str:
+        """A one-line summary of the run's speed."""
+        if not self.done:
+            return f"generating... {self.new_tokens} tokens"
+        parts = [f"{self.new_tokens} new tokens in {self.seconds:.2f} s"]
+        if self.first_token_s is not None:
+            parts.append(f"first token after {self.first_token_s:.2f} s")
+        if self.tokens_per_s is not None:
+            parts.append(f"{self.tokens_per_s:.1f} tokens/s")
+        return " · ".join(parts)
+
+
+def _after_image(text: str) -> str:
+    return text.rsplit("</image>", 1)[-1].strip()
+
+
+def build_result(request: TaskRequest, texts: Sequence[str], post_process: Callable[[str], tuple],
+                 done: bool = False) -> TaskResult:
+    """Merge the decoded rows of one batch into a single result (captions joined by newlines)."""
+    width, height = request.image.size
+    if not request.colour_by_row:
+        row_colours: list[str | None] = [None] * len(texts)
+    else:
+        row_colours = list(request.row_colours) or entity_colours(len(texts))
+    caption_parts: list[str] = []
+    entities: list[ResultEntity] = []
+    row_spans = []
+    offset = 0
+    for row, text in enumerate(texts):
+        caption, row_entities = post_process(text)
+        pixel = grounding.entities_to_pixel_boxes(row_entities, width, height)
+        for (phrase, (start, end), boxes), (_, _, pixel_boxes) in zip(row_entities, pixel):
+            entities.append(ResultEntity(phrase, (start + offset, end + offset), [tuple(b) for b in boxes],
+                                         [tuple(b) for b in pixel_boxes], "", row))
+        caption_parts.append(caption)
+        row_spans.append((offset, offset + len(caption)))
+        offset += len(caption) + 1
+    colours = entity_colours(len(entities))
+    for i, e in enumerate(entities):
+        e.colour = row_colours[e.row] or colours[i]
+    return TaskResult(request.task, "\n".join(caption_parts), entities,
+                      "\n".join(_after_image(t) for t in texts), row_spans, row_colours, (width, height), done)
+
+
+def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
+        min_interval_s: float = 0.05) -> Iterator[TaskResult]:
+    """Generate for ``request``, yielding partial results while tokens arrive and the final one last.
+
+    The rows go to the model's batcher (decoded together with other users' waiting rows, the image
+    prefix cached); partial results are yielded at most every ``min_interval_s`` seconds. A generation
+    error is raised here. Closing the iterator early (a client that went away) drops the rows from
+    their batch at its next step (beam search runs to its end).
+    """
+    processor = loaded.processor
+    n = len(request.prompts)
+    batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
+    prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+    def result(new_ids: list[list[int]], seconds: float, first: float | None, done: bool) -> TaskResult:
+        texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
+        out = build_result(request, texts, processor.post_process_generation, done=done)
+        out.new_tokens, out.seconds, out.first_token_s = max(map(len, new_ids)), seconds, first
+        return out
+
+    start = time.perf_counter()
+    first: float | None = None
+    new_ids: list[list[int]] = [[] for _ in range(n)]
+    last_yield = 0.0
+    with closing(loaded.batcher.stream_batch(**batch, **settings.generate_kwargs())) as steps:
+        for new_ids in steps:
+            now = time.perf_counter()
+            if not settings.streams:
+                continue
+            first = first if first is not None else now - start
+            if now - last_yield >= min_interval_s:
+                last_yield = now
+                yield result(new_ids, now - start, first, done=False)
+    yield result(new_ids, time.perf_counter() - start, first, done=True)
+
+
+def run_to_end(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings) -> TaskResult:
+    """Run without streaming updates; return the final result."""
+    *_, final = run(loaded, request, settings, min_interval_s=math.inf)
+    return final

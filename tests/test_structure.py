@@ -1,0 +1,68 @@
+"""One place per idea: a task record becomes a tab and an endpoint; a setting becomes a control, an API
+parameter, a CLI flag and a server-side check."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from kosmos2.__main__ import parser
+from kosmos2.demo.loading import ModelHolder
+from kosmos2.demo.settings import SETTINGS
+from kosmos2.demo.tasks import TASKS, Example, Task
+
+from launch import ROOT, import_app
+
+CAT = ROOT / "assets" / "cat.jpg"
+API_INPUTS = ["image", "text", "boxes", "grounding"]
+COUNT = Task("count", "Counting", "Say how many animals there are.", lambda _: ["<grounding> Count the animals:"],
+             tab="Count things", button="Count", examples=(Example("cat.jpg"),))
+
+
+@pytest.fixture(scope="module")
+def extended():
+    """The app built with one more task record than the table has, served locally."""
+    app = import_app()
+    demo = app.build_demo(ModelHolder(force_tiny=True), tasks={**TASKS, COUNT.name: COUNT})
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo, Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+def test_an_extra_task_record_gets_its_tab_and_its_endpoint(extended):
+    demo, client = extended
+    components = demo.config["components"]
+    assert any(c["type"] == "tabitem" and c["props"].get("label") == "Count things" for c in components)
+    assert any(c["props"].get("elem_id") == "count-run" and c["props"].get("value") == "Count" for c in components)
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {f"/{name}" for name in [*TASKS, "count"]}
+    caption, entities, _ = client.predict(handle_file(str(CAT)), max_new_tokens=3, api_name="/count")
+    assert caption.startswith("Count the animals:")  # the record's own prompt, after the <grounding> tag
+
+
+def test_every_setting_is_an_api_parameter_of_every_endpoint_by_name(extended):
+    _, client = extended
+    for name, info in client.view_api(print_info=False, return_format="dict")["named_endpoints"].items():
+        assert [p["parameter_name"] for p in info["parameters"]] == [*API_INPUTS, *SETTINGS], name
+        defaults = {p["parameter_name"]: p["parameter_default"] for p in info["parameters"]}
+        assert all(defaults[s] == SETTINGS[s].default for s in SETTINGS), name
+
+
+def test_a_setting_is_checked_on_the_server_with_its_own_label(extended):
+    _, client = extended
+    with pytest.raises(AppError, match="Number of beams must be between 1 and 8"):
+        client.predict(handle_file(str(CAT)), decoding="beam", num_beams=9, api_name="/caption")
+
+
+def test_every_setting_is_a_cli_flag_and_a_ui_control():
+    flags = {a.dest: a for a in parser()._actions}
+    assert all(name in flags for name in SETTINGS)
+    assert list(flags["decoding"].choices) == ["greedy", "beam", "sample"]
+    args = parser().parse_args(["x.jpg", "--top-p", "0.5", "--max-new-tokens", "7"])
+    assert (args.top_p, args.max_new_tokens, args.decoding) == ("0.5", "7", None)
+    app = import_app()
+    labels = {c["props"].get("label") for c in app.demo.config["components"]}
+    assert {s.label for s in SETTINGS.values()} <= labels
