@@ -15,6 +15,16 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+# Hugging Face Spaces ZeroGPU: a GPU is attached only inside @spaces.GPU functions; `spaces` must be
+# imported before torch (which kosmos2.demo imports).
+try:
+    import spaces
+
+    on_gpu: Callable[[Callable], Callable] = spaces.GPU
+except ImportError:
+    def on_gpu(fn: Callable) -> Callable:
+        return fn
+
 import gradio as gr
 from gradio_image_annotation import image_annotator
 
@@ -23,15 +33,7 @@ from kosmos2.demo.inputs import MAX_TEXT_CHARS, InputError
 from kosmos2.demo.loading import MAX_BATCH_SIZE, ModelHolder
 from kosmos2.demo.results import TaskResult, run
 from kosmos2.demo.settings import SETTINGS, GenerationSettings, Setting
-from kosmos2.demo.tasks import TASKS, Example, Task, build_request
-
-try:  # Hugging Face Spaces ZeroGPU: a GPU is attached only inside @spaces.GPU functions.
-    import spaces
-
-    on_gpu: Callable[[Callable], Callable] = spaces.GPU
-except ImportError:
-    def on_gpu(fn: Callable) -> Callable:
-        return fn
+from kosmos2.demo.tasks import TASKS, Example, Task, build_request, find_task
 
 log = logging.getLogger("kosmos2.app")
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -77,9 +79,7 @@ class Runner:
         ``min_interval_s`` (default ``STREAM_INTERVAL_S``); ``settings`` by name. User errors become
         ``gr.Error`` with their message only, other errors a generic one (details go to the server log)."""
         try:
-            if task not in self.tasks:
-                raise InputError(f"Unknown task {task!r}; choose one of: {', '.join(self.tasks)}.")
-            request = build_request(self.tasks[task], image, text, boxes, grounding_on, quarter_turns)
+            request = build_request(find_task(task, self.tasks), image, text, boxes, grounding_on, quarter_turns)
             gen = GenerationSettings.from_user(**settings)
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
@@ -174,6 +174,10 @@ def _annotator_value(value: dict | None) -> tuple[Any, list, int]:
 def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Component], events: dict) -> None:
     """One tab for ``tasks`` (several share a tab through a radio of their ``choice`` labels)."""
     first = tasks[0]
+    for other in tasks[1:]:  # one set of inputs serves the whole tab
+        if (other.text, other.boxes != "none", other.grounding_option) != (first.text, first.boxes != "none",
+                                                                          first.grounding_option):
+            raise ValueError(f"tasks {first.name!r} and {other.name!r} share the tab {first.tab!r} but not its inputs")
     tab, boxed = first.name, first.boxes != "none"
     by_choice = {t.choice: t.name for t in tasks}
     with gr.Tab(first.tab, id=tab):

@@ -33,18 +33,22 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kosmos2", description="Run a KOSMOS-2 task on an image.")
     p.add_argument("image", help="image file")
     p.add_argument("--task", choices=list(TASKS), default="caption",
-                   help="; ".join(f"{t.name} ({t.title}): {t.description}" for t in TASKS.values()))
-    p.add_argument("--text", help="phrases (ground; one per line), question (ask) or prompt (prompt)")
+                   help="; ".join(f"{t.name} ({t.title}): {t.description.rstrip('.')}" for t in TASKS.values()))
+    p.add_argument("--text", help="; ".join(f"{t.name}: {t.text}" + (f" ({t.text_info})" if t.text_info else "")
+                                           for t in TASKS.values() if t.text))
     p.add_argument("--box", action="append", default=[], metavar="x1,y1,x2,y2",
-                   help="a box in pixels (repeatable): refer, ask and prompt")
-    p.add_argument("--no-grounding", action="store_true", help="prompt task: no <grounding> tag")
+                   help="a box in pixels (repeatable), for " + ", ".join(
+                       f"{t.name} ({t.boxes})" for t in TASKS.values() if t.boxes != "none"))
+    p.add_argument("--no-grounding", action="store_true", help="no <grounding> tag, for " + ", ".join(
+        t.name for t in TASKS.values() if t.grounding_option))
     p.add_argument("--out", help="write the annotated image (PNG) here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")
     p.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
     settings = p.add_argument_group("generation settings")
     for name, s in SETTINGS.items():  # checked by GenerationSettings.from_user, as in the app
-        settings.add_argument(_flag(name), dest=name, choices=s.choices or None, help=_setting_help(s))
+        settings.add_argument(_flag(name), dest=name, type=None if s.choices else s.kind, choices=s.choices or None,
+                              help=_setting_help(s))
     return p
 
 

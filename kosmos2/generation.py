@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -556,16 +556,19 @@ def decode(
     eos_ids: torch.Tensor,
     pad: int,
     *,
+    ignored: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
     streamer: Streamer | None = None,
-    **options: Any,
 ) -> torch.Tensor:
     """Run ``settings``' decoding from the (N, L) ``sequences``: :func:`beam_search` when ``num_beams > 1``,
     else :func:`sample` (greedy or sampling, streamed to ``streamer``; see :func:`check_streaming`).
-    ``options`` are their shared keywords (``ignored``, ``generator``). Returns (N, L + new) ids.
+    Returns (N, L + new) ids.
     """
     if settings.num_beams > 1:
-        return beam_search(decoder, sequences, attention_mask, settings, eos_ids, pad, **options)
-    return sample(decoder, sequences, attention_mask, settings, eos_ids, pad, streamer=streamer, **options)
+        return beam_search(decoder, sequences, attention_mask, settings, eos_ids, pad, ignored=ignored,
+                           generator=generator)
+    return sample(decoder, sequences, attention_mask, settings, eos_ids, pad, ignored=ignored, generator=generator,
+                  streamer=streamer)
 
 
 def sample(

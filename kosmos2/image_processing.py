@@ -10,7 +10,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -95,12 +95,14 @@ class ImageError(ValueError):
     """An image that cannot be used. ``kind`` says why: ``"missing"``, ``"unsupported"``, ``"damaged"``,
     ``"too_large"`` (then ``size`` and ``limit`` are set) or ``"empty"``."""
 
-    def __init__(self, kind: str, message: str, size: tuple[int, int] | None = None, limit: int | None = None):
+    def __init__(self, kind: str, message: str, size: tuple[int, int] | None = None,
+                 limit: int | None = None) -> None:
         super().__init__(message)
         self.kind, self.size, self.limit = kind, size, limit
 
 
-ImageSource = Union[str, Path, bytes, io.IOBase]
+_ORIENTATION = 0x0112  # the EXIF orientation tag
+ImageSource = Union[str, Path, bytes, BinaryIO]
 
 
 def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
@@ -120,7 +122,13 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
         with Image.open(source) as image:
             check_pixel_count(image.size, max_pixels)
             image.load()
-            return image.copy()
+            decoded = image.copy()
+            orientation = image.getexif().get(_ORIENTATION)
+            if orientation:  # kept for to_rgb(as_displayed=True): copy() drops a TIFF's own tags
+                exif = Image.Exif()
+                exif[_ORIENTATION] = orientation
+                decoded.info["exif"] = exif.tobytes()
+            return decoded
     except Image.DecompressionBombError as e:
         raise ImageError("too_large", f"{name} is too large (decompression bomb check): {e}",
                          getattr(e, "size", None), getattr(e, "limit", None)) from e
@@ -180,7 +188,10 @@ def to_rgb(image: ImageInput, as_displayed: bool = False) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise ImageError("empty", f"Image is empty: size {image.size}.")
     if as_displayed:
-        image = ImageOps.exif_transpose(image)
+        try:
+            image = ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, struct.error) as e:  # a malformed EXIF block
+            raise ImageError("damaged", f"The image's EXIF data could not be read: {e}") from e
         if image.mode.startswith("I"):  # "I;16...", "I": 0..65535 -> 0..255
             grey = np.asarray(image.convert("I"), dtype=np.int64)
             image = Image.fromarray((np.clip(grey, 0, 65535) // 257).astype(np.uint8))  # (H, W) -> "L"

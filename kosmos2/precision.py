@@ -6,21 +6,18 @@ import torch
 
 INT8_MODES = ("int8",)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype = torch.float32) -> torch.dtype:
-    """A ``torch.dtype`` from a dtype, one of the names of :data:`DTYPES` (``"torch."`` prefix allowed), or
-    None (``default``); anything else raises ``ValueError``."""
+    """A floating-point ``torch.dtype`` from a dtype, its name (``"bfloat16"``, ``"torch.float16"``,
+    ``"half"``), or None (``default``); anything else raises ``ValueError``."""
     if dtype is None:
         return default
     if isinstance(dtype, str):
-        name = dtype.removeprefix("torch.")
-        if name not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        return DTYPES[name]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        dtype = resolved
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point type, got {dtype}")
     return dtype
 
 

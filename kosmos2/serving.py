@@ -190,6 +190,7 @@ class RowDecoder:
         return text.lm_head(hidden[:, -1]).float()
 
     def reorder(self, index: torch.Tensor) -> None:
+        """Row i of the cache becomes old row ``index[i]`` (beam search)."""
         self.cache.reorder(index)
 
 
@@ -563,7 +564,7 @@ class Batcher:
         settings = batch[0].settings
         if len(batch) > 1:
             settings = replace(settings, max_new_tokens=max(limits))
-        eos_ids = set(generation.eos_tensor(self.engine.model).tolist())
+        eos_ids = set(generation.eos_id_list(self.engine.model.generation_config.eos_token_id))
         try:
             if settings.num_beams > 1:
                 new = self.engine.run([batch[0].row], settings, generator=batch[0].generator)

@@ -62,7 +62,7 @@ def test_every_setting_is_a_cli_flag_and_a_ui_control():
     assert all(name in flags for name in SETTINGS)
     assert list(flags["decoding"].choices) == ["greedy", "beam", "sample"]
     args = parser().parse_args(["x.jpg", "--top-p", "0.5", "--max-new-tokens", "7"])
-    assert (args.top_p, args.max_new_tokens, args.decoding) == ("0.5", "7", None)
+    assert (args.top_p, args.max_new_tokens, args.decoding) == (0.5, 7, None)
     app = import_app()
     labels = {c["props"].get("label") for c in app.demo.config["components"]}
     assert {s.label for s in SETTINGS.values()} <= labels

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from kosmos2.demo import draw, inputs, loading, tasks
 from kosmos2.demo import results as demo_results
@@ -434,3 +434,26 @@ def test_region_descriptions_take_the_colours_the_boxes_were_drawn_with():
     assert plain.row_colours == ()
     colours = [e.colour for e in demo_results.build_result(plain, texts, post_process_generation).entities]
     assert colours == draw.entity_colours(2)
+
+
+def test_tiff_orientation_is_applied_like_pillow_does(tmp_path):
+    path = tmp_path / "rotated.tif"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view"
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(path, exif=exif)
+    with Image.open(path) as opened:
+        want = ImageOps.exif_transpose(opened).size
+    assert want == (20, 40)
+    assert inputs.load_image(str(path)).size == want
+
+
+def test_an_exif_block_pillow_cannot_parse_is_a_damaged_file_not_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (16, 16)).save(path)
+
+    def unreadable(image):
+        raise SyntaxError("not a TIFF file")  # what pillow's EXIF parser raises for a broken header
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", unreadable)
+    with pytest.raises(InputError, match="damaged or truncated"):
+        inputs.load_image(str(path))

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..grounding import Box, PixelBox
-from ..image_processing import ImageError, open_image, to_rgb
+from ..image_processing import ImageError, check_pixel_count, open_image, to_rgb
 from .draw import rgb_to_hex
 
 MAX_TEXT_CHARS = 1000
@@ -81,7 +81,8 @@ _IMAGE_MESSAGES = {
 
 
 def load_image(value: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """An upright RGB image from a path, the bytes of a file, a numpy array or a PIL image.
+    """An upright RGB image from a path, the bytes of a file, a binary file object, a numpy array or a
+    PIL image.
 
     A file's pixel count is checked from its header, before anything is decoded. EXIF orientation
     is applied (the image as a phone shows it); an animation gives its first frame; 16-bit and
@@ -98,8 +99,10 @@ def load_image(value: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
                 value = _array_image(value)
             elif not isinstance(value, Image.Image):
                 raise InputError(f"Unsupported image value of type {type(value).__name__}.")
-            check_size(value.size, max_pixels)
+            check_pixel_count(value.size, max_pixels)
         return to_rgb(value, as_displayed=True)
+    except Image.DecompressionBombError as e:  # check_pixel_count's, with the size and the limit
+        raise InputError(_too_large(e.size, e.limit)) from e
     except ImageError as e:
         if e.kind == "too_large":
             raise InputError(_too_large(e.size, e.limit or max_pixels)) from e
@@ -111,12 +114,6 @@ def _array_image(array: np.ndarray) -> Image.Image:
         return Image.fromarray(array)
     except TypeError as e:
         raise InputError(f"Unsupported image array of shape {array.shape} and type {array.dtype}.") from e
-
-
-def check_size(size: tuple[int, int], max_pixels: int) -> None:
-    """Raise :class:`InputError` when an image of ``size`` has more than ``max_pixels`` pixels."""
-    if size[0] * size[1] > max_pixels:
-        raise InputError(_too_large(size, max_pixels))
 
 
 def _too_large(size: tuple[int, int] | None, limit: int) -> str:

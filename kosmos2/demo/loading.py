@@ -13,34 +13,39 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..hub import CheckpointError
 from ..precision import check_quantize, resolve_dtype
-from ..processing import AutoProcessor
+from ..processing import AutoProcessor, Kosmos2Processor
 from ..tiny import write_tiny_checkpoint
+
+if TYPE_CHECKING:
+    from ..model import Kosmos2ForConditionalGeneration
+    from ..serving import Batcher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "microsoft/kosmos-2-patch14-224"
 TINY_CHECKPOINT = "tiny"
 MAX_BATCH_SIZE = 4  # concurrent requests' rows decoded together
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
 class LoadedModel:
     """A model and its processor, ready to run."""
 
-    model: Any
-    processor: Any
+    model: Kosmos2ForConditionalGeneration
+    processor: Kosmos2Processor
+    batcher: Batcher = field(repr=False)  # the image prefix cache and batched users
     device: str
     checkpoint: str
     is_tiny: bool
     note: str = ""  # why the tiny checkpoint is in use, for the UI's banner
     quantize: str | None = None  # "int8": the experimental int8 text decoder
-    batcher: Any = field(default=None, repr=False)  # kosmos2.serving.Batcher: image prefix cache, batched users
 
 
 class ModelHolder:
@@ -61,11 +66,10 @@ class ModelHolder:
         self.checkpoint = TINY_CHECKPOINT if force_tiny else (
             checkpoint or os.environ.get("KOSMOS2_CHECKPOINT") or DEFAULT_CHECKPOINT)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            self.dtype = resolve_dtype(dtype or os.environ.get("KOSMOS2_DTYPE") or None,
-                                       default=torch.bfloat16 if self.device == "cuda" else torch.float32)
-        except ValueError as e:
-            raise ValueError(f"KOSMOS2_DTYPE: {e}") from e
+        dtype = dtype or os.environ.get("KOSMOS2_DTYPE") or None
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"KOSMOS2_DTYPE must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = resolve_dtype(dtype, default=torch.bfloat16 if self.device == "cuda" else torch.float32)
         self.quantize = quantize or os.environ.get("KOSMOS2_QUANTIZE") or None
         try:
             check_quantize(self.quantize, self.device)
@@ -108,7 +112,7 @@ class ModelHolder:
         return self._from(str(folder), is_tiny=True, note=note)
 
     def _from(self, path: str, is_tiny: bool, note: str = "") -> LoadedModel:
-        # imported on first load, so that importing the app (to build its UI) imports no model code
+        # imported on first load: building the app's UI needs torch, but not the model's code
         from ..model import Kosmos2ForConditionalGeneration
         from ..serving import Batcher, Engine
 
@@ -117,8 +121,8 @@ class ModelHolder:
         model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=self.dtype, device=self.device,
                                                                 quantize=self.quantize, pack_weights=self.pack_weights)
         progress(f"Model ready in {time.perf_counter() - start:.1f} s.")
-        return LoadedModel(model, processor, self.device, path if is_tiny else self.checkpoint, is_tiny, note,
-                           self.quantize, Batcher(Engine(model), max_batch_size=MAX_BATCH_SIZE))
+        return LoadedModel(model, processor, Batcher(Engine(model), max_batch_size=MAX_BATCH_SIZE), self.device,
+                           path if is_tiny else self.checkpoint, is_tiny, note, self.quantize)
 
 
 def progress(message: str) -> None:

@@ -42,6 +42,7 @@ class TaskResult:
     row_colours: list[str | None]
     image_size: tuple[int, int]
     done: bool = False
+    colour_row_text: bool = False  # each row's text in its row colour (see Task.colour_row_text)
     new_tokens: int = 0
     seconds: float = 0.0
     first_token_s: float | None = None
@@ -106,8 +107,8 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
     colours = entity_colours(len(entities))
     for i, e in enumerate(entities):
         e.colour = row_colours[e.row] or colours[i]
-    return TaskResult(request.task, "\n".join(caption_parts), entities,
-                      "\n".join(_after_image(t) for t in texts), row_spans, row_colours, (width, height), done)
+    return TaskResult(request.task, "\n".join(caption_parts), entities, "\n".join(_after_image(t) for t in texts),
+                      row_spans, row_colours, (width, height), done, colour_row_text=request.colour_row_text)
 
 
 def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,

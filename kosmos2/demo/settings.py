@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .inputs import InputError
@@ -20,8 +20,9 @@ MAX_NEW_TOKENS_CAP = 512
 
 @dataclass(frozen=True)
 class Setting:
-    """One user-facing generation setting: ``name`` is its API parameter and field name, ``label`` names
-    it to people (UI, error messages); numbers have a range and a step, text settings a set of choices."""
+    """One user-facing generation setting (its name is that of its :class:`GenerationSettings` field, which
+    is also its API parameter): ``label`` names it to people (UI, error messages); numbers have a range
+    and a step, text settings a set of choices."""
 
     default: Any
     label: str
@@ -30,7 +31,6 @@ class Setting:
     step: float | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
-    name: str = ""
 
     @property
     def kind(self) -> type:
@@ -81,7 +81,7 @@ class GenerationSettings:
         unknown = set(values) - set(SETTINGS)
         if unknown:
             raise InputError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
-        return cls(**{name: SETTINGS[name].parse(value) for name, value in values.items()})
+        return cls(**{name: s.parse(values[name]) for name, s in SETTINGS.items() if name in values})
 
     @property
     def streams(self) -> bool:
@@ -100,6 +100,4 @@ class GenerationSettings:
         return kwargs
 
 
-SETTINGS: Mapping[str, Setting] = {
-    f.name: replace(f.metadata["setting"], name=f.name) for f in fields(GenerationSettings)
-}
+SETTINGS: Mapping[str, Setting] = {f.name: f.metadata["setting"] for f in fields(GenerationSettings)}

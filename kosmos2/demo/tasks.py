@@ -8,7 +8,7 @@ image, the boxes, the checks every task shares).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,8 @@ class Task:
     shown in (tasks with the same tab share it and a radio chooses, labelled by ``choice``);
     ``text`` the label of its text field (None: no text); ``boxes`` "none", "optional" or
     "required"; ``grounding_option`` adds a "ground the output" checkbox; ``colour_by_row`` gives
-    each batch row one colour (one row per phrase or box).
+    each batch row one colour (one row per phrase or box), and ``colour_row_text`` writes each row's text
+    in it too (a description of the box drawn in that colour).
     """
 
     name: str
@@ -73,6 +74,7 @@ class Task:
     boxes: str = "none"
     grounding_option: bool = False
     colour_by_row: bool = False
+    colour_row_text: bool = False
     examples: tuple[Example, ...] = ()
 
 
@@ -85,6 +87,7 @@ class TaskRequest:
     prompts: tuple[str, ...]
     colour_by_row: bool = False  # one colour per row (phrase grounding, region description)
     row_colours: tuple[str, ...] = ()  # the rows' colours when the user's drawn boxes bring them
+    colour_row_text: bool = False  # each row's text in its colour too
 
 
 # --------------------------------------------------------------------------- prompt pieces
@@ -167,7 +170,7 @@ TASKS: dict[str, Task] = {
              examples=(Example("astronaut.jpg", "a woman\nthe flag"), Example("coffee.jpg", "a cup of coffee\na spoon"))),
         Task("refer", "Describe a region", "Draw one or more boxes; the model describes each.",
              _refer_prompts, tab="Describe a region", button="Describe the boxes", image_label="Image: draw boxes",
-             boxes="required", colour_by_row=True,
+             boxes="required", colour_by_row=True, colour_row_text=True,
              examples=(Example("cat.jpg", boxes=((280, 90, 360, 180),)),)),
         Task("ask", "Grounded VQA", "Ask a question; mark words that a drawn box refers to with [brackets].",
              _ask_prompts, tab="Ask", button="Ask", image_label="Image (optionally draw a box)", text="Question",
@@ -184,6 +187,13 @@ TASKS: dict[str, Task] = {
 }
 
 
+def find_task(name: str, tasks: Mapping[str, Task] = TASKS) -> Task:
+    """The record of task ``name`` in ``tasks``; :class:`InputError` for an unknown name."""
+    if name not in tasks:
+        raise InputError(f"Unknown task {name!r}; choose one of: {', '.join(tasks)}.")
+    return tasks[name]
+
+
 def build_request(task: str | Task, image: Any, text: str | None = None, boxes: Any = None,
                   grounding_on: bool = True, quarter_turns: int = 0) -> TaskRequest:
     """Validate the user's inputs for ``task`` (a name in :data:`TASKS`, or a record) and build its
@@ -192,9 +202,7 @@ def build_request(task: str | Task, image: Any, text: str | None = None, boxes: 
     ``quarter_turns`` rotates the image clockwise first (the image annotator lets users rotate
     it and gives the boxes in the rotated frame).
     """
-    if not isinstance(task, Task) and task not in TASKS:
-        raise InputError(f"Unknown task {task!r}; choose one of: {', '.join(TASKS)}.")
-    spec = task if isinstance(task, Task) else TASKS[task]
+    spec = task if isinstance(task, Task) else find_task(task)
     img = load_image(image)
     if quarter_turns % 4:
         img = img.rotate(-90 * (quarter_turns % 4), expand=True)
@@ -206,4 +214,4 @@ def build_request(task: str | Task, image: Any, text: str | None = None, boxes: 
     norm = tuple(normalise_box(b, img.width, img.height) for b in pixel_boxes)
     prompts = spec.prompts(Prompting(text, norm, bool(grounding_on)))
     row_colours = drawn_box_colours(boxes) if spec.colour_by_row and spec.boxes != "none" else ()
-    return TaskRequest(spec.name, img, tuple(prompts), spec.colour_by_row, row_colours)
+    return TaskRequest(spec.name, img, tuple(prompts), spec.colour_by_row, row_colours, spec.colour_row_text)

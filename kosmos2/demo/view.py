@@ -68,9 +68,9 @@ def _caption_html(result: TaskResult) -> str:
             pos = t
         pieces.append(html.escape(result.caption[pos:end]))
         colour = result.row_colours[row]
-        # one colour per row (phrase grounding, region description): a bar; a region's description is
-        # also written in its box's colour
-        text_colour = f";color:{readable_on_white(colour)}" if colour and result.task == "refer" else ""
+        # one colour per row (phrase grounding, region description): a bar, and the text too where the
+        # task says so (a region's description in its box's colour)
+        text_colour = f";color:{readable_on_white(colour)}" if colour and result.colour_row_text else ""
         style = f' style="border-left-color:{colour}{text_colour}"' if colour else ""
         rows.append(f'<div class="k2-row"{style}>{"".join(pieces)}</div>')
     return "".join(rows)
