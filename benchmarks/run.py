@@ -35,8 +35,10 @@ IMPLS = ("ours", "reference")
 METRICS = (
     ("load_s", "load (s)"),
     ("load_peak_rss_gb", "load peak RSS (GB)"),
+    ("first_request_s", "first request after start: load + first token (s)"),
     ("prefill_s", "prefill: image + prompt, first token (s)"),
-    ("decode_ms_per_token", "decode, batch 1 (ms/token)"),
+    ("decode_ms_per_token", "decode, batch 1, streamer clock (ms/token)"),
+    ("decode_diff_ms_per_token", "decode, batch 1, (t(N+1 new) - t(1 new)) / N (ms/token)"),
     ("e2e_s", "grounded caption end to end (s)"),
 )
 
@@ -75,7 +77,8 @@ def serving_table(results: dict[str, list[dict[str, float]]], concurrency: int) 
     """The serving runs per dtype: medians of baseline and ours, and the median of the runs' own ratios
     (each run measures both sides in one process, minutes apart at most), each run's ratio after it when
     there are several, and whether the target is met."""
-    lines = ["| serving (ours) | baseline | with cache / batching | ratio (per run) | target |", "|---|---|---|---|---|"]
+    lines = ["| serving (ours) | baseline | with cache / batching | ratio (per run) | target |",
+             "|---|---|---|---|---|"]
     metrics = (
         ("time to first token (s): cold prompt; second prompt on the same image",
          "ttft_cold_s", "ttft_cached_s", "<= 0.3", lambda ratio: ratio <= 0.3),
@@ -91,6 +94,10 @@ def serving_table(results: dict[str, list[dict[str, float]]], concurrency: int) 
             each = f" ({', '.join(f'{x:.2f}' for x in ratios)})" if len(ratios) > 1 else ""
             lines.append(f"| {dtype}: {label} | {base:.3g} | {ours:.3g} | {ratio:.2f}{each} | {target} "
                          f"{'met' if meets(ratio) else 'NOT met'} |")
+        alone = statistics.median(r["alone_ms_per_token"] for r in runs)
+        batched = statistics.median(r["batched_ms_per_token"] for r in runs)
+        lines.append(f"| {dtype}: decode (ms/token) a user sees: alone; each of {concurrency} batched users | "
+                     f"{alone:.3g} | {batched:.3g} | {batched / alone:.2f} | (none) |")
     return "\n".join(lines)
 
 
@@ -137,15 +144,33 @@ def int8_agreement(cache: Path, seeds: tuple[int, ...] = (0, 1, 2), new_tokens: 
     return same / total, total
 
 
+# CPU features that decide which kernels run (oneDNN, bfloat16 dot products, AMX tiles), by /proc/cpuinfo flag
+CPU_FEATURES = (("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512-BF16"), ("amx_tile", "AMX"))
+
+
+def cpu_features(flags: set[str]) -> str:
+    """The kernel-deciding features among ``flags``: e.g. "AVX-512, AVX-512-BF16, AMX", or "AVX2 only"."""
+    found = [name for flag, name in CPU_FEATURES if flag in flags]
+    if found:
+        return ", ".join(found)
+    return "AVX2 only" if "avx2" in flags else "no AVX2"
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """One line: the CPU and its kernel-deciding features, cores, torch and Python."""
+    cpu, flags = None, set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}"
+        for line in cpuinfo.read_text().splitlines():  # the first processor's lines
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu is None:
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    cpu = cpu or platform.processor() or platform.machine()
+    features = f" ({cpu_features(flags)})" if flags else ""
+    return (f"{cpu}{features}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}")
 
 
 def table(results: dict[tuple[str, str], list[dict[str, float]]], dtypes: list[str]) -> str:

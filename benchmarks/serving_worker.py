@@ -8,7 +8,8 @@ Run by ``benchmarks.run``; prints one JSON line.
 - Throughput: ``concurrency`` grounded-caption requests on different images, ``new_tokens`` each
   (``min_new_tokens`` too, so random weights cannot stop early), preprocessed beforehand, with a cold
   prefix cache: one at a time through the engine, then all submitted at once from their own threads
-  to a ``Batcher``.
+  to a ``Batcher``. Beside it, the decode ms/token that a user sees: alone (the streamer clock of each
+  lone request) and batched (between a batched user's first and last token), medians over users.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.worker import PROMPT, load_ours, test_image
+from benchmarks.worker import PROMPT, StepClock, load_ours, test_image
 from kosmos2.serving import Batcher, Engine
 
 SECOND_PROMPT = "<grounding> Describe this image in detail:"
@@ -56,15 +57,19 @@ def measure_serving(folder: Path, dtype_name: str, new_tokens: int, repeats: int
     decoding = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     engine.prefixes.clear()
     requests = [inputs(PROMPT, next(images)) for _ in range(concurrency)]
+    alone: list[float] = []  # each lone user's decode ms/token
     start = time.perf_counter()
     for batch in requests:
-        engine.generate(**batch, **decoding)
+        clock = StepClock()
+        engine.generate(**batch, **decoding, streamer=clock)
+        alone.append(clock.ms_per_step())
     one_at_a_time_s = time.perf_counter() - start
 
     engine.prefixes.clear()
     requests = [inputs(PROMPT, next(images)) for _ in range(concurrency)]
     batcher = Batcher(engine, max_batch_size=concurrency)
     results: list[list[int]] = [[] for _ in range(concurrency)]
+    batched: list[float] = [0.0] * concurrency  # each batched user's ms between its first and last token
     ready = threading.Barrier(concurrency + 1)
 
     def user(i: int) -> None:
@@ -72,7 +77,12 @@ def measure_serving(folder: Path, dtype_name: str, new_tokens: int, repeats: int
         ready.wait()
         stream = batcher.submit(batch["pixel_values"][0], batch["input_ids"][0],
                                 batch["image_embeds_position_mask"][0], **decoding)
-        results[i] = stream.result()
+        clock = StepClock()
+        clock.put(None)  # StepClock counts from its second put: the prompt's place
+        for token in stream:
+            clock.put(token)
+            results[i].append(token)
+        batched[i] = clock.ms_per_step()
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(concurrency)]
     for t in threads:
@@ -91,6 +101,8 @@ def measure_serving(folder: Path, dtype_name: str, new_tokens: int, repeats: int
         "ttft_cached_s": statistics.median(cached),
         "one_at_a_time_tokens_per_s": tokens / one_at_a_time_s,
         "concurrent_tokens_per_s": tokens / concurrent_s,
+        "alone_ms_per_token": statistics.median(alone),
+        "batched_ms_per_token": statistics.median(batched),
     }
 
 

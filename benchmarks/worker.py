@@ -116,6 +116,7 @@ def measure(impl: str, folder: Path, dtype_name: str, new_tokens: int, repeats: 
         processor.post_process_generation(text)
         return text
 
+    first_s = timed(lambda: run(1), 1)  # the first request after start pays what loading deferred
     run(2)  # warm-up
     prefill_s = timed(lambda: run(1), repeats)
     clock = StepClock()
@@ -123,8 +124,10 @@ def measure(impl: str, folder: Path, dtype_name: str, new_tokens: int, repeats: 
     return {
         "load_s": load_s,
         "load_peak_rss_gb": load_rss_gb,
+        "first_request_s": load_s + first_s,
         "prefill_s": prefill_s,
         "decode_ms_per_token": clock.ms_per_step(),
+        "decode_diff_ms_per_token": 1000 * (e2e_s - prefill_s) / new_tokens,
         "e2e_s": e2e_s,
     }
 

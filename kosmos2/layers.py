@@ -2,67 +2,56 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Rows for which oneDNN's float32 product on the ordinary (row-major) weight beats PyTorch's default
+# (MKL): measured on a 2-core Xeon with AVX-512, 2048- and 8192-wide weights, 4 rows cost 1.1-1.8x
+# one row with oneDNN and 2-2.4x with MKL; from 1 to 3 rows and for long inputs MKL is as fast or faster.
+ONEDNN_ROWS = range(4, 257)
+
+
+def onednn_supported() -> bool:
+    """Whether this machine and PyTorch build have oneDNN's float32 CPU product (x86-64 with mkldnn)."""
+    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+_ONEDNN = onednn_supported()
+
+
+def cpu_kernel(rows: int, dtype: torch.dtype, onednn: bool = _ONEDNN) -> str:
+    """The product a CPU ``Linear`` uses for ``rows`` input rows of ``dtype`` (no gradient wanted):
+
+    - ``"addmv"`` for one float32 or bfloat16 row (a batch-1 decode step): the matrix-vector product
+      streams the weights faster than the general matrix multiply (bfloat16 ~1.3x; float32 as fast, and
+      ~1.2x on the 65k-row LM head), and decode time is almost all weight streaming;
+    - ``"onednn"`` for float32 with a row count in :data:`ONEDNN_ROWS` (a few users decoded together);
+    - ``"linear"`` (``F.linear``) otherwise.
+    """
+    if rows == 1 and dtype in (torch.float32, torch.bfloat16):
+        return "addmv"
+    if onednn and dtype == torch.float32 and rows in ONEDNN_ROWS:
+        return "onednn"
+    return "linear"
+
 
 class Linear(nn.Linear):
-    """``nn.Linear`` with faster CPU kernels for inference.
-
-    - One bfloat16 row (a batch-1 decode step): PyTorch's CPU matrix-vector product (``addmv``)
-      streams bfloat16 weights about a quarter faster than the general matrix multiply behind
-      ``F.linear``, and decode time is almost all weight streaming.
-    - Float32 after :meth:`pack` (see ``kosmos2.packing``): oneDNN's product on a copy of the weight in
-      its blocked layout, used while the weight is unchanged and no gradient is wanted.
-
-    Every other input takes ``F.linear``.
-    """
-
-    _packed: tuple[torch.Tensor, int, int] | None = None  # (oneDNN weight, weight's data_ptr, its version)
-
-    def pack(self) -> None:
-        """Make the oneDNN copy of the (float32, CPU) weight."""
-        weight = self.weight.detach()
-        if weight.dtype != torch.float32 or weight.device.type != "cpu":
-            raise ValueError(f"only float32 CPU weights can be packed, not {weight.dtype} on {weight.device}")
-        self._packed = (torch.ops.mkldnn._reorder_linear_weight(weight, None), weight.data_ptr(), self.weight._version)
-
-    def unpack(self) -> None:
-        """Drop the oneDNN copy."""
-        self._packed = None
-
-    def packed_weight(self) -> torch.Tensor | None:
-        """The oneDNN copy, if there is one and the weight has not changed since it was made."""
-        if self._packed is None:
-            return None
-        packed, pointer, version = self._packed
-        if self.weight.data_ptr() != pointer or self.weight._version != version:
-            self._packed = None  # stale: moved, converted, reassigned or edited in place
-            return None
-        return packed
-
-    def _apply(self, fn, recurse: bool = True):
-        module = super()._apply(fn, recurse)
-        self.packed_weight()  # frees the copy now if the weight moved or was converted (e.g. to the GPU)
-        return module
-
-    def __getstate__(self) -> dict:
-        # oneDNN tensors cannot be copied or pickled: a copy (deepcopy, torch.save) computes unpacked
-        state = self.__dict__.copy()
-        state.pop("_packed", None)
-        return state
+    """``nn.Linear`` that picks its CPU product per call by the number of rows (see :func:`cpu_kernel`),
+    on the one weight it holds (nothing is copied or re-laid out, so loading stays a memory map)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
-            if x.dtype == torch.bfloat16 and x.numel() == self.in_features:
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            kernel = cpu_kernel(x.numel() // self.in_features, x.dtype)
+            if kernel == "addmv":
                 row = x.reshape(self.in_features)
                 out = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
                 return out.view(*x.shape[:-1], self.out_features)
-            if (x.dtype == torch.float32 and self._packed is not None
-                    and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-                    and (packed := self.packed_weight()) is not None):
-                out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), packed, self.bias,
+            if kernel == "onednn":
+                out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.weight, self.bias,
                                                          "none", [], "")
                 return out.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import packing
 from .attention import MultiHeadAttention
 from .cache import KVCache
 from .config import Kosmos2Config
@@ -150,15 +149,12 @@ class _Kosmos2Base(nn.Module):
         revision: str | None = None,
         local_files_only: bool | None = None,
         quantize: str | None = None,
-        pack_weights: bool | None = None,
     ):
         """Load a checkpoint folder or hub repository (safetensors only; single file or sharded).
 
         The model is built on the meta device and each tensor is converted to ``dtype`` (default
         float32) as it is read, then placed on ``device`` (default CPU). ``quantize="int8"`` then gives
-        the text decoder int8 weights (experimental, CPU only; see ``kosmos2.quantize``).
-        ``pack_weights`` (default: for float32 on an x86-64 CPU) copies the float32 linear weights into
-        oneDNN's layout for faster, batch-friendly CPU inference (see ``kosmos2.packing``). Raises
+        the text decoder int8 weights (experimental, CPU only; see ``kosmos2.quantize``). Raises
         ``CheckpointError`` for a missing/incomplete checkpoint or weights whose names or shapes do not
         match.
         """
@@ -176,10 +172,6 @@ class _Kosmos2Base(nn.Module):
             model.generation_config = GenerationConfig.from_json_file(folder / "generation_config.json")
         if quantize is not None:
             quantize_int8(model)
-        if pack_weights is None:
-            pack_weights = model.dtype == torch.float32 and model.device.type == "cpu" and packing.supported()
-        if pack_weights:  # the weights were just mapped from the files, nothing has written them
-            packing.pack_linears(model, release_mapped=True)
         return model.eval()
 
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from benchmarks.run import METRICS, main
+from benchmarks.run import METRICS, cpu_features, main
 
 
 def check_comparison_rows(report: str, prefix: str) -> None:
@@ -23,13 +23,21 @@ def test_benchmark_smoke_run_prints_a_table(tmp_path):
     check_comparison_rows(report, "| float32 |")
     assert re.search(r"Machine: .+ cores", report)
     serving = [line for line in report.splitlines() if line.startswith("| float32: ")]
-    assert [row.split("|")[1].split(":")[1].strip() for row in serving] == ["time to first token (s)",
-                                                                            "throughput (tokens/s)"]
+    assert [row.split("|")[1].split(":")[1].strip() for row in serving] == [
+        "time to first token (s)", "throughput (tokens/s)", "decode (ms/token) a user sees"]
     for row in serving:
         base, ours, ratio = (float(cell) for cell in row.split("|")[2:5])
         assert base > 0 and ours > 0
         assert abs(ratio - ours / base) <= 0.01 * ours / base + 0.006
-        assert re.fullmatch(r" (<= 0\.3|>= 2\.5) (met|NOT met) ", row.split("|")[5])
+        assert re.fullmatch(r" (<= 0\.3 (met|NOT met)|>= 2\.5 (met|NOT met)|\(none\)) ", row.split("|")[5])
+
+
+@pytest.mark.parametrize("flags, want", [
+    ({"avx2", "avx512f", "avx512_bf16", "amx_tile"}, "AVX-512, AVX-512-BF16, AMX"),
+    ({"avx2", "avx512f"}, "AVX-512"), ({"avx2", "fma"}, "AVX2 only"), ({"sse4_2"}, "no AVX2"),
+])
+def test_machine_line_names_the_cpu_features_that_decide_kernels(flags, want):
+    assert cpu_features(flags) == want
 
 
 def test_benchmark_int8_mode_rows_and_agreement(tmp_path):

@@ -84,22 +84,3 @@ def test_unknown_quantize_mode_is_refused(monkeypatch):
     monkeypatch.setenv("KOSMOS2_QUANTIZE", "int4")
     with pytest.raises(ValueError, match="KOSMOS2_QUANTIZE"):
         loading.ModelHolder(force_tiny=True)
-
-
-@pytest.mark.parametrize("value, packed", [("0", False), ("1", True)])
-def test_packing_follows_its_environment_variable(monkeypatch, value, packed):
-    from kosmos2 import packing
-    from kosmos2.layers import Linear
-
-    if packed and not packing.supported():
-        pytest.skip("needs an x86-64 CPU and PyTorch with oneDNN")
-    monkeypatch.setenv("KOSMOS2_PACK_WEIGHTS", value)
-    model = loading.ModelHolder(force_tiny=True, dtype="float32").get().model
-    layers = [m for m in model.modules() if isinstance(m, Linear)]
-    assert layers and all((m.packed_weight() is not None) == packed for m in layers)
-
-
-def test_unknown_packing_setting_is_refused(monkeypatch):
-    monkeypatch.setenv("KOSMOS2_PACK_WEIGHTS", "yes")
-    with pytest.raises(ValueError, match="KOSMOS2_PACK_WEIGHTS"):
-        loading.ModelHolder(force_tiny=True)

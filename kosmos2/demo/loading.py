@@ -1,5 +1,5 @@
-"""Loading the demo's model once per process: checkpoint, dtype, int8 and weight layout from the
-environment, and the offline fallback to the built-in tiny checkpoint."""
+"""Loading the demo's model once per process: checkpoint, dtype and int8 mode from the environment, and
+the offline fallback to the built-in tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -56,9 +56,7 @@ class ModelHolder:
     the checkpoint cannot be obtained (offline): :attr:`LoadedModel.is_tiny` then says so.
     ``dtype`` (default ``$KOSMOS2_DTYPE``; else bfloat16 on CUDA, float32 on CPU) and ``quantize``
     (default ``$KOSMOS2_QUANTIZE``; ``"int8"``: the experimental int8 text decoder on CPU, see
-    ``kosmos2.quantize``) are checked here, before anything loads. ``$KOSMOS2_PACK_WEIGHTS`` ``0``/``1``
-    turns the oneDNN weight layout off/on (default: on for float32 on an x86-64 CPU; see
-    ``kosmos2.packing``).
+    ``kosmos2.quantize``) are checked here, before anything loads.
     """
 
     def __init__(self, checkpoint: str | None = None, dtype: str | None = None, device: str | None = None,
@@ -75,10 +73,6 @@ class ModelHolder:
             check_quantize(self.quantize, self.device)
         except ValueError as e:
             raise ValueError(f"KOSMOS2_QUANTIZE: {e}") from e
-        pack = os.environ.get("KOSMOS2_PACK_WEIGHTS") or None
-        if pack not in (None, "0", "1"):
-            raise ValueError(f"KOSMOS2_PACK_WEIGHTS must be 0, 1 or unset, got {pack!r}")
-        self.pack_weights = None if pack is None else pack == "1"  # None: kosmos2's default (float32 on x86 CPUs)
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
 
@@ -119,7 +113,7 @@ class ModelHolder:
         start = time.perf_counter()
         processor = AutoProcessor.from_pretrained(path)
         model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=self.dtype, device=self.device,
-                                                                quantize=self.quantize, pack_weights=self.pack_weights)
+                                                                quantize=self.quantize)
         progress(f"Model ready in {time.perf_counter() - start:.1f} s.")
         return LoadedModel(model, processor, Batcher(Engine(model), max_batch_size=MAX_BATCH_SIZE), self.device,
                            path if is_tiny else self.checkpoint, is_tiny, note, self.quantize)
