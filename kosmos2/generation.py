@@ -472,8 +472,8 @@ def generate(
         decoder = ImageDecoder(model, image_embeds, image_mask, use_cache, input_ids.shape[1] + settings.max_new_tokens)
         if streamer is not None:
             streamer.put(input_ids.cpu())
-        return decode(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored=ignored,
-                      generator=generator, streamer=streamer)
+        return decode(DecodeJob(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored, generator),
+                      streamer)
     finally:
         if streamer is not None:
             streamer.end()
@@ -548,53 +548,45 @@ def _prepare_inputs(
     return input_ids, attention_mask.to(device), image_embeds.to(device), image_mask.to(device)
 
 
-def decode(
-    decoder: Decoder,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    settings: DecodingSettings,
-    eos_ids: torch.Tensor,
-    pad: int,
-    *,
-    ignored: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    streamer: Streamer | None = None,
-) -> torch.Tensor:
-    """Run ``settings``' decoding from the (N, L) ``sequences``: :func:`beam_search` when ``num_beams > 1``,
-    else :func:`sample` (greedy or sampling, streamed to ``streamer``; see :func:`check_streaming`).
-    Returns (N, L + new) ids.
+@dataclass(frozen=True)
+class DecodeJob:
+    """What a decoding loop runs on: the decoder, the (N, L) ids and attention so far, the settings, the
+    end-of-sequence ids (E,) and the pad id that fills finished rows.
+
+    ``ignored`` (N, L) marks prompt positions that penalties and n-gram bans do not see (padding);
+    ``generator`` makes sampling reproducible.
     """
-    if settings.num_beams > 1:
-        return beam_search(decoder, sequences, attention_mask, settings, eos_ids, pad, ignored=ignored,
-                           generator=generator)
-    return sample(decoder, sequences, attention_mask, settings, eos_ids, pad, ignored=ignored, generator=generator,
-                  streamer=streamer)
+
+    decoder: Decoder
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    settings: DecodingSettings
+    eos_ids: torch.Tensor
+    pad: int
+    ignored: torch.Tensor | None = None
+    generator: torch.Generator | None = None
 
 
-def sample(
-    decoder: Decoder,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    settings: DecodingSettings,
-    eos_ids: torch.Tensor,
-    pad: int,
-    *,
-    ignored: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    streamer: Streamer | None = None,
-) -> torch.Tensor:
+def decode(job: DecodeJob, streamer: Streamer | None = None) -> torch.Tensor:
+    """Run the job's decoding: :func:`beam_search` when ``num_beams > 1``, else :func:`sample` (greedy or
+    sampling, streamed to ``streamer``; see :func:`check_streaming`). Returns (N, L + new) ids."""
+    return beam_search(job) if job.settings.num_beams > 1 else sample(job, streamer)
+
+
+def sample(job: DecodeJob, streamer: Streamer | None = None) -> torch.Tensor:
     """Greedy or sampled decoding, one token per row per step (ids and attention written in place);
-    finished rows are filled with ``pad``. ``ignored`` (N, L) marks prompt positions that penalties and
-    n-gram bans do not see (padding); ``streamer`` gets each step's new ids (ending it is the caller's)."""
+    finished rows are filled with the pad id. ``streamer`` gets each step's new ids (ending it is the
+    caller's)."""
+    decoder, sequences, settings, eos_ids, pad = job.decoder, job.sequences, job.settings, job.eos_ids, job.pad
     rows, length = sequences.shape
     ids = F.pad(sequences, (0, settings.max_new_tokens), value=pad)  # (B, T + max_new)
-    attention = F.pad(attention_mask, (0, settings.max_new_tokens), value=1)
+    attention = F.pad(job.attention_mask, (0, settings.max_new_tokens), value=1)
     unfinished = torch.ones(rows, dtype=torch.bool, device=sequences.device)
     for step in range(settings.max_new_tokens):
         sequences = ids[:, : length + step]
         logits = decoder(sequences, attention[:, : length + step])
-        scores = process_scores(logits, sequences, settings, step, eos_ids, ignored)
-        tokens = torch.where(unfinished, choose_tokens(scores, settings.do_sample, generator), pad)
+        scores = process_scores(logits, sequences, settings, step, eos_ids, job.ignored)
+        tokens = torch.where(unfinished, choose_tokens(scores, settings.do_sample, job.generator), pad)
         ids[:, length + step] = tokens
         if streamer is not None:
             streamer.put(tokens.cpu())
@@ -604,28 +596,19 @@ def sample(
     return ids
 
 
-def beam_search(
-    decoder: Decoder,
-    prompts: torch.Tensor,
-    attention_mask: torch.Tensor,
-    settings: DecodingSettings,
-    eos_ids: torch.Tensor,
-    pad: int,
-    *,
-    ignored: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Beam search over (B*K) expanded prompts; returns each batch item's best hypothesis."""
+def beam_search(job: DecodeJob) -> torch.Tensor:
+    """Beam search over the job's (B*K) expanded prompts; returns each batch item's best hypothesis."""
+    decoder, prompts, attention_mask, settings = job.decoder, job.sequences, job.attention_mask, job.settings
     k = settings.num_beams
     prompt_len = prompts.shape[1]
     max_len = prompt_len + settings.max_new_tokens
-    state = BeamState.start(prompts, k, max_len, pad)
+    state = BeamState.start(prompts, k, max_len, job.pad)
     b = state.running.shape[0]
     for cur_len in range(prompt_len, max_len):
         sequences = state.running[:, :, :cur_len].reshape(b * k, cur_len)
         log_probs = decoder(sequences, attention_mask).log_softmax(dim=-1)
-        log_probs = process_scores(log_probs, sequences, settings, cur_len - prompt_len, eos_ids, ignored)
-        state, parents, stops = beam_step(state, log_probs, cur_len, prompt_len, eos_ids, settings, generator)
+        log_probs = process_scores(log_probs, sequences, settings, cur_len - prompt_len, job.eos_ids, job.ignored)
+        state, parents, stops = beam_step(state, log_probs, cur_len, prompt_len, job.eos_ids, settings, job.generator)
         decoder.reorder(parents)
         attention_mask = F.pad(attention_mask, (0, 1), value=1)
         if beam_search_done(state, stops, settings.early_stopping):

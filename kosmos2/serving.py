@@ -317,8 +317,9 @@ class Engine:
             generation.check_streaming(settings, streamer)
             ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
             pads = ready.attention_mask == 0  # the middle pads of [prefix][pads][rest]: invisible to penalties
-            out = generation.decode(ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids,
-                                    self.pad_id, ignored=pads, generator=generator, streamer=streamer)
+            job = generation.DecodeJob(ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids,
+                                       self.pad_id, ignored=pads, generator=generator)
+            out = generation.decode(job, streamer)
         finally:
             if streamer is not None:
                 streamer.end()
