@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -461,6 +462,10 @@ class Batcher:
     The worker takes the oldest waiting request, waits up to ``gather_s`` for more that can share its
     batch (same decoding settings; ``max_new_tokens`` may differ), then decodes them together through
     ``engine``. Requests that arrive while a batch runs wait for the next one.
+
+    :meth:`hold` keeps the worker from taking a new batch, and :meth:`wait_pending` waits for queued
+    rows: together they make the batches independent of timing (tests, or an operator queueing a
+    known set of requests to run together).
     """
 
     def __init__(self, engine: Engine, max_batch_size: int = 4, gather_s: float = 0.02) -> None:
@@ -476,6 +481,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._holds = 0  # open hold() blocks: while > 0 the worker takes no new batch
 
     def submit(
         self,
@@ -527,8 +533,33 @@ class Batcher:
             self._cond.notify_all()
         return [r.stream for r in requests]
 
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """While inside, the worker takes no new batch; requests queued meanwhile wait, and on exit
+        they are batched as usual (oldest first, up to ``max_batch_size`` rows of one group).
+
+        A batch already running goes on; holds may nest and come from several threads (the worker
+        waits until the last one ends). :meth:`close` ends the holds' effect, so that it can finish
+        the waiting requests.
+        """
+        with self._cond:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._cond.notify_all()
+
+    def wait_pending(self, rows: int, timeout: float | None = None) -> bool:
+        """Wait until at least ``rows`` rows are queued and not yet taken by the worker (cancelled
+        ones included); False if ``timeout`` seconds passed first. Inside :meth:`hold`, this tells
+        when concurrent callers have all submitted."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._pending) >= rows, timeout)
+
     def close(self) -> None:
-        """Finish the waiting requests, then stop the worker."""
+        """Finish the waiting requests (even during a :meth:`hold`), then stop the worker."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -538,18 +569,21 @@ class Batcher:
 
     def _next_batch(self) -> list[_Request] | None:
         with self._cond:
-            while not self._pending:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            group = self._pending[0].group
-            deadline = time.monotonic() + self.gather_s
-            while (len([r for r in self._pending if r.group == group]) < self.max_batch_size
-                   and not self._closed and (left := deadline - time.monotonic()) > 0):
-                self._cond.wait(left)
-            batch = [r for r in self._pending if r.group == group][: self.max_batch_size]
-            self._pending = [r for r in self._pending if r not in batch]
-            return batch
+            while True:
+                while (not self._pending or self._holds) and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return None  # closed, nothing left
+                group = self._pending[0].group
+                deadline = time.monotonic() + self.gather_s
+                while (len([r for r in self._pending if r.group == group]) < self.max_batch_size
+                       and not self._closed and (left := deadline - time.monotonic()) > 0):
+                    self._cond.wait(left)
+                if self._holds and not self._closed:
+                    continue  # a hold began while gathering: take the batch after it
+                batch = [r for r in self._pending if r.group == group][: self.max_batch_size]
+                self._pending = [r for r in self._pending if r not in batch]
+                return batch
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:

@@ -1,5 +1,8 @@
 """Many people at once: concurrent clients each get the result a lone request gives, excess load is
-turned away with a "queue is full, try again" error, and no request leaves state in module globals."""
+turned away with a "queue is full, try again" error, and no request leaves state in module globals.
+
+Nothing here depends on the machine's speed: states are awaited (never slept for), and every wait has
+a deadline (``WAIT_S``) that only a hang reaches, and then fails with what it waited for."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from kosmos2.demo import loading
 from launch import import_app, serve
 
 CLIENTS, REQUESTS = 8, 10
+WAIT_S = 120  # deadline of every wait
 SETTINGS = {"max_new_tokens": 6, "decoding": "greedy", "num_beams": 3, "temperature": 0.7, "top_p": 0.9,
             "no_repeat_ngram_size": 0}
 
@@ -79,7 +83,8 @@ def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
             client = Client(url, verbose=False)
             results = []
             for task, image, text, boxes in requests[c * REQUESTS:(c + 1) * REQUESTS]:
-                results.append(client.predict(handle_file(image), text, boxes, True, **SETTINGS, api_name=f"/{task}"))
+                job = client.submit(handle_file(image), text, boxes, True, **SETTINGS, api_name=f"/{task}")
+                results.append(job.result(timeout=WAIT_S))
             return results
 
         with ThreadPoolExecutor(CLIENTS) as pool:
@@ -93,9 +98,12 @@ def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
     assert _mutable_globals() == state_before  # no request left anything in a module global
 
 
-def _wait_until(job, state: str) -> None:
-    while job.status().code.name != state:
-        assert not job.done(), job.exception()
+def _wait_until(job, state: str, timeout: float = WAIT_S) -> None:
+    """Poll ``job``'s status until it is ``state``; fail if the job ends or ``timeout`` s pass first."""
+    deadline = time.monotonic() + timeout
+    while (now := job.status().code.name) != state:
+        assert not job.done(), f"the job ended ({now}) before reaching {state}: {job.exception()!r}"
+        assert time.monotonic() < deadline, f"the job was still {now} after {timeout} s, never {state}"
         time.sleep(0.05)
 
 
@@ -107,7 +115,8 @@ def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch):
     original = decoder.forward
 
     def held(*args, **kwargs):  # every running request holds its worker until released
-        assert release.wait(60), "the test never released the workers"
+        # longer than the test's own waits, so that a failing wait reports first (and then releases)
+        assert release.wait(2 * WAIT_S), f"the test did not release the workers in {2 * WAIT_S} s"
         return original(*args, **kwargs)
 
     monkeypatch.setattr(decoder, "forward", held)
@@ -120,19 +129,21 @@ def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch):
 
         # one at a time: a burst would pass through the 2-place queue before the workers take it
         running, queued = [], []
-        for _ in range(app.CONCURRENCY_LIMIT):
-            running.append(submit())
-            _wait_until(running[-1], "PROCESSING")
-        for _ in range(app.QUEUE_MAX_SIZE):
-            queued.append(submit())
-            _wait_until(queued[-1], "IN_QUEUE")
-        turned_away = [submit() for _ in range(3)]
-        for job in turned_away:
-            with pytest.raises(QueueError, match="Queue is full! Please try again."):
-                job.result(timeout=60)
-        release.set()
+        try:
+            for _ in range(app.CONCURRENCY_LIMIT):
+                running.append(submit())
+                _wait_until(running[-1], "PROCESSING")
+            for _ in range(app.QUEUE_MAX_SIZE):
+                queued.append(submit())
+                _wait_until(queued[-1], "IN_QUEUE")
+            turned_away = [submit() for _ in range(3)]
+            for job in turned_away:
+                with pytest.raises(QueueError, match="Queue is full! Please try again."):
+                    job.result(timeout=WAIT_S)
+        finally:
+            release.set()  # also when a check fails: the held workers must not outlive the test
         for job in [*running, *queued]:
-            caption, _, _ = job.result(timeout=120)
+            caption, _, _ = job.result(timeout=WAIT_S)
             assert caption.startswith("An image of")
-        caption, _, _ = client.predict(image, max_new_tokens=2, api_name="/plain")
+        caption, _, _ = submit().result(timeout=WAIT_S)
         assert caption.startswith("An image of")

@@ -2,11 +2,15 @@
 
 The oracle is the reference implementation's ``generate`` on one unpadded row (and our plain
 ``generate`` where the reference cannot take our random generator: sampling).
+
+Batch sizes never depend on timing: batcher tests use ``gather_s=0`` (no gathering window) and
+queue concurrent requests inside ``Batcher.hold()``; every wait has a deadline (``WAIT_S``).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -24,6 +28,7 @@ PROMPTS = (
     "<grounding> Question: What is special about this image? Answer:",
 )
 NEW = 8
+WAIT_S = 120  # deadline of every wait: only a hang reaches it, however loaded the machine
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +161,9 @@ def test_batched_rows_with_penalties_get_the_tokens_of_lone_rows(env, penalties)
     model, processor, ref, images = env
     batch = _batch(processor, images)
     got = Engine(model).generate(**batch, max_new_tokens=NEW, **penalties)
-    batcher = Batcher(Engine(model), max_batch_size=4, gather_s=0.5)
-    streams = batcher.submit_batch(**batch, max_new_tokens=NEW, **penalties)
-    batched = [s.result(timeout=60) for s in streams]
+    batcher = Batcher(Engine(model), max_batch_size=4, gather_s=0)
+    streams = batcher.submit_batch(**batch, max_new_tokens=NEW, **penalties)  # queues its 3 rows at once
+    batched = [s.result(timeout=WAIT_S) for s in streams]
     batcher.close()
     assert batcher.batch_sizes == [3]
     changed = False
@@ -208,7 +213,7 @@ def test_rows_on_one_image_compute_its_prefix_once(env):
 def test_engine_streams_the_prompt_then_each_step(env):
     model, processor, _, images = env
     batch = _batch(processor, images)
-    streamer = TokenStreamer(timeout=30)
+    streamer = TokenStreamer(timeout=WAIT_S)
     got = Engine(model).generate(**batch, max_new_tokens=NEW, streamer=streamer)
     steps = list(streamer)
     assert torch.equal(streamer.prompt_ids, batch["input_ids"])
@@ -223,24 +228,35 @@ def _row_args(processor, prompt, image):
     return inputs["pixel_values"][0], inputs["input_ids"][0], inputs["image_embeds_position_mask"][0]
 
 
+def _join(threads: list[threading.Thread]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), f"a caller thread was still waiting after {WAIT_S} s"
+
+
 def test_batcher_gives_each_concurrent_caller_its_own_tokens(env):
     model, processor, ref, images = env
-    batcher = Batcher(Engine(model), max_batch_size=4, gather_s=2.0)
+    batcher = Batcher(Engine(model), max_batch_size=4, gather_s=0)
     limits = (NEW, NEW - 3, NEW + 2)
     results: dict[int, list[int]] = {}
-    start = threading.Barrier(len(PROMPTS))
+    errors: list[BaseException] = []
 
     def user(i: int) -> None:
-        args = _row_args(processor, PROMPTS[i], images[i])
-        start.wait()
-        results[i] = list(batcher.submit(*args, max_new_tokens=limits[i], timeout=60))
+        try:
+            args = _row_args(processor, PROMPTS[i], images[i])
+            results[i] = list(batcher.submit(*args, max_new_tokens=limits[i], timeout=WAIT_S))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    with batcher.hold():  # the callers submit from their own threads; their rows wait for the release
+        for t in threads:
+            t.start()
+        assert batcher.wait_pending(len(PROMPTS), timeout=WAIT_S), f"the callers did not submit in {WAIT_S} s"
+    _join(threads)
     batcher.close()
+    assert errors == []
     assert batcher.batch_sizes == [3]
     for i, (prompt, image) in enumerate(zip(PROMPTS, images)):
         with torch.no_grad():
@@ -250,30 +266,31 @@ def test_batcher_gives_each_concurrent_caller_its_own_tokens(env):
 
 def test_batcher_runs_different_settings_apart_and_survives_a_cancelled_row(env):
     model, processor, ref, images = env
-    batcher = Batcher(Engine(model), max_batch_size=4, gather_s=0.5)
-    greedy = batcher.submit(*_row_args(processor, PROMPTS[0], images[0]), max_new_tokens=NEW)
-    dropped = batcher.submit(*_row_args(processor, PROMPTS[1], images[1]), max_new_tokens=NEW)
-    dropped.cancel()
-    beams = batcher.submit(*_row_args(processor, PROMPTS[2], images[2]), max_new_tokens=NEW, num_beams=2)
+    batcher = Batcher(Engine(model), max_batch_size=4, gather_s=0)
+    with batcher.hold():  # all three wait together: the cancelled row is in the greedy row's batch
+        greedy = batcher.submit(*_row_args(processor, PROMPTS[0], images[0]), max_new_tokens=NEW)
+        dropped = batcher.submit(*_row_args(processor, PROMPTS[1], images[1]), max_new_tokens=NEW)
+        dropped.cancel()
+        beams = batcher.submit(*_row_args(processor, PROMPTS[2], images[2]), max_new_tokens=NEW, num_beams=2)
     want = _reference(ref, _inputs(processor, PROMPTS[0], images[0]))
-    assert greedy.result(timeout=60) == _until_eos(want[0, -NEW:].tolist())
+    assert greedy.result(timeout=WAIT_S) == _until_eos(want[0, -NEW:].tolist())
     want_beams = _reference(ref, _inputs(processor, PROMPTS[2], images[2]), num_beams=2)
-    assert beams.result(timeout=60) == _until_eos(want_beams[0, -NEW:].tolist())
+    assert beams.result(timeout=WAIT_S) == _until_eos(want_beams[0, -NEW:].tolist())
     assert list(dropped) == []
     batcher.close()
-    assert sorted(batcher.batch_sizes) == [1, 1]
+    assert batcher.batch_sizes == [1, 1]  # greedy without the cancelled row, then the beams alone
 
 
 def test_a_submitted_processor_batch_streams_every_row_like_a_lone_run(env):
     model, processor, ref, images = env
-    batcher = Batcher(Engine(model), gather_s=0.5)
-    streams = batcher.submit_batch(**_batch(processor, images), max_new_tokens=NEW)
+    batcher = Batcher(Engine(model), gather_s=0)  # each submit_batch queues its 3 rows at once
+    streams = batcher.submit_batch(**_batch(processor, images), max_new_tokens=NEW, timeout=WAIT_S)
     updates = list(follow(streams))
     assert len(updates) >= 2 and [len(row) for row in updates[0]] == [1, 1, 1]
     for i, (prompt, image) in enumerate(zip(PROMPTS, images)):
         want = _reference(ref, _inputs(processor, prompt, image))
-        assert updates[-1][i] == streams[i].result() == _until_eos(want[0, -NEW:].tolist())
-    early = follow(batcher.submit_batch(**_batch(processor, images), max_new_tokens=NEW))
+        assert updates[-1][i] == streams[i].result(timeout=WAIT_S) == _until_eos(want[0, -NEW:].tolist())
+    early = follow(batcher.submit_batch(**_batch(processor, images), max_new_tokens=NEW, timeout=WAIT_S))
     first = next(early)
     early.close()  # the listener went away: its rows are cancelled, the batch stops
     batcher.close()
@@ -281,20 +298,46 @@ def test_a_submitted_processor_batch_streams_every_row_like_a_lone_run(env):
     assert batcher.batch_sizes == [3, 3]
 
 
+def test_a_hold_keeps_requests_waiting_then_they_run_in_full_batches(env):
+    """Inside ``hold()`` nothing runs; on release the rows go out as batches of ``max_batch_size``,
+    oldest first. ``close()`` inside a hold still finishes the waiting requests."""
+    model, processor, ref, images = env
+    batcher = Batcher(Engine(model), max_batch_size=2, gather_s=0)
+    with batcher.hold():
+        with batcher.hold():  # holds nest: the outer one still holds after the inner one ends
+            streams = [batcher.submit(*_row_args(processor, p, i), max_new_tokens=NEW, timeout=WAIT_S)
+                       for p, i in zip(PROMPTS, images)]
+        assert batcher.wait_pending(len(PROMPTS), timeout=0)  # none taken yet
+        assert batcher.batch_sizes == [] and not any(s.done.is_set() for s in streams)
+    for stream, prompt, image in zip(streams, PROMPTS, images):
+        want = _reference(ref, _inputs(processor, prompt, image))
+        assert stream.result(timeout=WAIT_S) == _until_eos(want[0, -NEW:].tolist())
+    assert batcher.batch_sizes == [2, 1]
+    with batcher.hold():
+        last = batcher.submit(*_row_args(processor, PROMPTS[0], images[0]), max_new_tokens=2)
+        closer = threading.Thread(target=batcher.close)
+        closer.start()
+        closer.join(timeout=WAIT_S)
+        assert not closer.is_alive(), f"close() inside a hold did not return in {WAIT_S} s"
+    assert len(last.result(timeout=0)) >= 1 and batcher.batch_sizes == [2, 1, 1]
+
+
 def test_batcher_raises_a_batch_error_in_each_caller(env, monkeypatch):
     model, processor, _, images = env
     engine = Engine(model)
-    batcher = Batcher(engine, gather_s=0.5)
+    batcher = Batcher(engine, gather_s=0)
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(engine, "run", broken)
-    streams = [batcher.submit(*_row_args(processor, p, images[0]), max_new_tokens=2) for p in PROMPTS[:2]]
+    with batcher.hold():  # both rows in one batch: each of its callers gets the error
+        streams = [batcher.submit(*_row_args(processor, p, images[0]), max_new_tokens=2) for p in PROMPTS[:2]]
     for stream in streams:
         with pytest.raises(RuntimeError, match="boom"):
-            stream.result(timeout=60)
+            stream.result(timeout=WAIT_S)
     batcher.close()
+    assert batcher.batch_sizes == [2]
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(*_row_args(processor, PROMPTS[0], images[0]), max_new_tokens=2)
 

@@ -369,21 +369,28 @@ def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoin
     requests = [build_request("caption", image), build_request("ground", image, "a snowman\na fire"),
                 build_request("ask", image.rotate(90, expand=True), "What is this?")]
     alone = [demo_results.run_to_end(loaded, r, settings).raw for r in requests]
-    loaded.batcher.gather_s = 1.0
+    batcher, wait_s = loaded.batcher, 120  # only a hang reaches the deadline, however loaded the machine
+    before = len(batcher.batch_sizes)
     together: dict[int, str] = {}
-    barrier = threading.Barrier(len(requests))
+    errors: list[BaseException] = []
 
     def user(i: int) -> None:
-        barrier.wait()
-        together[i] = demo_results.run_to_end(loaded, requests[i], settings).raw
+        try:
+            together[i] = demo_results.run_to_end(loaded, requests[i], settings).raw
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(len(requests))]
+    with batcher.hold():  # the users' rows (1 + 2 + 1) wait, then go out as one batch
+        for t in threads:
+            t.start()
+        assert batcher.wait_pending(4, timeout=wait_s), f"the users' 4 rows were not queued in {wait_s} s"
     for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=wait_s)
+        assert not t.is_alive(), f"a user was still waiting after {wait_s} s"
+    assert errors == []
     assert [together[i] for i in range(len(requests))] == alone
-    assert max(loaded.batcher.batch_sizes) == 4  # 1 + 2 + 1 rows
+    assert batcher.batch_sizes[before:] == [4]  # 1 + 2 + 1 rows
 
 
 def test_tokens_per_second_counts_decoding_after_the_first_token(image):
