@@ -83,6 +83,9 @@ class Runner:
             gen = GenerationSettings.from_user(**settings)
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
+        except Exception:
+            log.exception("building the request failed for task %s", task)
+            raise gr.Error(USER_ERROR, print_exception=False) from None
         try:
             loaded = self.holder.get()
             interval = STREAM_INTERVAL_S if min_interval_s is None else min_interval_s

@@ -120,7 +120,7 @@ def test_bad_input_gives_a_clear_error_and_the_app_keeps_serving(client, kwargs,
 def test_unreadable_and_enormous_images(client, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG not really")
-    with pytest.raises(AppError):
+    with pytest.raises(AppError, match="Could not read the image: it is not a supported image file"):
         client.predict(handle_file(str(bad)), **FAST, api_name="/caption")
     huge = tmp_path / "huge.png"
     Image.new("1", (8000, 6000)).save(huge)  # 48 megapixels in a few kB

@@ -4,17 +4,22 @@ import re
 
 import pytest
 
-from benchmarks.run import METRICS, cpu_features, main
+from benchmarks.run import METRICS, cpu_features, main, serving_table
 
 
 def check_comparison_rows(report: str, prefix: str) -> None:
-    """The rows starting with ``prefix`` name every metric once, with positive times and ratio = ours / ref."""
+    """The rows starting with ``prefix`` name every metric once, with positive times and ratio = ours / ref.
+
+    The end-to-end difference of decode times may be negative on a tiny checkpoint (a step costs less
+    than the noise between two timed calls), so only its ratio is checked there."""
     rows = [line for line in report.splitlines() if line.startswith(prefix)]
     assert [row.split("|")[2].strip() for row in rows] == [label for _, label in METRICS]
+    difference = dict(METRICS)["decode_diff_ms_per_token"]
     for row in rows:
         ours, ref, ratio = (float(cell) for cell in row.split("|")[3:6])
-        assert ours > 0 and ref > 0
-        assert abs(ratio - ours / ref) <= 0.01 * ours / ref + 0.006
+        if row.split("|")[2].strip() != difference:
+            assert ours > 0 and ref > 0
+        assert abs(ratio - ours / ref) <= 0.01 * abs(ours / ref) + 0.006
 
 
 def test_benchmark_smoke_run_prints_a_table(tmp_path):
@@ -29,7 +34,18 @@ def test_benchmark_smoke_run_prints_a_table(tmp_path):
         base, ours, ratio = (float(cell) for cell in row.split("|")[2:5])
         assert base > 0 and ours > 0
         assert abs(ratio - ours / base) <= 0.01 * ours / base + 0.006
-        assert re.fullmatch(r" (<= 0\.3 (met|NOT met)|>= 2\.5 (met|NOT met)|\(none\)) ", row.split("|")[5])
+        assert row.split("|")[5] in (" n/a (tiny checkpoint) ", " (none) ")
+
+
+def test_serving_targets_are_judged_on_the_ratio():
+    def run(cold, cached, one, batched):
+        return {"ttft_cold_s": cold, "ttft_cached_s": cached, "one_at_a_time_tokens_per_s": one,
+                "concurrent_tokens_per_s": batched, "alone_ms_per_token": 200.0, "batched_ms_per_token": 300.0}
+
+    table = serving_table({"float32": [run(2.0, 0.4, 4.0, 9.0)], "bfloat16": [run(1.0, 0.5, 4.0, 8.0)]}, 4)
+    verdicts = [row.split("|")[4:6] for row in table.splitlines()[2:]]
+    assert verdicts == [[" 0.20 ", " <= 0.3 met "], [" 2.25 ", " >= 2.5 NOT met "], [" 1.50 ", " (none) "],
+                        [" 0.50 ", " <= 0.3 NOT met "], [" 2.00 ", " >= 2.5 NOT met "], [" 1.50 ", " (none) "]]
 
 
 @pytest.mark.parametrize("flags, want", [

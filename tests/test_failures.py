@@ -84,3 +84,15 @@ def test_unknown_quantize_mode_is_refused(monkeypatch):
     monkeypatch.setenv("KOSMOS2_QUANTIZE", "int4")
     with pytest.raises(ValueError, match="KOSMOS2_QUANTIZE"):
         loading.ModelHolder(force_tiny=True)
+
+
+def test_a_bug_while_building_the_request_is_a_short_error_not_a_bare_one(monkeypatch):
+    app = import_app()
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug, not the user's input")
+
+    monkeypatch.setattr(app, "build_request", broken)
+    with pytest.raises(gr.Error) as info:
+        app.Runner(loading.ModelHolder(force_tiny=True)).api("caption", str(CAT), None, [], True, {})
+    assert info.value.message == app.USER_ERROR

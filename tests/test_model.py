@@ -357,3 +357,47 @@ def test_pickle_weights_are_never_read(tiny_checkpoint, tmp_path, monkeypatch):
     both = _copy_checkpoint(tiny_checkpoint, tmp_path / "both", load_file(str(tiny_checkpoint / "model.safetensors")))
     (both / "pytorch_model.bin").write_bytes(b"not a pickle")
     Kosmos2ForConditionalGeneration.from_pretrained(both)
+
+
+def _embeds(model, ids: torch.Tensor) -> torch.Tensor:
+    """Token embeddings as a user would pass them: the (shared) embedding table looked up, unscaled."""
+    return model.text_model.model.embed_tokens.weight[ids].detach().clone()
+
+
+def test_inputs_embeds_match_the_reference_for_a_prompt_and_cached_steps(checkpoint):
+    """No input_ids: positions come from the embeddings' length and the cache (pad + 1 + past, as the
+    reference counts them), for the prompt (image spliced in) and for each cached decode step."""
+    ours = Kosmos2ForConditionalGeneration.from_pretrained(checkpoint)
+    ref = reference_model(checkpoint)
+    inputs = prompt_inputs(checkpoint, [[token_id(checkpoint, "<grounding>"), 10, 20, 30, 40, 50]])
+    pv = pixel_values(1, ours.config.vision_config.image_size, seed=3)
+    ids, slots = inputs["input_ids"], inputs["image_embeds_position_mask"]
+    prompt = ids.shape[1] - 3
+    with torch.no_grad():
+        runs = []
+        for model in (ours, ref):
+            first = model(pixel_values=pv, inputs_embeds=_embeds(model, ids[:, :prompt]),
+                          image_embeds_position_mask=slots[:, :prompt], use_cache=True)
+            steps, cache = [first.logits], first.past_key_values
+            for t in range(prompt, ids.shape[1]):
+                out = model(inputs_embeds=_embeds(model, ids[:, t : t + 1]), past_key_values=cache,
+                            image_embeds=first.image_embeds, use_cache=True)
+                steps.append(out.logits)
+                cache = out.past_key_values
+            runs.append(steps)
+    for got, want in zip(*runs, strict=True):
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+
+
+def test_explicit_position_ids_match_the_reference(checkpoint):
+    ours = Kosmos2ForConditionalGeneration.from_pretrained(checkpoint)
+    ref = reference_model(checkpoint)
+    inputs = _batch(checkpoint, ours.config.vision_config.image_size)
+    length = inputs["input_ids"].shape[1]
+    positions = (torch.arange(length) + torch.tensor([[2], [7], [3]])).long()  # shifted per row, not from the ids
+    with torch.no_grad():
+        got = ours(**inputs, position_ids=positions).logits
+        want = ref(**inputs, position_ids=positions).logits
+        plain = ours(**inputs).logits
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the given positions are the ones used

@@ -117,7 +117,11 @@ def test_files_outside_the_assets_and_outputs_are_refused(served, target):
             "TRAVERSAL": f"{gradio_cache}/../../../../etc/passwd",
             "ENCODED": urllib.parse.quote(f"{gradio_cache}/../../../../etc/passwd", safe="")}[target]
     response = _file_route(url, path)
-    assert response.status_code in (403, 404), (response.status_code, response.text[:200])
+    # The file route refuses with 403. A plain "../" path is collapsed by the HTTP client before it is
+    # sent (it asks for /etc/passwd at the server's root, which has no such route: 404); the encoded
+    # form reaches the file route with the traversal intact.
+    expected = 404 if target == "TRAVERSAL" else 403
+    assert response.status_code == expected, (response.status_code, response.text[:200])
     assert "root:" not in response.text and "vision_config" not in response.text
 
 
