@@ -81,18 +81,14 @@ class Runner:
         try:
             request = build_request(find_task(task, self.tasks), image, text, boxes, grounding_on, quarter_turns)
             gen = GenerationSettings.from_user(**settings)
-        except InputError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        except Exception:
-            log.exception("building the request failed for task %s", task)
-            raise gr.Error(USER_ERROR, print_exception=False) from None
-        try:
             loaded = self.holder.get()
             interval = STREAM_INTERVAL_S if min_interval_s is None else min_interval_s
             for result in run(loaded, request, gen, min_interval_s=interval):
                 yield request.image, result
+        except InputError as e:
+            raise gr.Error(str(e), print_exception=False) from None
         except Exception:
-            log.exception("generation failed for task %s", task)
+            log.exception("task %s failed", task)
             raise gr.Error(USER_ERROR, print_exception=False) from None
 
     def ui(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
