@@ -1,5 +1,9 @@
 """Command line: ``python -m kosmos2 IMAGE [--task ...] [--text ...] [--box x1,y1,x2,y2 ...]``.
 
+Subcommands: ``python -m kosmos2 label DIR ...`` labels a folder (``kosmos2.label``);
+``python -m kosmos2 selfcheck`` checks the real checkpoint against recorded outputs
+(``kosmos2.selfcheck``).
+
 Prints the caption and entities (or JSON with ``--json``) and writes the annotated image with
 ``--out``, drawn by the same code as the app's download. Tasks come from the task table and the
 generation flags from the settings spec (``kosmos2.demo``).
@@ -8,6 +12,7 @@ generation flags from the settings spec (``kosmos2.demo``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -17,6 +22,8 @@ from .demo.loading import ModelHolder
 from .demo.results import run_to_end
 from .demo.settings import SETTINGS, GenerationSettings, Setting
 from .demo.tasks import TASKS, build_request
+
+SUBCOMMANDS = {"label": "kosmos2.label", "selfcheck": "kosmos2.selfcheck"}  # each module has main(argv) -> int
 
 
 def _flag(name: str) -> str:
@@ -53,7 +60,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one task on one image; returns the process exit status."""
+    """Run one task on one image (or a subcommand); returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parser().parse_args(argv)
     given = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
     try:

@@ -16,6 +16,7 @@ from .inputs import InputError
 
 DECODING = ("greedy", "beam", "sample")
 MAX_NEW_TOKENS_CAP = 512
+MAX_CANDIDATES = 32  # top-left cells tried per phrase by detect
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,27 @@ def _setting(default: Any, label: str, **spec: Any) -> Any:
     return field(default=default, metadata={"setting": Setting(default, label, **spec)})
 
 
+class _UserSettings:
+    """``from_user`` for a frozen dataclass whose fields carry a :class:`Setting` each."""
+
+    @classmethod
+    def spec(cls) -> Mapping[str, Setting]:
+        """The :class:`Setting` of each field, by name."""
+        return {f.name: f.metadata["setting"] for f in fields(cls)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_user(cls, **values: Any) -> Any:
+        """Check each given value's type and range by name (missing ones take their default); raise
+        :class:`InputError` naming the first bad one, or an unknown name."""
+        spec = cls.spec()
+        unknown = set(values) - set(spec)
+        if unknown:
+            raise InputError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
+        return cls(**{name: s.parse(values[name]) for name, s in spec.items() if name in values})
+
+
 @dataclass(frozen=True)
-class GenerationSettings:
+class GenerationSettings(_UserSettings):
     """Decoding settings, validated from untrusted values by :meth:`from_user`."""
 
     max_new_tokens: int = _setting(128, "Max new tokens", minimum=1, maximum=MAX_NEW_TOKENS_CAP, step=1,
@@ -73,15 +93,6 @@ class GenerationSettings:
     top_p: float = _setting(0.9, "Top-p", minimum=0.05, maximum=1.0, step=0.05, help="sampling only")
     no_repeat_ngram_size: int = _setting(0, "No-repeat n-gram size", minimum=0, maximum=10, step=1,
                                          help="never repeat an n-gram of this size; 0 = off")
-
-    @classmethod
-    def from_user(cls, **values: Any) -> GenerationSettings:
-        """Check each given value's type and range by name (missing ones take their default); raise
-        :class:`InputError` naming the first bad one, or an unknown name."""
-        unknown = set(values) - set(SETTINGS)
-        if unknown:
-            raise InputError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
-        return cls(**{name: s.parse(values[name]) for name, s in SETTINGS.items() if name in values})
 
     @property
     def streams(self) -> bool:
@@ -100,4 +111,19 @@ class GenerationSettings:
         return kwargs
 
 
-SETTINGS: Mapping[str, Setting] = {f.name: f.metadata["setting"] for f in fields(GenerationSettings)}
+@dataclass(frozen=True)
+class DetectionSettings(_UserSettings):
+    """How ``detect`` turns the model's location distributions into boxes (see ``kosmos2.detection``)."""
+
+    threshold: float = _setting(0.1, "Box threshold", minimum=0.0, maximum=1.0, step=0.01,
+                                help="keep boxes whose score (the model's probability of the box) is at least this")
+    max_instances: int = _setting(10, "Max boxes per phrase", minimum=1, maximum=MAX_CANDIDATES, step=1,
+                                  help="at most this many boxes per phrase, the best first")
+    nms_iou: float = _setting(0.5, "Overlap limit (NMS IoU)", minimum=0.0, maximum=1.0, step=0.05,
+                              help="a box overlapping a better one by more than this IoU is dropped")
+    candidates: int = _setting(16, "Candidate cells", minimum=1, maximum=MAX_CANDIDATES, step=1,
+                               help="top-left cells tried per phrase (the likeliest ones)")
+
+
+SETTINGS: Mapping[str, Setting] = GenerationSettings.spec()
+DETECTION_SETTINGS: Mapping[str, Setting] = DetectionSettings.spec()
