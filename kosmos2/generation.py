@@ -11,7 +11,7 @@ import json
 import queue
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache
 from .config import Kosmos2TextConfig
+from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
 if TYPE_CHECKING:
     from .model import Kosmos2ForConditionalGeneration
@@ -114,10 +115,19 @@ class DecodingSettings:
     early_stopping: bool | str = False
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
+    num_return_sequences: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        n = self.num_return_sequences
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_return_sequences must be an int >= 1, got {n!r}")
+        if n > 1 and self.num_beams == 1 and not self.do_sample:
+            raise ValueError(f"greedy decoding gives one sequence per prompt: num_return_sequences must be 1 "
+                             f"(got {n}); use do_sample=True or num_beams >= {n}")
+        if self.num_beams > 1 and n > self.num_beams:
+            raise ValueError(f"num_return_sequences ({n}) must be at most num_beams ({self.num_beams})")
         if self.min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
@@ -259,14 +269,23 @@ def choose_tokens(scores: torch.Tensor, do_sample: bool, generator: torch.Genera
 
 @dataclass
 class BeamState:
-    """Running and finished hypotheses of a beam search, (batch, beams, ...) each."""
+    """Running and finished hypotheses of a beam search, (batch, beams, ...) each.
+
+    Per new token, ``*_indices`` hold the flat (batch * beams) row it was chosen from (-1: none yet),
+    as the reference's ``beam_indices``, and ``*_logprobs`` its raw log-probability (the model's
+    log-softmax before any score processing).
+    """
 
     running: torch.Tensor  # (B, K, max_len) ids, pad-filled
     running_scores: torch.Tensor  # (B, K) summed log-probs
     running_lengths: torch.Tensor  # (B, K) generated tokens
+    running_indices: torch.Tensor  # (B, K, max_new)
+    running_logprobs: torch.Tensor  # (B, K, max_new)
     finished: torch.Tensor  # (B, K, max_len)
     finished_scores: torch.Tensor  # (B, K) length-normalised
     finished_lengths: torch.Tensor  # (B, K)
+    finished_indices: torch.Tensor  # (B, K, max_new)
+    finished_logprobs: torch.Tensor  # (B, K, max_new)
     is_finished: torch.Tensor  # (B, K) bool: slot holds a real hypothesis
     improvable: torch.Tensor  # (B, 1) bool: a running beam may still beat the finished ones
 
@@ -280,9 +299,12 @@ class BeamState:
         scores = torch.zeros((b, num_beams), dtype=torch.float32, device=prompts.device)
         scores[:, 1:] = _NEG
         lengths = torch.zeros((b, num_beams), dtype=torch.long, device=prompts.device)
+        indices = torch.full((b, num_beams, max_len - length), -1, dtype=torch.int32, device=prompts.device)
+        logprobs = torch.zeros((b, num_beams, max_len - length), dtype=torch.float32, device=prompts.device)
         return cls(
-            running=running, running_scores=scores, running_lengths=lengths, finished=running.clone(),
-            finished_scores=torch.full_like(scores, _NEG), finished_lengths=lengths.clone(),
+            running=running, running_scores=scores, running_lengths=lengths, running_indices=indices,
+            running_logprobs=logprobs, finished=running.clone(), finished_scores=torch.full_like(scores, _NEG),
+            finished_lengths=lengths.clone(), finished_indices=indices.clone(), finished_logprobs=logprobs.clone(),
             is_finished=torch.zeros_like(scores, dtype=torch.bool),
             improvable=torch.ones((b, 1), dtype=torch.bool, device=prompts.device),
         )
@@ -298,13 +320,15 @@ def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def beam_step(
     state: BeamState,
     log_probs: torch.Tensor,
+    raw_log_probs: torch.Tensor,
     cur_len: int,
     prompt_len: int,
     eos_ids: torch.Tensor,
     settings: DecodingSettings,
     generator: torch.Generator | None = None,
 ) -> tuple[BeamState, torch.Tensor, torch.Tensor]:
-    """Extend the beams by one token. ``log_probs`` (B*K, V) are processed log-probabilities.
+    """Extend the beams by one token. ``log_probs`` (B*K, V) are processed log-probabilities,
+    ``raw_log_probs`` (B*K, V) the model's own (recorded per token).
 
     Returns the new state; per running beam, the flat (B*K,) index of the beam it continues (to
     reorder the KV cache); and which of this step's candidates stopped (EOS or length), (B, keep).
@@ -321,9 +345,16 @@ def beam_step(
     else:
         scores, picked = torch.topk(total, keep)
     parents, tokens = picked // vocab, picked % vocab  # (B, keep)
+    offsets = torch.arange(b, device=parents.device).unsqueeze(1) * k
+    step = cur_len - prompt_len
     candidates = _take(state.running, parents)
     candidates[:, :, cur_len] = tokens
     candidate_lengths = _take(state.running_lengths, parents) + 1
+    candidate_indices = _take(state.running_indices, parents)
+    candidate_indices[:, :, step] = parents + offsets
+    candidate_logprobs = _take(state.running_logprobs, parents)
+    candidate_logprobs[:, :, step] = raw_log_probs.view(b, k, vocab)[
+        torch.arange(b, device=parents.device).unsqueeze(1), parents, tokens]
     stops = torch.isin(tokens, eos_ids) | (cur_len + 1 >= max_len)
 
     running_scores = scores + stops.to(torch.float32) * _NEG
@@ -342,9 +373,13 @@ def beam_step(
         running=_take(candidates, chosen),
         running_scores=_take(running_scores, chosen),
         running_lengths=_take(candidate_lengths, chosen),
+        running_indices=_take(candidate_indices, chosen),
+        running_logprobs=_take(candidate_logprobs, chosen),
         finished=_take(torch.cat([state.finished, candidates], dim=1), best),
         finished_scores=_take(merged_scores, best),
         finished_lengths=_take(torch.cat([state.finished_lengths, candidate_lengths], dim=1), best),
+        finished_indices=_take(torch.cat([state.finished_indices, candidate_indices], dim=1), best),
+        finished_logprobs=_take(torch.cat([state.finished_logprobs, candidate_logprobs], dim=1), best),
         is_finished=_take(torch.cat([state.is_finished, just_finished], dim=1), best),
         improvable=state.improvable,
     )
@@ -355,7 +390,6 @@ def beam_step(
     best_running = new.running_scores[:, :1] / (best_length ** settings.length_penalty)
     worst_finished = torch.where(new.is_finished, new.finished_scores.min(dim=1, keepdim=True).values, _NEG)
     new.improvable = state.improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
-    offsets = torch.arange(b, device=parents.device).unsqueeze(1) * k
     return new, (beam_parents + offsets).view(-1), stops
 
 
@@ -438,7 +472,11 @@ def generate(
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
     streamer: Streamer | None = None,
-) -> torch.Tensor:
+    num_return_sequences: int = 1,
+    return_dict_in_generate: bool = False,
+    output_scores: bool = False,
+    output_logits: bool = False,
+) -> torch.Tensor | GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput:
     """Generate text after a prompt about an image; returns (batch, prompt + new) ids.
 
     The image goes through the vision encoder and projection once (or ``image_embeds`` are used).
@@ -448,13 +486,21 @@ def generate(
     left-padded. Rows that end (EOS) are filled with ``pad_token_id``. ``streamer`` gets the prompt
     ids, then each step's new ids; ``end()`` is called when generation stops, also on an error.
     ``eos_token_id``/``pad_token_id`` default to ``model.generation_config``.
+
+    ``num_return_sequences`` sequences per prompt (sampling: independent draws; beam search: the best
+    hypotheses) come one after the other: (batch * num_return_sequences, ...). With
+    ``return_dict_in_generate`` the result is a :class:`GenerateDecoderOnlyOutput` (or, for beam search,
+    :class:`GenerateBeamDecoderOnlyOutput`): ``sequences``; ``scores`` (with ``output_scores``: per step, the
+    processed scores the token was chosen from; log-probabilities for beam search) and ``logits`` (with
+    ``output_logits``: per step, the raw logits), each (rows, vocab); for beam search ``sequences_scores``
+    (with ``output_scores``) and ``beam_indices``; ``cache``. See :func:`compute_transition_scores`.
     """
     try:
         settings = DecodingSettings(
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,  # type: ignore[arg-type]
             temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams, length_penalty=length_penalty,
             early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
-            repetition_penalty=repetition_penalty,
+            repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
         )
         check_streaming(settings, streamer)
         pad = model.generation_config.pad_token_id if pad_token_id is None else pad_token_id
@@ -464,19 +510,28 @@ def generate(
         input_ids, attention_mask, image_embeds, image_mask = _prepare_inputs(
             model, pixel_values, input_ids, attention_mask, image_embeds, image_embeds_position_mask, pad, eos_ids
         )
-        if num_beams > 1:
+        copies = num_beams if num_beams > 1 else num_return_sequences
+        if copies > 1:
             input_ids, attention_mask, image_embeds, image_mask = (
-                t.repeat_interleave(num_beams, dim=0) for t in (input_ids, attention_mask, image_embeds, image_mask)
+                t.repeat_interleave(copies, dim=0) for t in (input_ids, attention_mask, image_embeds, image_mask)
             )
         ignored = left_padding(attention_mask)
         decoder = ImageDecoder(model, image_embeds, image_mask, use_cache, input_ids.shape[1] + settings.max_new_tokens)
         if streamer is not None:
             streamer.put(input_ids.cpu())
-        return decode(DecodeJob(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored, generator),
-                      streamer)
+        job = DecodeJob(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored, generator,
+                        keep_scores=return_dict_in_generate and output_scores,
+                        keep_logits=return_dict_in_generate and output_logits)
+        out = decode(job, streamer)
     finally:
         if streamer is not None:
             streamer.end()
+    if not return_dict_in_generate:
+        return out.sequences
+    if num_beams > 1:
+        return GenerateBeamDecoderOnlyOutput(out.sequences, out.sequences_scores if output_scores else None, out.scores,
+                                             out.logits, out.beam_indices, decoder.cache)
+    return GenerateDecoderOnlyOutput(out.sequences, out.scores, out.logits, decoder.cache)
 
 
 def left_padding(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -554,7 +609,9 @@ class DecodeJob:
     end-of-sequence ids (E,) and the pad id that fills finished rows.
 
     ``ignored`` (N, L) marks prompt positions that penalties and n-gram bans do not see (padding);
-    ``generator`` makes sampling reproducible.
+    ``generator`` makes sampling reproducible; ``keep_scores`` / ``keep_logits`` keep every step's
+    processed scores / raw logits in the result; ``on_step`` (greedy and sampling) is called after each
+    step with the (N,) new ids and their (N,) raw log-probabilities.
     """
 
     decoder: Decoder
@@ -565,15 +622,61 @@ class DecodeJob:
     pad: int
     ignored: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    keep_scores: bool = False
+    keep_logits: bool = False
+    on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
 
-def decode(job: DecodeJob, streamer: Streamer | None = None) -> torch.Tensor:
+@dataclass
+class Decoded:
+    """What a decoding loop produced.
+
+    ``sequences`` (R, L + new): the prompt and new ids (R = N rows for greedy and sampling; batch x
+    ``num_return_sequences`` best hypotheses for beam search). ``token_logprobs`` (R, new): each new
+    token's raw log-probability (the model's log-softmax before any processing; 0 after a row ended).
+    ``scores`` / ``logits``: per step, the (N, V) processed scores / raw logits, when the job kept them.
+    Beam search also gives ``sequences_scores`` (R,) and ``beam_indices`` (R, new): the row each new
+    token was chosen from, -1 after the hypothesis ended.
+    """
+
+    sequences: torch.Tensor
+    token_logprobs: torch.Tensor
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    sequences_scores: torch.Tensor | None = None
+    beam_indices: torch.Tensor | None = None
+
+
+class _StepLog:
+    """The per-step tensors a job asked to keep."""
+
+    def __init__(self, job: DecodeJob) -> None:
+        self.scores: list[torch.Tensor] | None = [] if job.keep_scores else None
+        self.logits: list[torch.Tensor] | None = [] if job.keep_logits else None
+
+    def add(self, scores: torch.Tensor, logits: torch.Tensor) -> None:
+        if self.scores is not None:
+            self.scores.append(scores)
+        if self.logits is not None:
+            self.logits.append(logits)
+
+    def result(self, sequences: torch.Tensor, token_logprobs: torch.Tensor, **beam: torch.Tensor) -> Decoded:
+        return Decoded(sequences, token_logprobs, None if self.scores is None else tuple(self.scores),
+                       None if self.logits is None else tuple(self.logits), **beam)
+
+
+def decode(job: DecodeJob, streamer: Streamer | None = None) -> Decoded:
     """Run the job's decoding: :func:`beam_search` when ``num_beams > 1``, else :func:`sample` (greedy or
-    sampling, streamed to ``streamer``; see :func:`check_streaming`). Returns (N, L + new) ids."""
+    sampling, streamed to ``streamer``; see :func:`check_streaming`)."""
     return beam_search(job) if job.settings.num_beams > 1 else sample(job, streamer)
 
 
-def sample(job: DecodeJob, streamer: Streamer | None = None) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(N, V) raw logits and (N,) ids -> (N,) log-softmax of each id."""
+    return logits.gather(1, tokens.unsqueeze(1)).squeeze(1) - logits.logsumexp(dim=-1)
+
+
+def sample(job: DecodeJob, streamer: Streamer | None = None) -> Decoded:
     """Greedy or sampled decoding, one token per row per step (ids and attention written in place);
     finished rows are filled with the pad id. ``streamer`` gets each step's new ids (ending it is the
     caller's)."""
@@ -581,37 +684,78 @@ def sample(job: DecodeJob, streamer: Streamer | None = None) -> torch.Tensor:
     rows, length = sequences.shape
     ids = F.pad(sequences, (0, settings.max_new_tokens), value=pad)  # (B, T + max_new)
     attention = F.pad(job.attention_mask, (0, settings.max_new_tokens), value=1)
+    logprobs = torch.zeros((rows, settings.max_new_tokens), dtype=torch.float32, device=sequences.device)
     unfinished = torch.ones(rows, dtype=torch.bool, device=sequences.device)
+    log = _StepLog(job)
     for step in range(settings.max_new_tokens):
         sequences = ids[:, : length + step]
         logits = decoder(sequences, attention[:, : length + step])
         scores = process_scores(logits, sequences, settings, step, eos_ids, job.ignored)
+        log.add(scores, logits)
         tokens = torch.where(unfinished, choose_tokens(scores, settings.do_sample, job.generator), pad)
         ids[:, length + step] = tokens
+        logprobs[:, step] = torch.where(unfinished, token_logprobs(logits, tokens), 0.0)
         if streamer is not None:
             streamer.put(tokens.cpu())
+        if job.on_step is not None:
+            job.on_step(tokens, logprobs[:, step])
         unfinished &= ~torch.isin(tokens, eos_ids)
         if not bool(unfinished.any()):
-            return ids[:, : length + step + 1].clone()
-    return ids
+            return log.result(ids[:, : length + step + 1].clone(), logprobs[:, : step + 1].clone())
+    return log.result(ids, logprobs)
 
 
-def beam_search(job: DecodeJob) -> torch.Tensor:
-    """Beam search over the job's (B*K) expanded prompts; returns each batch item's best hypothesis."""
+def beam_search(job: DecodeJob) -> Decoded:
+    """Beam search over the job's (B*K) expanded prompts; returns each batch item's
+    ``num_return_sequences`` best hypotheses, best first."""
     decoder, prompts, attention_mask, settings = job.decoder, job.sequences, job.attention_mask, job.settings
     k = settings.num_beams
     prompt_len = prompts.shape[1]
     max_len = prompt_len + settings.max_new_tokens
     state = BeamState.start(prompts, k, max_len, job.pad)
     b = state.running.shape[0]
+    log = _StepLog(job)
     for cur_len in range(prompt_len, max_len):
         sequences = state.running[:, :, :cur_len].reshape(b * k, cur_len)
-        log_probs = decoder(sequences, attention_mask).log_softmax(dim=-1)
-        log_probs = process_scores(log_probs, sequences, settings, cur_len - prompt_len, job.eos_ids, job.ignored)
-        state, parents, stops = beam_step(state, log_probs, cur_len, prompt_len, job.eos_ids, settings, job.generator)
+        logits = decoder(sequences, attention_mask)
+        raw = logits.log_softmax(dim=-1)
+        log_probs = process_scores(raw, sequences, settings, cur_len - prompt_len, job.eos_ids, job.ignored)
+        log.add(log_probs, logits)
+        state, parents, stops = beam_step(state, log_probs, raw, cur_len, prompt_len, job.eos_ids, settings,
+                                          job.generator)
         decoder.reorder(parents)
         attention_mask = F.pad(attention_mask, (0, 1), value=1)
         if beam_search_done(state, stops, settings.early_stopping):
             break
-    length = prompt_len + int(state.finished_lengths[:, 0].max())
-    return state.finished[:, 0, :length]
+    n = settings.num_return_sequences
+    new = int(state.finished_lengths[:, :n].max())
+    indices = state.finished_indices[:, :n, :new].reshape(b * n, new)
+    return log.result(state.finished[:, :n, : prompt_len + new].reshape(b * n, prompt_len + new),
+                      state.finished_logprobs[:, :n, :new].reshape(b * n, new).masked_fill(indices < 0, 0.0),
+                      sequences_scores=state.finished_scores[:, :n].reshape(b * n), beam_indices=indices)
+
+
+def compute_transition_scores(
+    sequences: torch.Tensor,
+    scores: Sequence[torch.Tensor],
+    beam_indices: torch.Tensor | None = None,
+    normalize_logits: bool = False,
+) -> torch.Tensor:
+    """The score of each generated token at its step: (R, new) from ``generate``'s ``sequences`` (R, L),
+    its per-step ``scores`` (or ``logits``), and for beam search its ``beam_indices`` (R, new).
+
+    ``normalize_logits`` applies a log-softmax over the vocabulary first (e.g. raw logits -> log-probs).
+    Steps after a beam hypothesis ended (``beam_indices`` -1) score 0.
+    """
+    stacked = torch.stack(tuple(scores), dim=1)  # (rows, steps, V)
+    if normalize_logits:
+        stacked = stacked.log_softmax(dim=-1)
+    if beam_indices is None:
+        beam_indices = torch.arange(stacked.shape[0], device=stacked.device).unsqueeze(1).expand(-1, stacked.shape[1])
+    ended = beam_indices < 0
+    length = int((~ended).sum(dim=1).max())
+    ended = ended[:, :length]
+    rows = beam_indices[:, :length].long().masked_fill(ended, 0)
+    tokens = sequences[:, sequences.shape[1] - length:].to(stacked.device)
+    steps = torch.arange(length, device=stacked.device).expand_as(rows)
+    return stacked[rows, steps, tokens].masked_fill(ended, 0.0)

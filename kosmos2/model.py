@@ -15,7 +15,7 @@ from torch import nn
 from .attention import MultiHeadAttention
 from .cache import KVCache
 from .config import Kosmos2Config
-from .generation import GenerationConfig, generate
+from .generation import GenerationConfig, compute_transition_scores, generate
 from .hub import MODEL_FILES, require_files, resolve_checkpoint
 from .language import Kosmos2TextForCausalLM, Kosmos2TextModel
 from .layers import Linear
@@ -244,6 +244,8 @@ class Kosmos2ForConditionalGeneration(_Kosmos2Base):
         return out if return_dict is None or return_dict else out.to_tuple()
 
     generate = generate
+
+    compute_transition_scores = staticmethod(compute_transition_scores)
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -86,3 +86,25 @@ class Kosmos2ForConditionalGenerationModelOutput(ModelOutput):
     image_embeds: torch.Tensor | None = None
     projection_attentions: torch.Tensor | None = None
     vision_model_output: VisionModelOutput | None = None
+
+
+@dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    """``generate(..., return_dict_in_generate=True)`` for greedy decoding and sampling."""
+
+    sequences: torch.Tensor
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    cache: KVCache | None = None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(ModelOutput):
+    """``generate(..., return_dict_in_generate=True)`` for beam search."""
+
+    sequences: torch.Tensor
+    sequences_scores: torch.Tensor | None = None
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    beam_indices: torch.Tensor | None = None
+    cache: KVCache | None = None

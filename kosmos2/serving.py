@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -308,10 +308,13 @@ class Engine:
         eos_token_id: int | list[int] | None = None,
         generator: torch.Generator | None = None,
         streamer: Streamer | None = None,
-    ) -> torch.Tensor:
-        """Decode ``rows``; returns the (B, new) generated ids (finished rows padded).
+        on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> generation.Decoded:
+        """Decode ``rows``; the result's ``sequences`` are the (B, new) generated ids only (finished rows
+        padded), with their ``token_logprobs``.
 
-        ``streamer`` gets each step's (B,) new ids (not the prompt) and ``end()`` at the end.
+        ``streamer`` gets each step's (B,) new ids (not the prompt) and ``end()`` at the end; ``on_step``
+        (greedy and sampling) the new ids and their raw log-probabilities (see ``DecodeJob``).
         """
         eos_ids = generation.eos_tensor(self.model, eos_token_id)
         try:
@@ -319,12 +322,12 @@ class Engine:
             ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
             pads = ready.attention_mask == 0  # the middle pads of [prefix][pads][rest]: invisible to penalties
             job = generation.DecodeJob(ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids,
-                                       self.pad_id, ignored=pads, generator=generator)
+                                       self.pad_id, ignored=pads, generator=generator, on_step=on_step)
             out = generation.decode(job, streamer)
         finally:
             if streamer is not None:
                 streamer.end()
-        return out[:, ready.sequences.shape[1]:]
+        return replace(out, sequences=out.sequences[:, ready.sequences.shape[1]:])
 
     def generate(
         self,
@@ -350,7 +353,7 @@ class Engine:
             if streamer is not None:
                 streamer.end()
             raise
-        new = self.run(rows, settings, eos_token_id, generator, streamer)
+        new = self.run(rows, settings, eos_token_id, generator, streamer).sequences
         return torch.cat([input_ids.to(new.device), new], dim=1)
 
 
@@ -362,6 +365,7 @@ class RowStream:
 
     Iteration ends after the row's last token (EOS, or its ``max_new_tokens``); an error of the
     batch it ran in is raised there. :meth:`cancel` drops the row (its batch goes on without it).
+    ``logprobs[i]`` is the raw log-probability of ``tokens[i]`` (set before the token is iterated).
     """
 
     _END = object()
@@ -369,16 +373,18 @@ class RowStream:
     def __init__(self, timeout: float | None = None) -> None:
         self.timeout = timeout
         self.tokens: list[int] = []
+        self.logprobs: list[float] = []
         self.error: BaseException | None = None
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()  # the worker's _put/_finish against the consumer's cancel()
 
-    def _put(self, token: int) -> None:
+    def _put(self, token: int, logprob: float) -> None:
         with self._lock:
             if not self.done.is_set():
                 self.tokens.append(token)
+                self.logprobs.append(logprob)
                 self._queue.put(token)
 
     def _finish(self, error: BaseException | None = None) -> None:
@@ -416,27 +422,23 @@ class _AllRowsDone(Exception):
 
 
 class _FanOut:
-    """A streamer that gives each row's tokens to its own :class:`RowStream` and ends rows on EOS or
-    their own token limit."""
+    """An ``on_step`` callback that gives each row's tokens to its own :class:`RowStream` and ends rows on
+    EOS or their own token limit."""
 
     def __init__(self, streams: Sequence[RowStream], limits: Sequence[int], eos_ids: set[int]) -> None:
         self.streams = streams
         self.limits = limits
         self.eos_ids = eos_ids
 
-    def put(self, ids: torch.Tensor) -> None:
-        for stream, limit, token in zip(self.streams, self.limits, ids.tolist()):
+    def __call__(self, ids: torch.Tensor, logprobs: torch.Tensor) -> None:
+        for stream, limit, token, logprob in zip(self.streams, self.limits, ids.tolist(), logprobs.tolist()):
             if stream.done.is_set():
                 continue
-            stream._put(token)
+            stream._put(token, logprob)
             if token in self.eos_ids or len(stream.tokens) >= limit:
                 stream._finish()
         if all(s.done.is_set() for s in self.streams):
             raise _AllRowsDone
-
-    def end(self) -> None:
-        """Nothing: ``generate`` calls this on errors too, so the batcher finishes the rows itself
-        after the run, with the error if there was one."""
 
 
 @dataclass(eq=False)
@@ -603,10 +605,10 @@ class Batcher:
         try:
             if settings.num_beams > 1:
                 new = self.engine.run([batch[0].row], settings, generator=batch[0].generator)
-                _deliver(streams[0], new[0].tolist(), eos_ids)
+                _deliver(streams[0], new.sequences[0].tolist(), new.token_logprobs[0].tolist(), eos_ids)
             else:
                 self.engine.run([r.row for r in batch], settings, generator=batch[0].generator,
-                                streamer=_FanOut(streams, limits, eos_ids))
+                                on_step=_FanOut(streams, limits, eos_ids))
         except _AllRowsDone:
             pass
         except Exception as e:  # every row of the batch gets the error, raised in its consumer's thread
@@ -639,10 +641,10 @@ def follow(streams: Sequence[RowStream]) -> Iterator[list[list[int]]]:
             s.cancel()
 
 
-def _deliver(stream: RowStream, tokens: list[int], eos_ids: set[int]) -> None:
+def _deliver(stream: RowStream, tokens: list[int], logprobs: list[float], eos_ids: set[int]) -> None:
     """Give a finished (beam search) row's tokens up to and including its first EOS."""
-    for token in tokens:
-        stream._put(token)
+    for token, logprob in zip(tokens, logprobs):
+        stream._put(token, logprob)
         if token in eos_ids:
             break
     stream._finish()
