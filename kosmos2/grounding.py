@@ -41,6 +41,7 @@ Entity = tuple[str, tuple[int, int], list[Box]]
 _PHRASE = re.compile(r"<phrase>.+?</phrase>")
 _ANY_TAG = re.compile(r"<.*?>")
 _PAIR = r"<patch_index_(\d+)><patch_index_(\d+)>"
+_PATCH_TOKEN = re.compile(r"<patch_index_\d+>")
 _ENTITY = re.compile(
     r"(?:<phrase>([^<]+)</phrase>)?<object>((?:<patch_index_\d+><patch_index_\d+>"
     r"</delimiter_of_multi_objects/>)*<patch_index_\d+><patch_index_\d+>)</object>"
@@ -118,7 +119,9 @@ def patch_indices_to_box(first: int, second: int, grid: int = GRID) -> Box:
     return _cells_to_box(first, second, grid)
 
 
-def _object_markup(boxes: list[BoxInput], grid: int) -> str:
+def object_markup(boxes: Sequence[BoxInput], grid: int = GRID) -> str:
+    """``<object>…</object>`` with the patch-index tokens of ``boxes`` (normalised boxes or cell pairs),
+    joined by ``</delimiter_of_multi_objects/>``."""
     pairs = []
     for box in boxes:
         first, second = box if len(box) == 2 else box_to_patch_indices(box, grid)
@@ -171,13 +174,28 @@ def insert_object_tags(text: str, bboxes: list[PhraseBoxes] | None, grid: int = 
         pos = match.end()
         boxes = entry if isinstance(entry, list) else [] if entry is None else [entry]
         if boxes:
-            parts.append(_object_markup(boxes, grid))
+            parts.append(object_markup(boxes, grid))
     parts.append(text[pos:])
     return "".join(parts)
 
 
 def _tagless_length(text: str) -> int:
     return len(_ANY_TAG.sub("", text))
+
+
+def _entity_parts(raw: str):
+    """Per entity of ``raw``, in order: (name, span of the name in ``raw``, cell pairs, index of its first
+    patch-index token among those of ``raw``)."""
+    for match in _ENTITY.finditer(raw):
+        phrase = match.group(1)
+        pairs = [(int(a), int(b)) for a, b in re.findall(_PAIR, match.group(2))]
+        first = raw.count("<patch_index_", 0, match.start(2))
+        if phrase is not None:
+            yield phrase, match.span(1), pairs, first
+        else:
+            at = match.start()
+            for k, (a, b) in enumerate(pairs):
+                yield f"<patch_index_{a}><patch_index_{b}>", (at, at), [(a, b)], first + 2 * k
 
 
 def extract_entities(text: str, grid: int = GRID) -> tuple[str, list[Entity]]:
@@ -193,19 +211,38 @@ def extract_entities(text: str, grid: int = GRID) -> tuple[str, list[Entity]]:
     caption_unstripped = _ANY_TAG.sub("", raw)
     lead = len(caption_unstripped) - len(caption_unstripped.lstrip())
     entities: list[Entity] = []
-    for match in _ENTITY.finditer(raw):
-        phrase = match.group(1)
-        pairs = [(int(a), int(b)) for a, b in re.findall(_PAIR, match.group(2))]
-        if phrase is not None:
-            named = [(phrase, match.span(1), pairs)]
-        else:
-            at = match.start()
-            named = [(f"<patch_index_{a}><patch_index_{b}>", (at, at), [(a, b)]) for a, b in pairs]
-        for name, (start, end), cells in named:
-            start = _tagless_length(raw[:start]) - lead + len(name) - len(name.lstrip())
-            end = _tagless_length(raw[:end]) - lead - (len(name) - len(name.rstrip()))
-            entities.append((name.strip(), (start, end), [_cells_to_box(a, b, grid) for a, b in cells]))
+    for name, (start, end), cells, _ in _entity_parts(raw):
+        start = _tagless_length(raw[:start]) - lead + len(name) - len(name.lstrip())
+        end = _tagless_length(raw[:end]) - lead - (len(name) - len(name.rstrip()))
+        entities.append((name.strip(), (start, end), [_cells_to_box(a, b, grid) for a, b in cells]))
     return caption_unstripped.strip(), entities
+
+
+def location_logprobs(tokens: Sequence[str], logprobs: Sequence[float | None]) -> list[float | None]:
+    """The log-probabilities of the patch-index tokens after the last ``</image>`` of a token sequence,
+    in order; ``logprobs`` has one entry per token (None for tokens that were not generated)."""
+    if len(tokens) != len(logprobs):
+        raise ValueError(f"{len(tokens)} tokens but {len(logprobs)} log-probabilities")
+    start = max((i + 1 for i, t in enumerate(tokens) if t == "</image>"), default=0)
+    return [lp for t, lp in zip(tokens[start:], logprobs[start:]) if _PATCH_TOKEN.fullmatch(t)]
+
+
+def box_scores(text: str, patch_logprobs: Sequence[float | None]) -> list[list[float | None]]:
+    """For each entity of ``text`` as :func:`extract_entities` lists them, the score of each of its boxes:
+    p(first cell) * p(second cell | first cell), from the log-probabilities of the text's patch-index
+    tokens in order (:func:`location_logprobs`). A box whose tokens were not both generated (given in
+    the prompt) scores None."""
+    if text.count("<patch_index_") != len(patch_logprobs):
+        raise ValueError(f"the text has {text.count('<patch_index_')} patch-index tokens but "
+                         f"{len(patch_logprobs)} log-probabilities were given")
+    scores = []
+    for _, _, cells, first in _entity_parts(text):
+        entity = []
+        for k in range(len(cells)):
+            a, b = patch_logprobs[first + 2 * k], patch_logprobs[first + 2 * k + 1]
+            entity.append(None if a is None or b is None else math.exp(a + b))
+        scores.append(entity)
+    return scores
 
 
 def post_process_generation(text: str, cleanup_and_extract: bool = True) -> str | tuple[str, list[Entity]]:

@@ -216,6 +216,16 @@ class Prepared:
     attention_mask: torch.Tensor  # (B * copies, P + R)
 
 
+@dataclass(frozen=True)
+class Located:
+    """:meth:`Engine.locate`'s answer for one row: p(first cell) (C,), the first cells tried, and for each,
+    p(second cell | first) (tried, C) (None when none was tried)."""
+
+    first: torch.Tensor
+    tried: list[int]
+    second: torch.Tensor | None
+
+
 class Engine:
     """Generation for batches of rows with a per-image prefix cache; thread-safe.
 
@@ -299,6 +309,32 @@ class Engine:
             cache.update(layer, keys[layer], values[layer])
         cache.advance(length)
         return Prepared(RowDecoder(model, cache), sequences, attention)
+
+    @torch.no_grad()
+    def locate(self, rows: Sequence[Row], location_ids: torch.Tensor, candidates: int,
+               floor: float) -> list[Located]:
+        """Where each row's next box may be: for prompts that end in ``<object>``, the distribution over the
+        first location token, and for its ``candidates`` likeliest first cells (at least ``floor``), the
+        distribution over the second one given each. ``location_ids`` (C,) are the location tokens' ids,
+        cell order. Both distributions are the softmax of the raw logits over the whole vocabulary, at
+        the location tokens. One forward pass over the rows' prompts, then one batched step for every
+        candidate of every row, on the cached prefix."""
+        ready = self.prepare(rows, 1, max_new_tokens=1)
+        location_ids = location_ids.to(ready.sequences.device)
+        first = ready.decoder(ready.sequences, ready.attention_mask).softmax(dim=-1)[:, location_ids]  # (B, C)
+        top = first.topk(min(candidates, first.shape[1]), dim=-1)
+        picks = [(r, int(cell)) for r in range(len(rows))
+                 for p, cell in zip(top.values[r].tolist(), top.indices[r].tolist()) if p >= floor]
+        if not picks:
+            return [Located(f, [], None) for f in first.cpu()]
+        index = torch.tensor([r for r, _ in picks], device=ready.sequences.device)
+        ready.decoder.reorder(index)
+        cells = torch.tensor([c for _, c in picks], device=ready.sequences.device)
+        sequences = torch.cat([ready.sequences[index], location_ids[cells].unsqueeze(1)], dim=1)
+        attention = torch.nn.functional.pad(ready.attention_mask[index], (0, 1), value=1)
+        second = ready.decoder(sequences, attention).softmax(dim=-1)[:, location_ids].cpu()  # (picks, C)
+        return [Located(first[r].cpu(), [c for (row, c) in picks if row == r],
+                        second[[k for k, (row, _) in enumerate(picks) if row == r]]) for r in range(len(rows))]
 
     @torch.no_grad()
     def run(
@@ -515,11 +551,6 @@ class Batcher:
         row, as :meth:`submit`. Bad input raises here, before anything is queued."""
         rows = self.engine.rows(pixel_values, input_ids, image_embeds_position_mask, attention_mask)
         return self._enqueue(rows, max_new_tokens, generator, timeout, decoding)
-
-    def stream_batch(self, **batch: Any) -> Iterator[list[list[int]]]:
-        """:meth:`submit_batch` (same arguments), then :func:`follow` its rows: each row's new ids so far,
-        round by round; closing the iterator early cancels the rows."""
-        return follow(self.submit_batch(**batch))
 
     def _enqueue(self, rows: Sequence[Row], max_new_tokens: int | None, generator: torch.Generator | None,
                  timeout: float | None, decoding: dict[str, Any]) -> list[RowStream]:

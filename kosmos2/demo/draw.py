@@ -40,11 +40,18 @@ _GOLDEN = 0.6180339887498949
 
 
 class Annotation(NamedTuple):
-    """One entity to draw: its label, colour (``#rrggbb``) and pixel boxes (x1, y1, x2, y2)."""
+    """One entity to draw: its label, colour (``#rrggbb``), pixel boxes (x1, y1, x2, y2) and, per box, an
+    optional score shown after the label."""
 
     label: str
     colour: str
     boxes: Sequence[PixelBox]
+    scores: Sequence[float | None] = ()
+
+
+def box_label(label: str, score: float | None) -> str:
+    """A box's label: ``"a snowman · 0.87"``, or the label alone without a score."""
+    return label if score is None else f"{label} · {score:.2f}"
 
 
 def entity_colours(n: int) -> list[str]:
@@ -124,11 +131,12 @@ def annotate(image: Image.Image, annotations: Sequence[Annotation]) -> Image.Ima
     pad = max(1, line // 2 + 1)
     for ann in annotations:
         fill = hex_to_rgb(ann.colour)
-        for x1, y1, x2, y2 in ann.boxes:
+        scores = list(ann.scores) + [None] * (len(ann.boxes) - len(ann.scores))
+        for (x1, y1, x2, y2), score in zip(ann.boxes, scores):
             x1, x2 = sorted((min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)))
             y1, y2 = sorted((min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)))
             draw.rectangle((x1, y1, x2, y2), outline=fill, width=line)
-            label = _fit_label(draw, ann.label, font, width - 2 * pad)
+            label = _fit_label(draw, box_label(ann.label, score) if ann.label else "", font, width - 2 * pad)
             if not label:
                 continue
             left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
@@ -139,6 +147,56 @@ def annotate(image: Image.Image, annotations: Sequence[Annotation]) -> Image.Ima
             draw.rectangle((lx, ly, lx + box_w - 1, ly + box_h - 1), fill=fill)
             draw.text((lx + pad - left, ly + pad - top), label, fill=text_colour_on(ann.colour), font=font)
     return out
+
+
+# matplotlib's "viridis" (perceptually uniform) at nine evenly spaced points, interpolated between
+VIRIDIS = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#fde725")
+HEAT_OPACITY = 0.6
+
+
+def colormap(value: float) -> tuple[int, int, int]:
+    """The viridis colour of ``value`` in [0, 1]."""
+    x = min(max(value, 0.0), 1.0) * (len(VIRIDIS) - 1)
+    k = min(int(x), len(VIRIDIS) - 2)
+    a, b, t = hex_to_rgb(VIRIDIS[k]), hex_to_rgb(VIRIDIS[k + 1]), x - k
+    return tuple(round(u + (v - u) * t) for u, v in zip(a, b))  # type: ignore[return-value]
+
+
+def heat_overlay(image: Image.Image, density: Sequence[Sequence[float]]) -> Image.Image:
+    """``image`` (RGB) with a density raster in [0, 1] (rows top to bottom, any size; see
+    ``kosmos2.detection.density_map``) laid over it in viridis, transparent where the density is 0, and a
+    legend (low .. high) in the lower-right corner."""
+    base = image.convert("RGB")
+    width, height = base.size
+    raster = Image.new("L", (len(density[0]), len(density)))
+    raster.putdata([round(v * 255) for row in density for v in row])
+    raster = raster.resize((width, height), Image.Resampling.BILINEAR)
+    lut = [colormap(i / 255) for i in range(256)]
+    colours = Image.new("RGB", (256, 1))
+    colours.putdata(lut)
+    heat = raster.convert("RGB").point([c[channel] for channel in range(3) for c in lut])
+    alpha = raster.point([round(HEAT_OPACITY * 255 * min(1.0, 4 * i / 255)) for i in range(256)])
+    out = Image.composite(heat, base, alpha)
+    _draw_legend(out, colours)
+    return out
+
+
+def _draw_legend(image: Image.Image, colours: Image.Image) -> None:
+    """A colour bar labelled low .. high, in the image's lower-right corner."""
+    width, height = image.size
+    font = _font(max(10, round(min(width, height) / 32)))
+    draw = ImageDraw.Draw(image)
+    bar_w, bar_h = max(40, width // 4), max(6, height // 40)
+    low_w, high_w = draw.textlength("low", font=font), draw.textlength("high", font=font)
+    text_h = font.getbbox("high")[3]
+    pad = max(2, bar_h // 2)
+    box_w, box_h = int(bar_w + low_w + high_w + 4 * pad), int(max(bar_h, text_h) + 2 * pad)
+    x0, y0 = max(0, width - box_w - pad), max(0, height - box_h - pad)
+    draw.rectangle((x0, y0, x0 + box_w, y0 + box_h), fill=(255, 255, 255))
+    draw.text((x0 + pad, y0 + pad), "low", fill=(0, 0, 0), font=font)
+    bar_x = int(x0 + low_w + 2 * pad)
+    image.paste(colours.resize((bar_w, bar_h)), (bar_x, int(y0 + (box_h - bar_h) / 2)))
+    draw.text((bar_x + bar_w + pad, y0 + pad), "high", fill=(0, 0, 0), font=font)
 
 
 def save_png_tempfile(image: Image.Image, folder: str | None = None, prefix: str = "kosmos2-") -> str:

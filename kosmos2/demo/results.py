@@ -6,8 +6,8 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .. import grounding
 from ..grounding import Box, PixelBox
@@ -16,11 +16,15 @@ from .loading import LoadedModel
 from .settings import GenerationSettings
 from .tasks import TaskRequest
 
+if TYPE_CHECKING:
+    from .detect import Detection
+
 
 @dataclass
 class ResultEntity:
     """A located phrase of a result: its text, span in the caption, boxes (normalised and pixels),
-    colour and batch row."""
+    colour, batch row, and each box's score (the model's probability of the box; None for a box
+    given in the prompt)."""
 
     phrase: str
     span: tuple[int, int]
@@ -28,6 +32,12 @@ class ResultEntity:
     pixel_boxes: list[PixelBox]
     colour: str
     row: int
+    scores: list[float | None] = field(default_factory=list)
+
+    @property
+    def score(self) -> float | None:
+        """The best score of the entity's boxes (None when none was generated)."""
+        return max((s for s in self.scores if s is not None), default=None)
 
 
 @dataclass
@@ -46,6 +56,7 @@ class TaskResult:
     new_tokens: int = 0
     seconds: float = 0.0
     first_token_s: float | None = None
+    detection: Detection | None = None  # a detect run's candidates, to re-filter without the model
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -59,13 +70,13 @@ class TaskResult:
         """The entities as plain JSON-able dicts."""
         return [
             {**asdict(e), "span": list(e.span), "boxes": [list(b) for b in e.boxes],
-             "pixel_boxes": [list(b) for b in e.pixel_boxes]}
+             "pixel_boxes": [list(b) for b in e.pixel_boxes], "score": e.score}
             for e in self.entities
         ]
 
     def annotations(self) -> list[Annotation]:
         """What :func:`kosmos2.demo.draw.annotate` draws for this result."""
-        return [Annotation(e.phrase, e.colour, e.pixel_boxes) for e in self.entities]
+        return [Annotation(e.phrase, e.colour, e.pixel_boxes, e.scores) for e in self.entities]
 
     def timing_text(self) -> str:
         """A one-line summary of the run's speed."""
@@ -84,8 +95,11 @@ def _after_image(text: str) -> str:
 
 
 def build_result(request: TaskRequest, texts: Sequence[str], post_process: Callable[[str], tuple],
-                 done: bool = False) -> TaskResult:
-    """Merge the decoded rows of one batch into a single result (captions joined by newlines)."""
+                 done: bool = False, patch_logprobs: Sequence[Sequence[float | None]] | None = None) -> TaskResult:
+    """Merge the decoded rows of one batch into a single result (captions joined by newlines).
+
+    ``patch_logprobs`` (per row, see :func:`kosmos2.grounding.location_logprobs`) give the boxes their
+    scores; without them boxes have no score."""
     width, height = request.image.size
     if not request.colour_by_row:
         row_colours: list[str | None] = [None] * len(texts)
@@ -98,9 +112,12 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
     for row, text in enumerate(texts):
         caption, row_entities = post_process(text)
         pixel = grounding.entities_to_pixel_boxes(row_entities, width, height)
-        for (phrase, (start, end), boxes), (_, _, pixel_boxes) in zip(row_entities, pixel):
+        scores = (grounding.box_scores(grounding.post_process_generation(text, cleanup_and_extract=False),
+                                       patch_logprobs[row]) if patch_logprobs is not None
+                  else [[None] * len(boxes) for _, _, boxes in row_entities])
+        for (phrase, (start, end), boxes), (_, _, pixel_boxes), box_scores in zip(row_entities, pixel, scores):
             entities.append(ResultEntity(phrase, (start + offset, end + offset), [tuple(b) for b in boxes],
-                                         [tuple(b) for b in pixel_boxes], "", row))
+                                         [tuple(b) for b in pixel_boxes], "", row, box_scores))
         caption_parts.append(caption)
         row_spans.append((offset, offset + len(caption)))
         offset += len(caption) + 1
@@ -120,14 +137,21 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     error is raised here. Closing the iterator early (a client that went away) drops the rows from
     their batch at its next step (beam search runs to its end).
     """
+    from ..serving import follow  # model code loads with the model, not with the app (see ModelHolder._from)
+
     processor = loaded.processor
     n = len(request.prompts)
     batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
     prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    streams = loaded.batcher.submit_batch(**batch, **settings.generate_kwargs())
 
     def result(new_ids: list[list[int]], seconds: float, first: float | None, done: bool) -> TaskResult:
-        texts = processor.batch_decode([p + q for p, q in zip(prompt_ids, new_ids)], skip_special_tokens=True)
-        out = build_result(request, texts, processor.post_process_generation, done=done)
+        ids = [p + q for p, q in zip(prompt_ids, new_ids)]
+        texts = processor.batch_decode(ids, skip_special_tokens=True)
+        logprobs = [grounding.location_logprobs(processor.tokenizer.convert_ids_to_tokens(row),
+                                                [None] * len(p) + stream.logprobs[:len(q)])
+                    for row, p, q, stream in zip(ids, prompt_ids, new_ids, streams)]
+        out = build_result(request, texts, processor.post_process_generation, done=done, patch_logprobs=logprobs)
         out.new_tokens, out.seconds, out.first_token_s = max(map(len, new_ids)), seconds, first
         return out
 
@@ -135,7 +159,7 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     first: float | None = None
     new_ids: list[list[int]] = [[] for _ in range(n)]
     last_yield = 0.0
-    with closing(loaded.batcher.stream_batch(**batch, **settings.generate_kwargs())) as steps:
+    with closing(follow(streams)) as steps:
         for new_ids in steps:
             now = time.perf_counter()
             if not settings.streams:

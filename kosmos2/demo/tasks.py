@@ -16,6 +16,7 @@ from PIL import Image
 
 from .. import grounding
 from ..grounding import Box
+from .settings import DetectionSettings, GenerationSettings
 from .inputs import (
     InputError,
     clean_text,
@@ -57,7 +58,8 @@ class Task:
     ``text`` the label of its text field (None: no text); ``boxes`` "none", "optional" or
     "required"; ``grounding_option`` adds a "ground the output" checkbox; ``colour_by_row`` gives
     each batch row one colour (one row per phrase or box), and ``colour_row_text`` writes each row's text
-    in it too (a description of the box drawn in that colour).
+    in it too (a description of the box drawn in that colour); ``detect`` finds every instance of each
+    phrase with scores (``kosmos2.demo.detect``, settings ``DetectionSettings``) instead of generating text.
     """
 
     name: str
@@ -76,6 +78,12 @@ class Task:
     colour_by_row: bool = False
     colour_row_text: bool = False
     examples: tuple[Example, ...] = ()
+    detect: bool = False  # runs kosmos2.demo.detect with DetectionSettings instead of generating
+
+    @property
+    def settings(self) -> type[GenerationSettings] | type[DetectionSettings]:
+        """The settings group the task takes."""
+        return DetectionSettings if self.detect else GenerationSettings
 
 
 @dataclass(frozen=True)
@@ -91,12 +99,6 @@ class TaskRequest:
 
 
 # --------------------------------------------------------------------------- prompt pieces
-
-
-def object_markup(box: Box) -> str:
-    """``<object><patch_index_A><patch_index_B></object>`` for a normalised box."""
-    first, last = grounding.box_to_patch_indices(box)
-    return f"<object>{grounding.patch_index_token(first)}{grounding.patch_index_token(last)}</object>"
 
 
 def render_bracketed(text: str, boxes: Sequence[Box | None]) -> str:
@@ -119,7 +121,7 @@ def render_bracketed(text: str, boxes: Sequence[Box | None]) -> str:
             if not phrase:
                 raise InputError("A [bracketed] phrase is empty: put the words the box refers to inside it.")
             box = boxes[k // 2]
-            out.append(f"<phrase> {phrase}</phrase>" + (object_markup(box) if box is not None else ""))
+            out.append(f"<phrase> {phrase}</phrase>" + (grounding.object_markup([box]) if box is not None else ""))
         else:
             seg = part.lstrip() if k == 0 else part
             if k + 1 < len(parts):
@@ -137,6 +139,15 @@ def _fixed(prompt: str) -> Callable[[Prompting], list[str]]:
 
 def _ground_prompts(p: Prompting) -> list[str]:
     return [f"<grounding><phrase> {phrase}</phrase>" for phrase in parse_phrases(p.text)]
+
+
+def detect_prompt(phrase: str) -> str:
+    """The prompt that asks where ``phrase`` is: the model's next two tokens are a box."""
+    return f"<grounding><phrase> {phrase}</phrase><object>"
+
+
+def _detect_prompts(p: Prompting) -> list[str]:
+    return [detect_prompt(phrase) for phrase in parse_phrases(p.text)]
 
 
 def _refer_prompts(p: Prompting) -> list[str]:
@@ -168,6 +179,10 @@ TASKS: dict[str, Task] = {
              _ground_prompts, tab="Phrase grounding", button="Find", text="Phrases", text_lines=3,
              text_info="One phrase per line; all are located in one batch.", colour_by_row=True,
              examples=(Example("astronaut.jpg", "a woman\nthe flag"), Example("coffee.jpg", "a cup of coffee\na spoon"))),
+        Task("detect", "Detect every instance", "Find every instance of each phrase (one per line), each box with "
+             "its score.", _detect_prompts, tab="Detect", button="Detect", text="Phrases", text_lines=3,
+             text_info="One phrase per line; all are searched in one batch.", colour_by_row=True, detect=True,
+             examples=(Example("coffee.jpg", "a cup\na spoon"), Example("astronaut.jpg", "a flag"))),
         Task("refer", "Describe a region", "Draw one or more boxes; the model describes each.",
              _refer_prompts, tab="Describe a region", button="Describe the boxes", image_label="Image: draw boxes",
              boxes="required", colour_by_row=True, colour_row_text=True,

@@ -1,0 +1,75 @@
+"""The ``detect`` task: every instance of each phrase, with scores, from the model's location
+distributions (see :mod:`kosmos2.detection`), and re-filtering without the model."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .. import detection, grounding
+from ..detection import Candidate
+from .loading import LoadedModel
+from .results import TaskResult, build_result
+from .settings import DetectionSettings
+from .tasks import TaskRequest
+
+_PROMPT = re.compile(r"<grounding><phrase> (.*)</phrase><object>", re.DOTALL)  # tasks.detect_prompt's
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What a detect run found for one request, kept so that the filters can change without the model:
+    the request, its phrases, and every candidate box per phrase."""
+
+    request: TaskRequest
+    phrases: tuple[str, ...]
+    candidates: tuple[tuple[Candidate, ...], ...]
+
+    def result(self, settings: DetectionSettings, seconds: float = 0.0) -> TaskResult:
+        """The result under ``settings``: per phrase, its boxes after NMS, the threshold and the cap."""
+        texts, logprobs = [], []
+        for phrase, candidates in zip(self.phrases, self.candidates):
+            kept = detection.select(candidates, settings.threshold, settings.max_instances, settings.nms_iou)
+            markup = grounding.object_markup([(c.first, c.second) for c in kept]) if kept else ""
+            texts.append(f"<grounding><phrase> {phrase}</phrase>{markup}")
+            logprobs.append([lp for c in kept for lp in (math.log(c.p_first), math.log(c.p_second))])
+        out = build_result(self.request, texts, grounding.post_process_generation, done=True, patch_logprobs=logprobs)
+        out.detection, out.seconds = self, seconds
+        return out
+
+    def density(self, phrase: int) -> list[list[float]]:
+        """Where the model looks for phrase number ``phrase`` (see :func:`kosmos2.detection.density_map`)."""
+        return detection.density_map(self.candidates[phrase])
+
+
+def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: DetectionSettings) -> list[TaskResult]:
+    """Run ``detect`` requests (one row per phrase) together: one forward pass over all their prompts,
+    one batched step for all candidate first cells. One result per request."""
+    start = time.perf_counter()
+    processor, engine = loaded.processor, loaded.batcher.engine
+    rows, phrases = [], []
+    for request in requests:
+        n = len(request.prompts)
+        batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
+        rows.extend(engine.rows(batch["pixel_values"], batch["input_ids"], batch["image_embeds_position_mask"],
+                                batch["attention_mask"]))
+        phrases.append(tuple(_PROMPT.fullmatch(p).group(1) for p in request.prompts))
+    cells = [grounding.patch_index_token(i) for i in range(grounding.NUM_PATCH_INDEX_TOKENS)]
+    location_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(cells))
+    located = engine.locate(rows, location_ids, settings.candidates, detection.FIRST_CELL_FLOOR)
+    seconds = time.perf_counter() - start
+    out, at = [], 0
+    for request, names in zip(requests, phrases):
+        per_phrase = []
+        for row in located[at: at + len(names)]:
+            first = row.first.tolist()
+            per_phrase.append(tuple(c for k, cell in enumerate(row.tried)
+                                    for c in detection.candidates_from(cell, first[cell], row.second[k].tolist())))
+        at += len(names)
+        out.append(Detection(request, names, tuple(per_phrase)).result(settings, seconds))
+    return out
