@@ -1,0 +1,95 @@
+"""Throughput of ``python -m kosmos2 label``: images/s labelling N images with batching (several images share
+each decode step) against one image at a time, and optionally the Ray path's overhead on this machine.
+
+    python -m benchmarks.label_bench --size tiny --images 8            # smoke run
+    python -m benchmarks.label_bench --size full --dtype bfloat16      # the issue's measurement (16 images, detect)
+    python -m benchmarks.label_bench --size tiny --ray                 # also the Ray engine, one actor
+
+The checkpoint is ``benchmarks.run``'s (random weights, written once in ``--cache``). The images are
+photo-sized noise (their content does not change the cost). Each mode labels the same folder with the same
+model in this process (the model is loaded once, and one warm-up image runs first); the Ray mode runs the
+whole engine (start Ray, one actor loading its own model, label, stop), so its overhead includes all that.
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.run import ensure_checkpoint
+from benchmarks.worker import test_image
+from kosmos2.demo.loading import MAX_BATCH_SIZE, ModelHolder
+from kosmos2.demo.settings import DetectionSettings, GenerationSettings
+from kosmos2.label.work import Labeller, Plan, label_files, load
+
+CACHE = Path(__file__).resolve().parent / "cache"
+
+
+def _plan(task: str, phrases: list[str], new_tokens: int) -> Plan:
+    if task == "detect":
+        return Plan("detect", tuple(phrases), detection=DetectionSettings())
+    return Plan(task, tuple(phrases) if task == "ground" else (),
+                generation=GenerationSettings(max_new_tokens=new_tokens))
+
+
+def _rate(labeller: Labeller, folder: Path, files: list[str]) -> float:
+    start = time.perf_counter()
+    records = list(label_files(labeller, folder, files))
+    seconds = time.perf_counter() - start
+    assert len(records) == len(files) and not any("failed" in r for r in records)
+    return len(files) / seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurement and print its JSON line."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("tiny", "full"), default="tiny")
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint folder instead of --size's")
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: ModelHolder's)")
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--task", choices=("detect", "ground", "caption"), default="detect")
+    p.add_argument("--phrases", action="append", default=None, help="default: one phrase, 'a dog'")
+    p.add_argument("--new-tokens", type=int, default=32, help="max new tokens for ground and caption")
+    p.add_argument("--ray", action="store_true", help="also time the Ray engine with one actor")
+    args = p.parse_args(argv)
+
+    checkpoint = args.checkpoint or ensure_checkpoint(args.cache, args.size)
+    plan = _plan(args.task, args.phrases or ["a dog"], args.new_tokens)
+    holder = ModelHolder(str(checkpoint), dtype=args.dtype)
+    loaded = load(holder)
+    result: dict[str, object] = {"checkpoint": str(checkpoint), "dtype": str(holder.dtype), "task": args.task,
+                                 "phrases": list(plan.phrases), "images": args.images}
+    with tempfile.TemporaryDirectory(prefix="kosmos2-label-bench-") as tmp:
+        folder = Path(tmp)
+        files = []
+        for i in range(args.images + 1):
+            files.append(f"image{i:03d}.png")
+            test_image(seed=i).save(folder / files[-1])
+        warm, files = files[:1], files[1:]
+        list(label_files(Labeller(loaded, plan), folder, warm))
+        one = _rate(Labeller(loaded, plan, one_at_a_time=True), folder, files)
+        batched = _rate(Labeller(loaded, plan), folder, files)
+        result.update(one_at_a_time_images_per_s=round(one, 3), batched_images_per_s=round(batched, 3),
+                      batched_over_one=round(batched / one, 2))
+        if args.ray:
+            from kosmos2.label.ray_engine import Cluster, ModelSpec, label_with_ray
+
+            start = time.perf_counter()
+            records = list(label_with_ray(plan, ModelSpec(str(checkpoint), args.dtype, None), folder, files,
+                                          Cluster(workers=1), images_per_batch=MAX_BATCH_SIZE))
+            seconds = time.perf_counter() - start
+            assert len(records) == len(files)
+            result.update(ray_one_worker_s=round(seconds, 2),
+                          ray_overhead_s=round(seconds - len(files) / batched, 2))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

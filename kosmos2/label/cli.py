@@ -1,0 +1,271 @@
+"""``python -m kosmos2 label DIR --phrases ... --task detect|ground|caption --format coco|yolo|jsonl --out PATH``.
+
+Everything the user gives is checked before anything is written or loaded (one ``error:`` line and exit
+status 2); then the images not yet in the journal are labelled (one process, or Ray with ``--engine ray``),
+each record appended to the journal as it finishes, and the COCO or YOLO files written from the journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from .. import labels
+from ..__main__ import add_setting_flags, flag
+from ..demo.inputs import InputError, parse_phrases
+from ..demo.loading import DTYPES, MAX_BATCH_SIZE, ModelHolder, SettingError, progress
+from ..demo.settings import DETECTION_SETTINGS, SETTINGS, DetectionSettings, GenerationSettings
+from ..hub import CheckpointError
+from ..labels import FORMATS, JournalError, JournalWriter, Record
+from .outputs import OutputError, Outputs
+from .ray_engine import RayMissingError, import_ray
+from .work import Labeller, Plan, label_files, load
+
+TASK_CHOICES = ("detect", "ground", "caption")
+ENGINES = ("local", "ray")
+
+
+class UsageError(ValueError):
+    """A bad command line; the message is one line for the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # one line, not argparse's usage block
+        raise UsageError(f"{message} (see python -m kosmos2 label --help)")
+
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``label`` subcommand's arguments; the setting flags come from the settings specs."""
+    p = _Parser(prog="python -m kosmos2 label",
+                description="Label every image of a folder with KOSMOS-2 (COCO, YOLO or JSONL); rerun the same "
+                            "command to resume an interrupted run.")
+    p.add_argument("folder", type=Path, help="folder of images (" + ", ".join(
+        e.lstrip(".") for e in labels.IMAGE_EXTENSIONS) + ")")
+    p.add_argument("--phrases", action="append", default=[], metavar="PHRASE",
+                   help="a phrase to find (repeatable; one category each, in this order); for detect and ground")
+    p.add_argument("--task", choices=TASK_CHOICES, default="detect",
+                   help="detect: every instance of each phrase, scored; ground: one box per phrase; caption: a "
+                        "grounded caption and its phrases' boxes (default detect)")
+    p.add_argument("--format", choices=FORMATS, default="coco",
+                   help="coco: one JSON file; yolo: a folder of labels/*.txt, classes.txt and data.yaml; jsonl: "
+                        "the journal itself (default coco)")
+    p.add_argument("--out", type=Path, required=True, help="the COCO or JSONL file, or the YOLO folder")
+    p.add_argument("--journal", type=Path, help="the JSONL journal (default: --out for jsonl, OUT with .jsonl "
+                                                "for coco, OUT/labels.jsonl for yolo)")
+    p.add_argument("--recursive", action="store_true", help="also label the images in sub-folders")
+    p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")
+    p.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
+    p.add_argument("--dtype", choices=DTYPES, help="default: $KOSMOS2_DTYPE, else bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--quantize", choices=("int8",), help="the experimental int8 text decoder (CPU)")
+    add_setting_flags(p.add_argument_group("detection settings (detect)"), DETECTION_SETTINGS)
+    add_setting_flags(p.add_argument_group("generation settings (ground, caption)"), SETTINGS)
+    ray = p.add_argument_group("engine")
+    ray.add_argument("--engine", choices=ENGINES, default="local",
+                     help="local: this process; ray: a Ray Data pipeline (pip install -r requirements-ray.txt)")
+    ray.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    ray.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model (default 1)")
+    ray.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
+    ray.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per Ray actor (default 0)")
+    return p
+
+
+# --------------------------------------------------------------------------- checking the command
+
+
+@dataclass
+class Job:
+    """A checked command: what to label, how, and where the results go."""
+
+    folder: Path
+    files: list[str]  # every image of the folder, sorted
+    plan: Plan
+    outputs: Outputs
+    holder: ModelHolder
+    args: argparse.Namespace
+    pending: list[str] = field(default_factory=list)
+
+    def params(self) -> dict[str, Any]:
+        """The run's parameters: a rerun resumes the journal only with the same ones."""
+        return {"folder": str(self.folder), "recursive": self.args.recursive, **self.plan.params(),
+                "checkpoint": self.holder.checkpoint, "dtype": self.dtype or "default",
+                "quantize": self.holder.quantize}
+
+    @property
+    def dtype(self) -> str | None:
+        """The dtype asked for (``--dtype`` or ``$KOSMOS2_DTYPE``); None: the default of the model's device."""
+        return self.args.dtype or os.environ.get("KOSMOS2_DTYPE") or None
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    generation, detection = _given(args, list(SETTINGS)), _given(args, list(DETECTION_SETTINGS))
+    wrong = detection if args.task != "detect" else generation
+    if wrong:
+        raise UsageError(f"{flag(next(iter(wrong)))} does not apply to --task {args.task}")
+    if args.task == "caption":
+        if args.phrases:
+            raise UsageError("--phrases does not apply to --task caption (its phrases come from the captions)")
+        return Plan("caption", (), generation=GenerationSettings.from_user(**generation))
+    if not args.phrases:
+        raise UsageError(f"--task {args.task} needs at least one --phrases")
+    phrases = parse_phrases("\n".join(args.phrases))
+    if len(phrases) != len(args.phrases):
+        raise UsageError("each --phrases must be one line of text")
+    if len(set(phrases)) != len(phrases):
+        raise UsageError(f"a phrase is given twice: {next(p for p in phrases if phrases.count(p) > 1)!r}")
+    if args.task == "detect":
+        return Plan("detect", tuple(phrases), detection=DetectionSettings.from_user(**detection))
+    return Plan("ground", tuple(phrases), generation=GenerationSettings.from_user(**generation))
+
+
+def prepare(args: argparse.Namespace) -> Job:
+    """Check the command (nothing is written or loaded); :class:`UsageError`, :class:`InputError`,
+    :class:`OutputError`, :class:`JournalError`, :class:`RayMissingError` or :class:`SettingError` say what
+    is wrong."""
+    folder = args.folder.resolve()
+    if not folder.is_dir():
+        raise UsageError(f"{args.folder} is not a folder")
+    plan = _plan(args)
+    files = labels.find_images(folder, args.recursive)
+    if not files:
+        raise UsageError(f"no images ({', '.join(e.lstrip('.') for e in labels.IMAGE_EXTENSIONS)}) in {args.folder}"
+                         + ("" if args.recursive else " (--recursive looks in sub-folders too)"))
+    if args.format == "yolo" and (pairs := labels.yolo_collisions(files)):
+        raise UsageError(f"{pairs[0][0]} and {pairs[0][1]} would share one YOLO label file; rename one")
+    if args.tiny and args.checkpoint:
+        raise UsageError("give --tiny or --checkpoint, not both")
+    if args.engine == "ray":
+        import_ray()
+        if args.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    elif args.address or args.workers != 1:
+        raise UsageError("--address and --workers apply to --engine ray")
+    outputs = Outputs.check(args.format, args.out, args.journal)
+    holder = ModelHolder(args.checkpoint, dtype=args.dtype, force_tiny=args.tiny, quantize=args.quantize)
+    job = Job(folder, files, plan, outputs, holder, args)
+    labels.check_resumable(outputs.journal, job.params())
+    job.pending = labels.pending_files(files, labels.read_journal(outputs.journal))
+    return job
+
+
+# --------------------------------------------------------------------------- running it
+
+
+@dataclass
+class Tally:
+    """What this run did, for the summary."""
+
+    skipped: int
+    done: int = 0
+    boxes: int = 0
+    failed: list[Record] = field(default_factory=list)
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, record: Record, plan: Plan) -> None:
+        if "failed" in record:
+            self.failed.append(record)
+        else:
+            self.done += 1
+            self.boxes += len(labels.annotations_of(record, plan.task, plan.phrases))
+
+    def summary(self) -> str:
+        wall = time.perf_counter() - self.start
+        rate = f"{self.done / wall:.2f} images/s" if wall > 0 else "n/a"
+        lines = [f"done {self.done} images, skipped {self.skipped} (already in the journal), failed "
+                 f"{len(self.failed)}; {self.boxes} boxes; {wall:.1f} s wall time, {rate}"]
+        lines += [f"  failed: {r['file']}: {r['failed']}" for r in self.failed]
+        return "\n".join(lines)
+
+
+def _engine(job: Job) -> Callable[[list[str]], Records]:
+    """The engine's labelling function (pending files -> records as they finish); for the local engine the
+    model is loaded here, before the journal is opened."""
+    args = job.args
+    if args.engine == "ray":
+        from .ray_engine import Cluster, ModelSpec, label_with_ray
+
+        model = ModelSpec(job.holder.checkpoint, job.dtype, job.holder.quantize)
+        cluster = Cluster(args.address, args.workers, args.worker_cpus, args.worker_gpus)
+        return lambda pending: label_with_ray(job.plan, model, job.folder, pending, cluster, MAX_BATCH_SIZE)
+    loaded = load(job.holder)
+    if loaded.is_tiny:
+        progress("warning: tiny checkpoint with random weights: the labels are random")
+    labeller = Labeller(loaded, job.plan)
+    return lambda pending: label_files(labeller, job.folder, pending)
+
+
+class Records(Protocol):
+    """What an engine gives: the records as they finish; :meth:`stop` ends the run early (the images in
+    progress finish and still come)."""
+
+    def __iter__(self) -> Iterator[Record]: ...
+
+    def __next__(self) -> Record: ...
+
+    def stop(self) -> None: ...
+
+
+def _journal(records: Records, writer: JournalWriter, tally: Tally, bar: tqdm, plan: Plan) -> None:
+    for record in records:
+        writer.append(record)
+        tally.add(record, plan)
+        bar.update(1)
+        bar.set_postfix(boxes=tally.boxes, failed=len(tally.failed), refresh=False)
+
+
+def run(job: Job) -> int:
+    """Label the job's pending images, then write its outputs; the exit status (130 after Ctrl-C)."""
+    label = _engine(job) if job.pending else None
+    job.outputs.prepare()
+    with JournalWriter(job.outputs.journal, job.params()) as writer:
+        pending = labels.pending_files(job.files, writer.journal)
+        if writer.journal.dropped_partial_line:
+            progress(f"dropped a partial last line of {job.outputs.journal} (an interrupted write): redoing it")
+        tally = Tally(skipped=len(job.files) - len(pending))
+        bar = tqdm(total=len(pending), unit="image", file=sys.stderr, dynamic_ncols=True, disable=None)
+        records = label(pending) if label and pending else None
+        try:
+            if records is not None:
+                _journal(records, writer, tally, bar, job.plan)
+        except KeyboardInterrupt:
+            bar.clear()
+            progress("interrupted: finishing the images in progress (Ctrl-C again to quit at once)...")
+            resume = f"rerun the same command to resume ({job.outputs.journal} keeps what is done)"
+            try:
+                records.stop()
+                _journal(records, writer, tally, bar, job.plan)
+            except KeyboardInterrupt:  # quit now: every record so far is on disk, threads may be inside the model
+                progress(f"{tally.summary()}\n[kosmos2] {resume}")
+                os._exit(130)
+            bar.close()
+            progress(f"{tally.summary()}\n[kosmos2] {resume}")
+            return 130
+        bar.close()
+    progress(tally.summary())
+    earlier = [r for r in writer.journal.failed if r["file"] in set(job.files)]
+    if earlier:
+        progress(f"{len(earlier)} file(s) failed in an earlier run: the 'failed' lines of {job.outputs.journal}")
+    progress(job.outputs.write(job.files, job.plan, job.folder))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kosmos2 label ...``; returns the exit status (2: a bad command, nothing written)."""
+    try:
+        job = prepare(parser().parse_args(sys.argv[1:] if argv is None else argv))
+        return run(job)
+    except (UsageError, InputError, OutputError, JournalError, RayMissingError, SettingError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
