@@ -1,5 +1,21 @@
 """KOSMOS-2 in plain PyTorch: processor, model and generation, without `transformers`.
 
+The classes and calls are those of the ``transformers`` KOSMOS-2 classes::
+
+    from PIL import Image
+    from kosmos2 import AutoProcessor, Kosmos2ForConditionalGeneration
+
+    model = Kosmos2ForConditionalGeneration.from_pretrained("microsoft/kosmos-2-patch14-224")
+    processor = AutoProcessor.from_pretrained("microsoft/kosmos-2-patch14-224")
+    inputs = processor(text="<grounding> An image of", images=Image.open("cat.jpg"), return_tensors="pt")
+    ids = model.generate(**inputs, max_new_tokens=64)
+    text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+    caption, entities = processor.post_process_generation(text)  # [(phrase, (start, end), [box]), ...], boxes in 0..1
+
+From a shell: ``kosmos2 cat.jpg`` (or ``python -m kosmos2 cat.jpg``) prints a grounded caption;
+``kosmos2 --help`` lists the tasks and settings. ``python -m kosmos2.tiny DIR`` writes a tiny
+checkpoint with random weights, for trying things offline.
+
 Names are imported lazily, so ``import kosmos2.grounding`` stays light (no torch).
 """
 

@@ -42,6 +42,7 @@ def resolve_checkpoint(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -56,13 +57,20 @@ def resolve_checkpoint(
                 local_files_only=bool(local_files_only),
             )
         )
+    # One line each: huggingface_hub's own messages are paragraphs (they stay in the exception chain).
+    except HFValidationError as e:
+        raise CheckpointError(f"Checkpoint not found: '{repo_id}' is neither a folder nor a hub id") from e
     except LocalEntryNotFoundError as e:
-        raise CheckpointError(
-            f"Could not get '{repo_id}': the Hugging Face hub could not be reached (offline, or "
-            f"HF_HUB_OFFLINE=1) and no complete copy is in the local cache. ({e})"
-        ) from e
-    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as e:
-        raise CheckpointError(f"Could not get '{repo_id}' from the Hugging Face hub: {e}") from e
+        raise CheckpointError(f"Could not get '{repo_id}': the Hugging Face hub is unreachable (offline, or "
+                              "HF_HUB_OFFLINE=1) and the local cache has no complete copy") from e
+    except GatedRepoError as e:  # before its base class, RepositoryNotFoundError
+        raise CheckpointError(f"Could not get '{repo_id}': the model is gated on the Hugging Face hub "
+                              "(accept its terms on its page, then log in with `hf auth login`)") from e
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"Could not get '{repo_id}': no such folder, and no such model on the Hugging Face "
+                              "hub (or it is private: log in with `hf auth login`)") from e
+    except RevisionNotFoundError as e:
+        raise CheckpointError(f"Could not get '{repo_id}': the Hugging Face hub has no revision {revision!r}") from e
 
 
 def require_files(folder: Path, names: Sequence[str], what: str) -> None:

@@ -92,7 +92,8 @@ def _size_from(size: Any, use_square_size: bool) -> tuple[int, int]:
 
 
 class ImageError(ValueError):
-    """An image that cannot be used. ``kind`` says why: ``"missing"``, ``"unsupported"``, ``"damaged"``,
+    """An image that cannot be used. ``kind`` says why: ``"missing"`` (no such file), ``"folder"`` (the path
+    is a folder), ``"unreadable"`` (no permission, or not a regular file), ``"unsupported"``, ``"damaged"``,
     ``"too_large"`` (then ``size`` and ``limit`` are set) or ``"empty"``."""
 
     def __init__(self, kind: str, message: str, size: tuple[int, int] | None = None,
@@ -114,8 +115,13 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
     name = "The image"
     if isinstance(source, (str, Path)):
         name = f"Image {source}"
-        if not Path(source).is_file():
-            raise ImageError("missing", f"Image file not found: {source}")
+        path = Path(source)
+        if path.is_dir():
+            raise ImageError("folder", f"{name} is a folder, not a file")
+        if not path.exists():
+            raise ImageError("missing", f"No such image file: {source}")
+        if not path.is_file():  # a FIFO or a device: reading it could block or never end
+            raise ImageError("unreadable", f"{name} is not a regular file")
     elif isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
@@ -136,6 +142,8 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
         raise ImageError("too_large", f"{name} is too large (decompression bomb check): {e}") from e
     except UnidentifiedImageError as e:
         raise ImageError("unsupported", f"{name} is not an image file Pillow can read.") from e
+    except PermissionError as e:  # an OSError, but not damaged data
+        raise ImageError("unreadable", f"{name} cannot be read: permission denied") from e
     except (OSError, SyntaxError, struct.error) as e:  # pillow's errors for damaged or truncated data
         raise ImageError("damaged", f"{name} could not be decoded (truncated or corrupt?): {e}") from e
 

@@ -235,7 +235,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the built-in tiny KOSMOS-2 checkpoint (random weights).")
+    parser = argparse.ArgumentParser(prog="python -m kosmos2.tiny",
+                                     description="Write the built-in tiny KOSMOS-2 checkpoint (random weights).")
     parser.add_argument("folder")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

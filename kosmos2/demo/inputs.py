@@ -73,7 +73,9 @@ def parse_phrases(text: str | None, max_phrases: int = MAX_PHRASES) -> list[str]
 # --------------------------------------------------------------------------- images
 
 _IMAGE_MESSAGES = {
-    "missing": "Could not read the image: there is no file at that path (missing, or a folder).",
+    "missing": "Could not read the image: no such file.",
+    "folder": "Could not read the image: the path is a folder, not a file.",
+    "unreadable": "Could not read the image: the file cannot be read (no permission, or not a regular file).",
     "unsupported": "Could not read the image: it is not a supported image file.",
     "damaged": "Could not read the image: the file is damaged or truncated.",
     "empty": "The image is empty (zero width or height).",

@@ -1,5 +1,5 @@
-"""Loading the demo's model once per process: checkpoint, dtype and int8 mode from the environment, and
-the offline fallback to the built-in tiny checkpoint."""
+"""Loading the demo's model once per process: checkpoint, dtype and int8 mode from the environment
+(checked before anything loads), and the offline fallback to the built-in tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..hub import CheckpointError
-from ..precision import check_quantize, resolve_dtype
+from ..precision import INT8_MODES, check_quantize, resolve_dtype
 from ..processing import AutoProcessor, Kosmos2Processor
 from ..tiny import write_tiny_checkpoint
 
@@ -32,6 +33,23 @@ DEFAULT_CHECKPOINT = "microsoft/kosmos-2-patch14-224"
 TINY_CHECKPOINT = "tiny"
 MAX_BATCH_SIZE = 4  # concurrent requests' rows decoded together
 DTYPES = ("float32", "bfloat16", "float16")
+ENVIRONMENT = ("KOSMOS2_CHECKPOINT", "KOSMOS2_DTYPE", "KOSMOS2_QUANTIZE")  # every KOSMOS2_* setting
+
+
+class SettingError(ValueError):
+    """A bad setting (a ``KOSMOS2_*`` variable or the argument standing for it); the message, one line,
+    names it and what it accepts."""
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`SettingError` for a ``KOSMOS2_*`` variable of ``environ`` (default ``os.environ``)
+    that is not one of :data:`ENVIRONMENT`: a typo, or a setting that no longer exists, would otherwise
+    be ignored without a word."""
+    environ = os.environ if environ is None else environ
+    unknown = sorted(name for name in environ if name.startswith("KOSMOS2_") and name not in ENVIRONMENT)
+    if unknown:
+        raise SettingError(f"{', '.join(unknown)} {'is not a setting' if len(unknown) == 1 else 'are not settings'}; "
+                           f"the settings are {', '.join(ENVIRONMENT)}")
 
 
 @dataclass
@@ -52,27 +70,34 @@ class ModelHolder:
     """Loads the model once per process, on first use (thread-safe).
 
     ``checkpoint`` defaults to ``$KOSMOS2_CHECKPOINT`` or the hub model; ``"tiny"`` (or
-    ``force_tiny``) means the built-in tiny random checkpoint, which is also the fallback when
-    the checkpoint cannot be obtained (offline): :attr:`LoadedModel.is_tiny` then says so.
+    ``force_tiny``) means the built-in tiny random checkpoint. A checkpoint named here or in
+    ``$KOSMOS2_CHECKPOINT`` (:attr:`explicit`) that cannot be obtained raises ``CheckpointError`` on
+    :meth:`get`; only the default hub model falls back to the tiny checkpoint (offline), with one
+    ``[kosmos2]`` line saying why, and :attr:`LoadedModel.is_tiny` then says so.
     ``dtype`` (default ``$KOSMOS2_DTYPE``; else bfloat16 on CUDA, float32 on CPU) and ``quantize``
     (default ``$KOSMOS2_QUANTIZE``; ``"int8"``: the experimental int8 text decoder on CPU, see
-    ``kosmos2.quantize``) are checked here, before anything loads.
+    ``kosmos2.quantize``) are checked here, with the names of the ``KOSMOS2_*`` variables
+    (:func:`check_environment`), before anything loads: a bad one raises :class:`SettingError`.
     """
 
     def __init__(self, checkpoint: str | None = None, dtype: str | None = None, device: str | None = None,
                  force_tiny: bool = False, quantize: str | None = None) -> None:
-        self.checkpoint = TINY_CHECKPOINT if force_tiny else (
-            checkpoint or os.environ.get("KOSMOS2_CHECKPOINT") or DEFAULT_CHECKPOINT)
+        check_environment()
+        named = TINY_CHECKPOINT if force_tiny else (checkpoint or os.environ.get("KOSMOS2_CHECKPOINT") or None)
+        self.checkpoint = named or DEFAULT_CHECKPOINT
+        self.explicit = named is not None  # named by the user: no silent fallback if it cannot be loaded
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or os.environ.get("KOSMOS2_DTYPE") or None
         if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"KOSMOS2_DTYPE must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            raise SettingError(f"KOSMOS2_DTYPE must be one of {', '.join(DTYPES)} (or unset), got {dtype!r}")
         self.dtype = resolve_dtype(dtype, default=torch.bfloat16 if self.device == "cuda" else torch.float32)
         self.quantize = quantize or os.environ.get("KOSMOS2_QUANTIZE") or None
+        if self.quantize is not None and self.quantize not in INT8_MODES:
+            raise SettingError(f"KOSMOS2_QUANTIZE must be {' or '.join(INT8_MODES)} (or unset), got {self.quantize!r}")
         try:
             check_quantize(self.quantize, self.device)
-        except ValueError as e:
-            raise ValueError(f"KOSMOS2_QUANTIZE: {e}") from e
+        except ValueError as e:  # int8 on a GPU
+            raise SettingError(f"KOSMOS2_QUANTIZE={self.quantize}: {e}") from e
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
 
@@ -89,19 +114,24 @@ class ModelHolder:
             return self._loaded
 
     def _load(self) -> LoadedModel:
-        note = ""
         if self.checkpoint == TINY_CHECKPOINT:
-            note = "the tiny checkpoint was requested"
-        else:
-            progress(f"Loading KOSMOS-2 from {self.checkpoint} on {self.device} (first request; this can take a while)...")
-            try:
-                return self._from(self.checkpoint, is_tiny=False)
-            except CheckpointError as e:
-                note = f"could not get {self.checkpoint}: {e}"
-                log.warning("Falling back to the built-in tiny checkpoint: %s", note)
+            return self._tiny("the tiny checkpoint was requested")
+        progress(f"Loading KOSMOS-2 from {self.checkpoint} on {self.device} (once per process; this can take a while)...")
+        try:
+            return self._from(self.checkpoint, is_tiny=False)
+        except CheckpointError as e:
+            if self.explicit:
+                raise
+            log.debug("the default checkpoint could not be loaded", exc_info=True)
+            progress(f"{e}: running on the built-in tiny checkpoint (random weights) instead.")
+            return self._tiny(str(e), announce=False)
+
+    def _tiny(self, note: str, announce: bool = True) -> LoadedModel:
+        """The built-in tiny checkpoint, written to a temporary folder that is removed at exit."""
         folder = Path(tempfile.mkdtemp(prefix="kosmos2-tiny-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        progress(f"Writing the built-in tiny checkpoint (random weights) to {folder}...")
+        if announce:
+            progress(f"Writing the built-in tiny checkpoint (random weights) to {folder}...")
         write_tiny_checkpoint(folder)
         return self._from(str(folder), is_tiny=True, note=note)
 

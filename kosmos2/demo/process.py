@@ -1,0 +1,92 @@
+"""The demo server's process: SIGTERM and Ctrl-C stop it through the same full shutdown, and two stray
+prints of Gradio's are dropped from its output."""
+
+from __future__ import annotations
+
+import builtins
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+# Lines gradio 6.31 prints with a bare print(), which say nothing to the person running the demo.
+STRAY_GRADIO_LINES = (
+    # gradio.routes, for every file of a custom component (the box annotator) that a page load fetches
+    re.compile(r"id=\w+, environment=\w+, type=\w+, file_name=\S+"),
+    # gradio.blocks, at launch: it points to an argument of launch(), but the demo's switch is --share
+    re.compile(r"\* To create a public link, set `share=\w+` in `launch\(\)`\."),
+)
+
+
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived within :func:`stop_on_signals`; its message names the signal."""
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill PID``: how Docker, systemd and Spaces stop a process) and SIGINT
+    (Ctrl-C) raise :class:`StopRequested` in the main thread. Python's default for SIGTERM is to die at
+    once, skipping every ``atexit`` clean-up; and Gradio's own Ctrl-C handling (``block_thread``) closes
+    only the HTTP server, not the open pages' heartbeats, so the server's shutdown, which deletes Gradio's
+    cached files, may not finish. Catch it and call ``Blocks.close()``. The previous handlers are put back
+    on leaving. Call from the main thread."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def is_stray_gradio_line(text: str) -> bool:
+    """Whether ``text`` (one printed line) is one of :data:`STRAY_GRADIO_LINES`."""
+    return any(pattern.fullmatch(text) for pattern in STRAY_GRADIO_LINES)
+
+
+def _print_unless_stray(*values: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None,
+                        flush: bool = False) -> None:
+    """``print``, except that a stray line printed to stdout is dropped."""
+    if (file is None or file is sys.stdout) and is_stray_gradio_line((" " if sep is None else sep).join(map(str, values))):
+        return
+    builtins.print(*values, sep=sep, end=end, file=file, flush=flush)
+
+
+def drop_stray_gradio_prints() -> None:
+    """Drop :data:`STRAY_GRADIO_LINES` from what Gradio's ``routes`` and ``blocks`` modules print (their
+    ``print`` becomes :func:`_print_unless_stray`); every other line, errors included, is printed as before."""
+    import gradio.blocks
+    import gradio.routes
+
+    for module in (gradio.blocks, gradio.routes):
+        module.print = _print_unless_stray
+
+
+def fix_mcp_tool_outputs() -> None:
+    """Make Gradio's MCP server give a tool with several outputs one content item per output.
+
+    gradio 6.31, for a queued tool called without a progress token, wraps the client's list of outputs in
+    one more list, so an MCP client gets a single text, the list's ``str`` (the annotated image as a
+    path in it), instead of the caption, the entities and the image. With a progress token it is right.
+    This unwraps exactly that shape (one item that is a list as long as the outputs). Idempotent.
+    """
+    from gradio.mcp import GradioMCPServer
+
+    original = GradioMCPServer.pop_returned_state
+    if getattr(original, "_kosmos2_unwraps", False):
+        return
+
+    def pop_returned_state(components, data):
+        if (len(components) > 1 and isinstance(data, list) and len(data) == 1
+                and isinstance(data[0], (list, tuple)) and len(data[0]) == len(components)):
+            data = list(data[0])
+        return original(components, data)
+
+    pop_returned_state._kosmos2_unwraps = True  # type: ignore[attr-defined]
+    GradioMCPServer.pop_returned_state = staticmethod(pop_returned_state)  # type: ignore[method-assign]
