@@ -9,9 +9,11 @@ runs on the built-in tiny random checkpoint.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
-import math
-from collections.abc import Callable, Iterator, Mapping
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +28,33 @@ except ImportError:
         return fn
 
 import gradio as gr
+from gradio_client import handle_file
 from gradio_image_annotation import image_annotator
 
 from kosmos2.demo import draw, view
 from kosmos2.demo.inputs import MAX_TEXT_CHARS, InputError
-from kosmos2.demo.loading import MAX_BATCH_SIZE, ModelHolder
-from kosmos2.demo.results import TaskResult, run
-from kosmos2.demo.settings import SETTINGS, GenerationSettings, Setting
+from kosmos2.demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError
+from kosmos2.demo.process import StopRequested, drop_stray_gradio_prints, fix_mcp_tool_outputs, stop_on_signals
+from kosmos2.demo.detect import Detection
+from kosmos2.demo.execute import execute, task_settings
+from kosmos2.demo.results import TaskResult
+from kosmos2.demo.settings import DETECTION_SETTINGS, SETTINGS, DetectionSettings, Setting
 from kosmos2.demo.tasks import TASKS, Example, Task, build_request, find_task
+from kosmos2.hub import CheckpointError
 
 log = logging.getLogger("kosmos2.app")
+fix_mcp_tool_outputs()  # before any MCP server starts: python app.py --mcp, or GRADIO_MCP_SERVER on Spaces
 ASSETS = Path(__file__).resolve().parent / "assets"
 QUEUE_MAX_SIZE = 32
+ON_SPACES = bool(os.environ.get("SPACE_ID"))  # Hugging Face Spaces sets it
 CONCURRENCY_LIMIT = MAX_BATCH_SIZE  # waiting requests share batches (kosmos2.serving)
 OUTPUT_MAX_AGE_S = 3600
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 OUTPUT_MAX_FILES = 64  # annotated PNGs kept in the private output folder (Gradio serves its own copy)
 STREAM_INTERVAL_S = 0.15  # at most ~7 partial updates a second
+API_POLL_S = 0.25  # how often an API call lets Gradio check whether its client is still there
 SETTINGS_PER_ROW = 3
+FILTERS = ("threshold", "max_instances", "nms_iou")  # detect settings that re-filter the last result at once
 TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
                "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
 INT8_BANNER = ("🧪 <b>Experimental int8 mode</b> (<code>KOSMOS2_QUANTIZE=int8</code>): faster on CPU, but its "
@@ -75,15 +86,16 @@ class Runner:
     def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
                settings: Mapping[str, Any], quarter_turns: int = 0,
                min_interval_s: float | None = None) -> Iterator[tuple[Any, TaskResult]]:
-        """Validated streaming run yielding (RGB image, result), partial results at most every
-        ``min_interval_s`` (default ``STREAM_INTERVAL_S``); ``settings`` by name. User errors become
+        """Validated run yielding (RGB image, result), partial results at most every ``min_interval_s``
+        (default ``STREAM_INTERVAL_S``); ``settings`` by name, the task's group. User errors become
         ``gr.Error`` with their message only, other errors a generic one (details go to the server log)."""
         try:
-            request = build_request(find_task(task, self.tasks), image, text, boxes, grounding_on, quarter_turns)
-            gen = GenerationSettings.from_user(**settings)
+            spec = find_task(task, self.tasks)
+            request = build_request(spec, image, text, boxes, grounding_on, quarter_turns)
+            chosen = task_settings(spec, settings)
             loaded = self.holder.get()
             interval = STREAM_INTERVAL_S if min_interval_s is None else min_interval_s
-            for result in run(loaded, request, gen, min_interval_s=interval):
+            for result in execute(loaded, spec, request, chosen, min_interval_s=interval):
                 yield request.image, result
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
@@ -93,19 +105,42 @@ class Runner:
 
     def ui(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
            settings: Mapping[str, Any], quarter_turns: int = 0) -> Iterator[tuple]:
-        """UI outputs: linked HTML, timing, raw text, entities JSON, annotated PNG (final step only)."""
+        """UI outputs: linked HTML, timing, raw text, entities JSON, annotated PNG (final step only), and
+        the result."""
         uri = None
         for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, quarter_turns):
             uri = uri or view.image_data_uri(shown)
             png = self.outputs.save(draw.annotate(shown, result.annotations())) if result.done else gr.update()
-            yield view.render(uri, result), result.timing_text(), result.raw, result.entities_json(), png
+            yield view.render(uri, result), result.timing_text(), result.raw, result.entities_json(), png, result
+
+    def refilter(self, found: Detection | None, heat_for: str | None, settings: Mapping[str, Any]) -> tuple:
+        """A detect result's UI outputs again under new filter ``settings`` (no model call), with the
+        heat map of where the model looks for the phrase ``heat_for`` (None: none)."""
+        if found is None:
+            return (gr.update(),) * 5
+        try:
+            result = found.result(DetectionSettings.from_user(**settings))
+        except InputError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        shown = found.request.image
+        if heat_for in found.phrases:
+            shown = draw.heat_overlay(shown, found.density(found.phrases.index(heat_for)))
+        png = self.outputs.save(draw.annotate(shown, result.annotations()))
+        return view.render(view.image_data_uri(shown), result), result.timing_text(), result.raw, \
+            result.entities_json(), png
 
     def api(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-            settings: Mapping[str, Any]) -> tuple[str, list, str]:
-        """API outputs: caption, entities, path of the annotated PNG."""
-        # no partial results: the API returns the final one only
-        *_, (shown, result) = self.stream(task, image, text, boxes, grounding_on, settings, min_interval_s=math.inf)
-        return result.caption, result.entities_json(), self.outputs.save(draw.annotate(shown, result.annotations()))
+            settings: Mapping[str, Any]) -> Iterator[tuple]:
+        """API outputs: caption, entities, path of the annotated PNG, once at the end. Until then it yields
+        "no change" every ``API_POLL_S`` seconds, so that Gradio can stop it when the client cancels or goes
+        away: closing this generator drops the request's rows from their batch at the next step. The first
+        "no change" comes before any work: Gradio can close a generator only once it has yielded."""
+        yield gr.skip(), gr.skip(), gr.skip()
+        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, min_interval_s=API_POLL_S):
+            if result.done:
+                yield result.caption, result.entities_json(), self.outputs.save(draw.annotate(shown, result.annotations()))
+            else:
+                yield gr.skip(), gr.skip(), gr.skip()
 
 
 # --------------------------------------------------------------------------- components
@@ -118,14 +153,16 @@ def _setting_input(s: Setting) -> gr.components.Component:
     return gr.Slider(s.minimum, s.maximum, value=s.default, step=s.step, label=s.label, info=s.help)
 
 
-def _settings_panel() -> dict[str, gr.components.Component]:
-    names = list(SETTINGS)
-    controls: dict[str, gr.components.Component] = {}
-    with gr.Accordion("Generation settings", open=False):
+def _settings_panel(spec: Mapping[str, Setting], title: str, shown: Sequence[str] = ()) -> dict[str, gr.components.Component]:
+    """Controls for the settings of ``spec``: those named in ``shown`` in the open, the others in a
+    collapsed accordion ``title``."""
+    controls: dict[str, gr.components.Component] = {name: _setting_input(spec[name]) for name in shown}
+    names = [name for name in spec if name not in shown]
+    with gr.Accordion(title, open=False):
         for start in range(0, len(names), SETTINGS_PER_ROW):
             with gr.Row():
                 for name in names[start:start + SETTINGS_PER_ROW]:
-                    controls[name] = _setting_input(SETTINGS[name])
+                    controls[name] = _setting_input(spec[name])
     return controls
 
 
@@ -170,8 +207,10 @@ def _annotator_value(value: dict | None) -> tuple[Any, list, int]:
 # --------------------------------------------------------------------------- tabs and endpoints
 
 
-def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Component], events: dict) -> None:
-    """One tab for ``tasks`` (several share a tab through a radio of their ``choice`` labels)."""
+def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Component], events: dict,
+         cache_examples: bool = False) -> None:
+    """One tab for ``tasks`` (several share a tab through a radio of their ``choice`` labels). With
+    ``cache_examples`` each example's result is computed once, on its first click (default settings)."""
     first = tasks[0]
     for other in tasks[1:]:  # one set of inputs serves the whole tab
         if (other.text, other.boxes != "none", other.grounding_option) != (first.text, first.boxes != "none",
@@ -179,6 +218,19 @@ def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Co
             raise ValueError(f"tasks {first.name!r} and {other.name!r} share the tab {first.tab!r} but not its inputs")
     tab, boxed = first.name, first.boxes != "none"
     by_choice = {t.choice: t.name for t in tasks}
+
+    def run_tab(values: dict[str, Any]) -> Iterator[tuple]:
+        task = by_choice[values.pop("choice")] if len(tasks) > 1 else first.name
+        image = values.pop("image")
+        image, boxes, turns = _annotator_value(image) if boxed else (image, [], 0)
+        text, grounding_on = values.pop("text", None), values.pop("grounding", True)
+        for *shown, result in runner.ui(task, image, text, boxes, grounding_on, values, turns):
+            if first.detect:  # the candidates, kept for the filters and the heat map
+                phrases = list(result.detection.phrases)
+                yield (*shown, result.detection, gr.update(choices=phrases, value=phrases[0] if phrases else None))
+            else:
+                yield tuple(shown)
+
     with gr.Tab(first.tab, id=tab):
         with gr.Row():
             with gr.Column():
@@ -191,60 +243,155 @@ def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Co
                 if first.grounding_option:
                     inputs["grounding"] = gr.Checkbox(value=True, label="Ground the output (<grounding>)")
                 go = gr.Button(first.button, variant="primary", elem_id=f"{tab}-run")
+                controls, controls_extra = settings, {}
+                if first.detect:  # its own settings, the filters in the open
+                    controls = _settings_panel(DETECTION_SETTINGS, "More detection settings", shown=FILTERS)
+                    controls_extra = _detect_extras()
             with gr.Column():
                 out = _outputs(tab)
+        found = gr.State() if first.detect else None
+        outputs = out + ([found, controls_extra["heat_for"]] if first.detect else [])
         rows = []
         for task in tasks:
             for example in task.examples:
                 row = {"image": _example_image(example, boxed), "choice": task.choice, "text": example.text,
                        "grounding": example.grounding}
                 rows.append([row[name] for name in inputs])
-        if rows:
+        if rows and cache_examples:
+            defaults = {name: s.default for name, s in first.settings.spec().items()}
+
+            @on_gpu
+            def example(*values: Any) -> tuple:
+                *_, last = run_tab({**dict(zip(inputs, values)), **defaults})
+                return last
+
+            gr.Examples(rows, list(inputs.values()), outputs=outputs, fn=example, cache_examples=True,
+                        cache_mode="lazy")
+        elif rows:
             gr.Examples(rows, list(inputs.values()))
 
     @on_gpu
     def handle(**values: Any) -> Iterator[tuple]:
-        task = by_choice[values.pop("choice")] if len(tasks) > 1 else first.name
-        image = values.pop("image")
-        image, boxes, turns = _annotator_value(image) if boxed else (image, [], 0)
-        text, grounding_on = values.pop("text", None), values.pop("grounding", True)
-        yield from runner.ui(task, image, text, boxes, grounding_on, values, turns)
+        yield from run_tab(values)
 
-    go.click(handle, inputs_kwargs={**inputs, **settings}, outputs=out, api_visibility="private", **events)
+    go.click(handle, inputs_kwargs={**inputs, **controls}, outputs=outputs, api_visibility="private", **events)
+    if first.detect:
+        _refilter_events(runner, found, controls, controls_extra, out)
+
+
+def _detect_extras() -> dict[str, gr.components.Component]:
+    """The detect tab's heat-map controls."""
+    show = gr.Checkbox(value=False, label="Show where the model looks", elem_id="detect-heat")
+    heat_for = gr.Dropdown(choices=[], label="for the phrase", elem_id="detect-heat-phrase")
+    return {"show": show, "heat_for": heat_for}
+
+
+def _refilter_events(runner: Runner, found: gr.State, controls: dict[str, gr.components.Component],
+                     extras: dict[str, gr.components.Component], out: list[gr.components.Component]) -> None:
+    """The filter sliders and the heat-map controls redraw the last detect result without the model."""
+    def redraw(found: Detection | None, show: bool, heat_for: str | None, **values: Any) -> tuple:
+        return runner.refilter(found, heat_for if show else None, values)
+
+    inputs = {"found": found, "show": extras["show"], "heat_for": extras["heat_for"], **controls}
+    for name in FILTERS:
+        controls[name].change(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private",
+                              trigger_mode="always_last", queue=False)
+    for name in ("show", "heat_for"):
+        extras[name].change(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private", queue=False)
+
+
+def _with_example(component: gr.components.Component, example: Any) -> gr.components.Component:
+    """``component`` with ``example`` as its value in the "Use via API" page's example call."""
+    component.example_payload = component.example_value = lambda: example  # type: ignore[method-assign]
+    return component
+
+
+def _boxes_parameter(example: list[list[int]]) -> gr.components.Component:
+    """The API's boxes: pixel boxes as a list of [x1, y1, x2, y2] lists."""
+    box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
+    boxes = _with_example(gr.JSON(value=[], label="boxes"), example)
+    boxes.api_info = lambda: {"type": "array", "items": box, "description": "pixel boxes [[x1, y1, x2, y2], ...]"}  # type: ignore[method-assign]
+    return boxes
+
+
+def _api_setting(name: str, s: Setting) -> gr.components.Component:
+    """A setting as an API parameter of its own type (a choice, an integer or a number), its default as the
+    example; the range is checked by the setting itself, so that errors name it."""
+    if s.choices:  # one of its choices, checked by the setting (its message names it)
+        choice = _with_example(gr.Textbox(value=s.default, label=name), s.default)
+        choice.api_info = lambda: {"type": "string", "enum": list(s.choices)}  # type: ignore[method-assign]
+        return choice
+    number = _with_example(gr.Number(value=s.default, label=name), s.default)
+    if s.kind is int:  # typed an integer, but not rounded by Gradio (precision=0 would): 2.5 is refused by name
+        number.api_info = lambda: {"type": "integer"}  # type: ignore[method-assign]
+    return number
+
+
+def _api_inputs(task: Task) -> dict[str, gr.components.Component]:
+    """The endpoint parameters of ``task``: the image (a file or URL, read by the demo's loader undecoded),
+    its text (named after its label), boxes and grounding if it takes them, then its settings. The
+    examples on the API page are the task's first example."""
+    example = task.examples[0] if task.examples else Example("cat.jpg")
+    inputs = {"image": _with_example(gr.File(type="binary", label="image"), handle_file(str(ASSETS / example.image)))}
+    if task.text is not None:
+        inputs[task.text.lower()] = _with_example(gr.Textbox(value="", label=task.text.lower()), example.text)
+    if task.boxes != "none":
+        inputs["boxes"] = _boxes_parameter([list(b) for b in example.boxes])
+    if task.grounding_option:
+        inputs["grounding"] = gr.Checkbox(value=True, label="grounding")
+    inputs.update({name: _api_setting(name, s) for name, s in task.settings.spec().items()})
+    return inputs
 
 
 def _api_endpoints(runner: Runner, events: dict) -> None:
-    """One named endpoint per task for ``gradio_client``: (image, text, boxes, grounding, settings...) ->
-    (caption, entities, annotated PNG). Boxes are pixel boxes as "x1,y1,x2,y2; ..." or a JSON list."""
-    with gr.Column(visible=False):
-        inputs = {
-            "image": gr.File(type="binary", label="image"),  # reaches load_image undecoded, no temp file
-            "text": gr.Textbox(value="", label="text"),
-            "boxes": gr.JSON(value=[], label="boxes"),
-            "grounding": gr.Checkbox(value=True, label="grounding"),
-        }
-        for name, s in SETTINGS.items():
-            inputs[name] = (gr.Textbox if s.choices else gr.Number)(value=s.default, label=name)
-        outputs = [gr.Textbox(label="caption"), gr.JSON(label="entities"), gr.Image(type="filepath", label="annotated")]
-        trigger = gr.Button()
+    """One named endpoint per task for ``gradio_client`` and MCP clients, with exactly that task's
+    parameters (see :func:`_api_inputs`) -> (caption, entities, annotated PNG)."""
     for task in runner.tasks.values():
-        trigger.click(on_gpu(_api_fn(runner, task.name)), inputs_kwargs=inputs, outputs=outputs, api_name=task.name,
+        with gr.Column(visible=False):
+            inputs = _api_inputs(task)
+            outputs = [gr.Textbox(label="caption"), gr.JSON(label="entities"),
+                       gr.Image(type="filepath", label="annotated")]
+            trigger = gr.Button()
+        trigger.click(on_gpu(_api_fn(runner, task)), inputs_kwargs=inputs, outputs=outputs, api_name=task.name,
                       api_description=f"{task.title}: {task.description}", **events)
 
 
-def _api_fn(runner: Runner, task: str) -> Callable:
-    """The endpoint function of ``task``: its keyword arguments are the API's parameters."""
+def _parameter_docs(task: Task) -> dict[str, str]:
+    """One line per endpoint parameter of ``task`` (the MCP tools' parameter descriptions)."""
+    docs = {"image": "the image: a file or URL"}
+    if task.text is not None:
+        docs[task.text.lower()] = (task.text_info or task.text).rstrip(".")
+    if task.boxes != "none":
+        docs["boxes"] = f"pixel boxes [[x1, y1, x2, y2], ...] ({task.boxes})"
+    if task.grounding_option:
+        docs["grounding"] = "start with the <grounding> tag, so that the output links phrases to boxes"
+    docs.update({name: f"{s.label}: {s.describe()}" for name, s in task.settings.spec().items()})
+    return docs
 
-    def fn(**values: Any) -> tuple[str, list, str]:
-        image, text, boxes, grounding_on = (values.pop(k) for k in ("image", "text", "boxes", "grounding"))
-        return runner.api(task, image, text, boxes, grounding_on, values)
 
+def _api_fn(runner: Runner, task: Task) -> Callable:
+    """The endpoint function of ``task``: keyword arguments named as the API's parameters, and a
+    docstring from the task table that Gradio's MCP server turns into the tool's documentation."""
+    text_name = task.text.lower() if task.text is not None else None
+
+    def fn(**values: Any) -> Iterator[tuple]:
+        text = values.pop(text_name) if text_name else None
+        image, boxes, grounding_on = values.pop("image"), values.pop("boxes", []), values.pop("grounding", True)
+        yield from runner.api(task.name, image, text, boxes, grounding_on, values)
+
+    docs = _parameter_docs(task)
+    fn.__name__ = task.name
+    fn.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in docs])
+    fn.__doc__ = (f"{task.title}: {task.description}\n\nArgs:\n" + "".join(f"    {n}: {d}\n" for n, d in docs.items())
+                  + "\nReturns:\n    the caption, the entities (phrase, span, boxes, scores) and the annotated image")
     return fn
 
 
-def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TASKS) -> gr.Blocks:
-    """The demo's Blocks: a tab per group of ``tasks`` (by their ``tab``) and an API endpoint per task.
-    Nothing is loaded here: the model loads on first use."""
+def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TASKS,
+               cache_examples: bool = False) -> gr.Blocks:
+    """The demo's Blocks: a tab per group of ``tasks`` (by their ``tab``) and an API endpoint per task;
+    ``cache_examples``: each example's result is computed once, lazily (see :func:`_tab`). Nothing is
+    loaded here: the model loads on first use."""
     runner = Runner(holder or ModelHolder(), tasks)
     events = dict(concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="kosmos2")
     cache = (OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)
@@ -252,32 +399,52 @@ def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TA
         gr.Markdown("# KOSMOS-2: grounding language in images\nCaptions, phrase grounding, region descriptions "
                     "and questions with boxes, by Microsoft's KOSMOS-2. Hover a phrase or a box to see its partner.")
         banner = gr.HTML(visible=False)
-        settings = _settings_panel()
+        settings = _settings_panel(SETTINGS, "Generation settings")
         tabs: dict[str, list[Task]] = {}
         for task in tasks.values():
             tabs.setdefault(task.tab, []).append(task)
         for group in tabs.values():
-            _tab(runner, group, settings, events)
+            _tab(runner, group, settings, events, cache_examples)
         _api_endpoints(runner, events)
         demo.load(runner.banner, None, banner, api_visibility="private")
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python app.py [--tiny] [--checkpoint ...] [--share]``: serve the demo (local only unless ``--share``)."""
+def main(argv: list[str] | None = None) -> int:
+    """``python app.py [--tiny] [--checkpoint ...] [--share]``: serve the demo (local only unless ``--share``)
+    until Ctrl-C or SIGTERM; returns the exit status.
+
+    A bad ``KOSMOS2_*`` setting, or a checkpoint named by ``--checkpoint`` or ``$KOSMOS2_CHECKPOINT`` that
+    cannot be loaded, stops it before serving: one ``error:`` line, status 2. So a named checkpoint loads
+    before the server starts; the default one loads on first use (and falls back to the tiny one offline)."""
     parser = argparse.ArgumentParser(description="KOSMOS-2 Gradio demo")
     parser.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
     parser.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve the tasks as MCP tools at /gradio_api/mcp/ (needs gradio[mcp])")
+    parser.add_argument("--cache-examples", action="store_true",
+                        help="compute each example's result once, on first click (default on Spaces)")
     args = parser.parse_args(argv)
-    served = demo
-    if args.tiny or args.checkpoint:
-        served = build_demo(ModelHolder(args.checkpoint, force_tiny=args.tiny))
-    served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES)
+    try:
+        holder = ModelHolder(args.checkpoint, force_tiny=args.tiny)
+        if holder.explicit and holder.checkpoint != TINY_CHECKPOINT:
+            holder.get()
+    except (SettingError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    served = build_demo(holder, cache_examples=args.cache_examples or ON_SPACES)
+    drop_stray_gradio_prints()
+    try:
+        with stop_on_signals():
+            served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES, mcp_server=args.mcp or None)
+    except StopRequested:  # SIGTERM or Ctrl-C: Gradio's full shutdown (its cache), then the atexit clean-up
+        served.close()
+    return 0
 
-
-demo = build_demo()
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
+else:  # imported (by Spaces' or Gradio's reloader, or tests): a bad KOSMOS2_* setting raises SettingError here
+    demo = build_demo(cache_examples=ON_SPACES)

@@ -14,35 +14,42 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from collections.abc import Mapping
 
 from .demo.draw import annotate
 from .demo.inputs import InputError
-from .demo.loading import ModelHolder
-from .demo.results import run_to_end
-from .demo.settings import SETTINGS, GenerationSettings, Setting
+from .demo.loading import ModelHolder, SettingError
+from .demo.execute import execute_to_end
+from .demo.settings import DETECTION_SETTINGS, SETTINGS, Setting
 from .demo.tasks import TASKS, build_request
+from .hub import CheckpointError
 
 SUBCOMMANDS = {"label": "kosmos2.label", "selfcheck": "kosmos2.selfcheck"}  # each module has main(argv) -> int
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of a setting: ``max_new_tokens`` -> ``--max-new-tokens``."""
     return "--" + name.replace("_", "-")
 
 
-def _setting_help(s: Setting) -> str:
-    allowed = f"{s.minimum:g} to {s.maximum:g}" if not s.choices else ""
-    return "; ".join(p for p in (s.help, allowed, f"default {s.default}") if p)
+def add_setting_flags(group: argparse._ArgumentGroup, spec: Mapping[str, Setting]) -> None:
+    """One typed flag per setting of ``spec`` (values are checked by the settings group's from_user)."""
+    for name, s in spec.items():
+        group.add_argument(flag(name), dest=name, type=None if s.choices else s.kind, choices=s.choices or None,
+                           help=s.describe())
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line's arguments: the task table's tasks and one flag per generation setting."""
-    p = argparse.ArgumentParser(prog="python -m kosmos2", description="Run a KOSMOS-2 task on an image.")
+    prog = "kosmos2" if os.path.basename(sys.argv[0]) == "kosmos2" else "python -m kosmos2"  # the console script
+    p = argparse.ArgumentParser(prog=prog, description="Run a KOSMOS-2 task on an image.")
     p.add_argument("image", help="image file")
     p.add_argument("--task", choices=list(TASKS), default="caption",
-                   help="; ".join(f"{t.name} ({t.title}): {t.description.rstrip('.')}" for t in TASKS.values()))
-    p.add_argument("--text", help="; ".join(f"{t.name}: {t.text}" + (f" ({t.text_info})" if t.text_info else "")
-                                           for t in TASKS.values() if t.text))
+                   help=" ".join(f"{t.name} ({t.title}): {t.description.rstrip('.')}." for t in TASKS.values()))
+    p.add_argument("--text", help=" ".join(f"{t.name}: {t.text}" + (f" ({t.text_info.rstrip('.')})" if t.text_info else "")
+                                           + "." for t in TASKS.values() if t.text))
     p.add_argument("--box", action="append", default=[], metavar="x1,y1,x2,y2",
                    help="a box in pixels (repeatable), for " + ", ".join(
                        f"{t.name} ({t.boxes})" for t in TASKS.values() if t.boxes != "none"))
@@ -52,10 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")
     p.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
-    settings = p.add_argument_group("generation settings")
-    for name, s in SETTINGS.items():  # checked by GenerationSettings.from_user, as in the app
-        settings.add_argument(_flag(name), dest=name, type=None if s.choices else s.kind, choices=s.choices or None,
-                              help=_setting_help(s))
+    add_setting_flags(p.add_argument_group("generation settings"), SETTINGS)
+    add_setting_flags(p.add_argument_group("detection settings (--task detect)"), DETECTION_SETTINGS)
     return p
 
 
@@ -65,18 +70,26 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parser().parse_args(argv)
-    given = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
-    try:
+    task = TASKS[args.task]
+    given = {name: getattr(args, name) for name in (*SETTINGS, *DETECTION_SETTINGS) if getattr(args, name) is not None}
+    foreign = [flag(name) for name in given if name not in task.settings.spec()]
+    if foreign:
+        print(f"error: {', '.join(foreign)} does not apply to --task {task.name}", file=sys.stderr)
+        return 2
+    if TASKS[args.task].boxes == "required" and not args.box:
+        print(f"error: --task {args.task} needs a box: give --box x1,y1,x2,y2 (in pixels)", file=sys.stderr)
+        return 2
+    try:  # every setting and input is checked before anything loads
+        holder = ModelHolder(args.checkpoint, force_tiny=args.tiny)
         request = build_request(args.task, args.image, args.text, ";".join(args.box), not args.no_grounding)
-        settings = GenerationSettings.from_user(**given)
-    except InputError as e:
+        settings = task.settings.from_user(**given)
+        loaded = holder.get()  # an explicitly named checkpoint that cannot be loaded is an error, not a fallback
+    except (InputError, SettingError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    loaded = ModelHolder(args.checkpoint, force_tiny=args.tiny).get()
-    if loaded.is_tiny:
-        print("warning: tiny checkpoint with random weights: outputs are random"
-              + (f" ({loaded.note})" if loaded.note else ""), file=sys.stderr)
-    result = run_to_end(loaded, request, settings)
+    if loaded.is_tiny:  # (why, when it is the offline fallback, is said once by the loading line above)
+        print("warning: tiny checkpoint with random weights: outputs are random", file=sys.stderr)
+    result = execute_to_end(loaded, task, request, settings)
     if args.out:
         annotate(request.image, result.annotations()).save(args.out, format="PNG")
     if args.json:

@@ -611,7 +611,8 @@ class DecodeJob:
     ``ignored`` (N, L) marks prompt positions that penalties and n-gram bans do not see (padding);
     ``generator`` makes sampling reproducible; ``keep_scores`` / ``keep_logits`` keep every step's
     processed scores / raw logits in the result; ``on_step`` (greedy and sampling) is called after each
-    step with the (N,) new ids and their (N,) raw log-probabilities.
+    step with the (N,) new ids and their (N,) raw log-probabilities; ``stop`` is asked after each step of
+    beam search whether to end now (the request was abandoned: the result is then incomplete).
     """
 
     decoder: Decoder
@@ -625,6 +626,7 @@ class DecodeJob:
     keep_scores: bool = False
     keep_logits: bool = False
     on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -725,7 +727,7 @@ def beam_search(job: DecodeJob) -> Decoded:
                                           job.generator)
         decoder.reorder(parents)
         attention_mask = F.pad(attention_mask, (0, 1), value=1)
-        if beam_search_done(state, stops, settings.early_stopping):
+        if beam_search_done(state, stops, settings.early_stopping) or (job.stop is not None and job.stop()):
             break
     n = settings.num_return_sequences
     new = int(state.finished_lengths[:, :n].max())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Union
 
 TAG_TOKENS = (
@@ -41,7 +41,6 @@ Entity = tuple[str, tuple[int, int], list[Box]]
 _PHRASE = re.compile(r"<phrase>.+?</phrase>")
 _ANY_TAG = re.compile(r"<.*?>")
 _PAIR = r"<patch_index_(\d+)><patch_index_(\d+)>"
-_PATCH_TOKEN = re.compile(r"<patch_index_\d+>")
 _ENTITY = re.compile(
     r"(?:<phrase>([^<]+)</phrase>)?<object>((?:<patch_index_\d+><patch_index_\d+>"
     r"</delimiter_of_multi_objects/>)*<patch_index_\d+><patch_index_\d+>)</object>"
@@ -218,13 +217,15 @@ def extract_entities(text: str, grid: int = GRID) -> tuple[str, list[Entity]]:
     return caption_unstripped.strip(), entities
 
 
-def location_logprobs(tokens: Sequence[str], logprobs: Sequence[float | None]) -> list[float | None]:
-    """The log-probabilities of the patch-index tokens after the last ``</image>`` of a token sequence,
-    in order; ``logprobs`` has one entry per token (None for tokens that were not generated)."""
-    if len(tokens) != len(logprobs):
-        raise ValueError(f"{len(tokens)} tokens but {len(logprobs)} log-probabilities")
-    start = max((i + 1 for i, t in enumerate(tokens) if t == "</image>"), default=0)
-    return [lp for t, lp in zip(tokens[start:], logprobs[start:]) if _PATCH_TOKEN.fullmatch(t)]
+def location_logprobs(ids: Sequence[int], logprobs: Sequence[float | None], location_ids: Collection[int],
+                      image_end_id: int) -> list[float | None]:
+    """The log-probabilities of the location (patch-index) tokens after the last ``</image>``
+    (``image_end_id``) of a sequence of token ids, in order; ``logprobs`` has one entry per id (None for
+    ids that were not generated)."""
+    if len(ids) != len(logprobs):
+        raise ValueError(f"{len(ids)} ids but {len(logprobs)} log-probabilities")
+    start = max((i + 1 for i, t in enumerate(ids) if t == image_end_id), default=0)
+    return [lp for t, lp in zip(ids[start:], logprobs[start:]) if t in location_ids]
 
 
 def box_scores(text: str, patch_logprobs: Sequence[float | None]) -> list[list[float | None]]:

@@ -345,12 +345,14 @@ class Engine:
         generator: torch.Generator | None = None,
         streamer: Streamer | None = None,
         on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> generation.Decoded:
         """Decode ``rows``; the result's ``sequences`` are the (B, new) generated ids only (finished rows
         padded), with their ``token_logprobs``.
 
         ``streamer`` gets each step's (B,) new ids (not the prompt) and ``end()`` at the end; ``on_step``
-        (greedy and sampling) the new ids and their raw log-probabilities (see ``DecodeJob``).
+        (greedy and sampling) the new ids and their raw log-probabilities; ``stop`` ends decoding (see
+        ``DecodeJob``).
         """
         eos_ids = generation.eos_tensor(self.model, eos_token_id)
         try:
@@ -358,7 +360,8 @@ class Engine:
             ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
             pads = ready.attention_mask == 0  # the middle pads of [prefix][pads][rest]: invisible to penalties
             job = generation.DecodeJob(ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids,
-                                       self.pad_id, ignored=pads, generator=generator, on_step=on_step)
+                                       self.pad_id, ignored=pads, generator=generator, on_step=on_step,
+                                       stop=stop)
             out = generation.decode(job, streamer)
         finally:
             if streamer is not None:
@@ -435,14 +438,20 @@ class RowStream:
         self.cancelled.set()
         self._finish()
 
+    def next_token(self, timeout: float | None) -> int | None:
+        """The row's next new id, or None once it is complete (the batch's error is raised then);
+        ``queue.Empty`` after ``timeout`` seconds without either."""
+        item = self._queue.get(timeout=timeout)
+        if item is self._END:
+            self._queue.put(self._END)  # a complete row stays complete
+            if self.error is not None:
+                raise self.error
+            return None
+        return item
+
     def __iter__(self) -> Iterator[int]:
-        while True:
-            item = self._queue.get(timeout=self.timeout)
-            if item is self._END:
-                if self.error is not None:
-                    raise self.error
-                return
-            yield item
+        while (token := self.next_token(self.timeout)) is not None:
+            yield token
 
     def result(self, timeout: float | None = None) -> list[int]:
         """All new ids of the row, once it is done (raises the batch's error, or TimeoutError)."""
@@ -635,7 +644,8 @@ class Batcher:
         eos_ids = set(generation.eos_id_list(self.engine.model.generation_config.eos_token_id))
         try:
             if settings.num_beams > 1:
-                new = self.engine.run([batch[0].row], settings, generator=batch[0].generator)
+                new = self.engine.run([batch[0].row], settings, generator=batch[0].generator,
+                                      stop=streams[0].cancelled.is_set)
                 _deliver(streams[0], new.sequences[0].tolist(), new.token_logprobs[0].tolist(), eos_ids)
             else:
                 self.engine.run([r.row for r in batch], settings, generator=batch[0].generator,
@@ -649,24 +659,31 @@ class Batcher:
             stream._finish()
 
 
-def follow(streams: Sequence[RowStream]) -> Iterator[list[list[int]]]:
+def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Iterator[list[list[int]]]:
     """Each row's new ids so far, after every round in which each unfinished row got one more token
-    (until every row is complete). Closing the iterator early cancels the rows."""
-    iterators = [iter(s) for s in streams]
+    (until every row is complete); with ``tick_s``, also after ``tick_s`` seconds without a token (so
+    that a consumer waiting on a slow or all-at-once row, as beam search's, keeps control). Closing the
+    iterator early cancels the rows."""
     got: list[list[int]] = [[] for _ in streams]
     live = list(range(len(streams)))
     try:
         while live:
             grew = False
             for i in list(live):
-                token = next(iterators[i], None)
+                try:
+                    token = streams[i].next_token(tick_s)
+                except queue.Empty:
+                    break
                 if token is None:
                     live.remove(i)
                 else:
                     got[i].append(token)
                     grew = True
-            if grew:
-                yield [list(row) for row in got]
+            else:
+                if grew:
+                    yield [list(row) for row in got]
+                continue
+            yield [list(row) for row in got]  # no token for tick_s
     finally:
         for s in streams:
             s.cancel()

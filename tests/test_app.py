@@ -74,7 +74,7 @@ def test_ground_endpoint_runs_phrases_as_one_batch(client):
 
 def test_refer_endpoint_entities_match_the_annotated_image(client):
     boxes = [[40, 30, 200, 150], [300, 120, 440, 290]]
-    caption, entities, annotated = _check(client.predict(handle_file(str(CAT)), "", boxes, **FAST, api_name="/refer"))
+    caption, entities, annotated = _check(client.predict(handle_file(str(CAT)), boxes, **FAST, api_name="/refer"))
     assert caption.split("\n")[0].startswith("It is") and caption.split("\n")[1].startswith("It is")
     its = [e for e in entities if e["phrase"] == "It"]
     assert len(its) == 2 and its[0]["colour"] != its[1]["colour"]
@@ -103,7 +103,7 @@ def test_prompt_endpoint(client):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"api_name": "/caption"}, "No image"),
-    ({"text": "x" * 1001, "api_name": "/ask"}, "too long"),
+    ({"question": "x" * 1001, "api_name": "/ask"}, "too long"),
     ({"boxes": [[0, 0, 10, 10]] * 9, "api_name": "/refer"}, "Too many boxes"),
     ({"boxes": [[5, 5, 5, 50]], "api_name": "/refer"}, "empty"),
     ({"max_new_tokens": 100000, "api_name": "/caption"}, "between 1 and 512"),
@@ -139,10 +139,10 @@ def test_ui_handler_streams_partial_views_then_the_png(monkeypatch):
     settings = {"max_new_tokens": 12}
     *partials, final = runner.ui("refer", str(CAT), None, [[40, 30, 200, 150]], True, settings)
     assert len(partials) >= 2
-    for page, timing, raw, entities, png in partials:
+    for page, timing, raw, entities, png, _ in partials:
         assert "generating…" in page and "k2-caption" in page and timing.startswith("generating")
         assert png == {"__type__": "update"}  # the PNG comes with the final result only
-    page, timing, raw, entities, png = final
+    page, timing, raw, entities, png, _ = final
     assert "generating…" not in page and "new tokens in" in timing
     assert raw.startswith("<grounding><phrase> It</phrase><object>") and entities[0]["phrase"] == "It"
     assert Image.open(png).size == (451, 300)

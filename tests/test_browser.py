@@ -433,3 +433,39 @@ def test_free_prompt_with_and_without_grounding(page, grounded):
     assert result["caption"].startswith("A black and white photo of"), result["caption"]
     assert result["raw"].startswith("<grounding>") == grounded, result["raw"]
     assert result["raw"].removeprefix("<grounding>").lstrip().startswith("A black and white photo of"), result["raw"]
+
+
+# ----------------------------------------------------------------------------- detect
+
+
+def _set_number(page, label: str, value: str) -> None:
+    number = page.get_by_label(f"number input for {label}")
+    number.fill(value)
+    number.press("Enter")
+
+
+def test_detect_then_the_threshold_slider_refilters_at_once(page):
+    expect = _expect()
+    panel = _open_tab(page, "Detect")
+    _upload(page, "detect", ASSETS / "coffee.jpg")
+    panel.get_by_label("Phrases").fill("a cup")
+    _set_number(page, "Box threshold", "0")
+    _set_number(page, "Max boxes per phrase", "4")
+    name = page.locator("#detect-png td.filename")
+    before = name.get_attribute("aria-label") if name.count() else ""
+    page.locator("#detect-run").click()
+    done = _wait_js(page, _FINISHED, ["detect", before], "no detect result in #detect-png", RESULT_TIMEOUT_MS)
+    assert "error" not in done, done
+    boxes = page.locator("#detect-result rect.k2-box")
+    expect(boxes, "threshold 0 and at most 4 boxes: 4 boxes").to_have_count(4, timeout=UI_TIMEOUT_MS)
+    titles = [t.text_content() for t in page.locator("#detect-result rect.k2-box title").all()]
+    assert all(re.fullmatch(r"a cup · \d\.\d\d", t) for t in titles), titles  # each label carries its score
+    _set_number(page, "Max boxes per phrase", "2")
+    expect(boxes, "max boxes 2 did not re-filter the result").to_have_count(2, timeout=UI_TIMEOUT_MS)
+    _set_number(page, "Box threshold", "1")
+    expect(boxes, "threshold 1 did not re-filter the result").to_have_count(0, timeout=UI_TIMEOUT_MS)
+    assert "0 boxes kept" in page.locator("#detect-timing").inner_text()
+    page.get_by_label("Show where the model looks").check()
+    _wait_js(page, "(before) => (document.querySelector('#detect-png td.filename')?.getAttribute('aria-label') "
+             "|| '') !== before", done["png"], "the heat map did not redraw the PNG")
+    page.screenshot(path=str(SHOTS / "detect-heat.png"), full_page=True)

@@ -94,10 +94,11 @@ def test_box_scores_follow_the_entities_of_a_text():
             "<patch_index_0004></object>")
     logprobs = [math.log(0.5), math.log(0.8), None, math.log(0.9), math.log(0.4), math.log(0.5)]
     assert grounding.box_scores(text, logprobs) == [[pytest.approx(0.4)], [None], [pytest.approx(0.2)]]
-    tokens = ["<s>", "</image>", "<grounding>", "<patch_index_0044>", "x", "<patch_index_0863>"]
-    assert grounding.location_logprobs(tokens, [None, None, None, -1.0, None, -2.0]) == [-1.0, -2.0]
+    ids = [0, 44, 3, 9, 100, 44, 7, 101]  # 3 = </image>; 100, 101 (and 44 only after </image>) are locations
+    logprobs = [None, None, None, None, -1.0, -0.5, None, -2.0]
+    assert grounding.location_logprobs(ids, logprobs, {44, 100, 101}, image_end_id=3) == [-1.0, -0.5, -2.0]
     with pytest.raises(ValueError, match="patch-index tokens"):
-        grounding.box_scores(text, logprobs[:3])
+        grounding.box_scores(text, [math.log(0.5)])
 
 
 def test_scores_travel_with_the_entities_to_json_page_and_png():

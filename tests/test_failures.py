@@ -1,9 +1,10 @@
-"""Model failures: a missing checkpoint at start gives the tiny fallback with its banner; an exception
-inside one request gives that user a short error and the next request works."""
+"""Model failures: the default checkpoint out of reach at start (offline) gives the tiny fallback with its
+banner; an exception inside one request gives that user a short error and the next request works."""
 
 from __future__ import annotations
 
 import gradio as gr
+import huggingface_hub.constants
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -14,14 +15,16 @@ from launch import ROOT, import_app, serve
 CAT = ROOT / "assets" / "cat.jpg"
 
 
-def test_missing_checkpoint_at_start_serves_the_tiny_fallback_with_its_banner(tmp_path, monkeypatch):
+def test_the_default_checkpoint_out_of_reach_at_start_serves_the_tiny_fallback_with_its_banner(tmp_path, monkeypatch):
     app = import_app()
-    monkeypatch.setenv("KOSMOS2_CHECKPOINT", str(tmp_path / "no-such-checkpoint"))
+    monkeypatch.delenv("KOSMOS2_CHECKPOINT", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at start
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     holder = loading.ModelHolder()
     with serve(holder) as url:
         caption, _, _ = Client(url, verbose=False).predict(handle_file(str(CAT)), max_new_tokens=2, api_name="/plain")
     assert caption.startswith("An image of")
-    assert holder.loaded.is_tiny and "no-such-checkpoint" in holder.loaded.note
+    assert holder.loaded.is_tiny and "microsoft/kosmos-2-patch14-224" in holder.loaded.note
     banner = app.Runner(holder).banner()
     assert banner["visible"] is True and "tiny checkpoint with random weights" in banner["value"]
     assert app.Runner(loading.ModelHolder(str(tmp_path / "nothing"), force_tiny=True)).banner()["visible"] is True
@@ -62,7 +65,7 @@ def test_the_streaming_ui_handler_fails_the_same_way(failing_once):
     with pytest.raises(gr.Error) as info:
         list(runner.ui("caption", str(CAT), None, [], True, settings))
     assert info.value.message == app.USER_ERROR
-    *_, (page, timing, raw, entities, png) = runner.ui("caption", str(CAT), None, [], True, settings)
+    *_, (page, timing, raw, entities, png, _) = runner.ui("caption", str(CAT), None, [], True, settings)
     assert "k2-caption" in page and "new tokens in" in timing
 
 

@@ -315,7 +315,7 @@ def test_emoji_and_right_to_left_text_reach_the_model_as_the_reference_tokenizes
     ([[300, 100, 9_000, 9_000]], [300, 100, 451, 300]),
 ])
 def test_boxes_are_ordered_and_clamped(client, boxes, expected):
-    caption, entities, _ = client.predict(handle_file(str(CAT)), "", boxes, **ONE_TOKEN, api_name="/refer")
+    caption, entities, _ = client.predict(handle_file(str(CAT)), boxes, **ONE_TOKEN, api_name="/refer")
     (it,) = [e for e in entities if e["phrase"] == "It"]
     for got, want, cell in zip(it["pixel_boxes"][0], expected, (15, 10, 15, 10)):  # one 32x32 cell of 451x300
         assert abs(got - want) <= cell
@@ -330,7 +330,7 @@ def test_boxes_are_ordered_and_clamped(client, boxes, expected):
 ])
 def test_bad_boxes_give_a_clear_message(client, decoder_inputs, boxes, message):
     with pytest.raises(AppError, match=message) as info:
-        client.predict(handle_file(str(CAT)), "", boxes, **ONE_TOKEN, api_name="/refer")
+        client.predict(handle_file(str(CAT)), boxes, **ONE_TOKEN, api_name="/refer")
     assert_clean_message(info.value)
     assert decoder_inputs == []
     next_request_works(client)

@@ -9,13 +9,12 @@ from gradio_client.exceptions import AppError
 
 from kosmos2.__main__ import parser
 from kosmos2.demo.loading import ModelHolder
-from kosmos2.demo.settings import SETTINGS
+from kosmos2.demo.settings import DETECTION_SETTINGS, SETTINGS
 from kosmos2.demo.tasks import TASKS, Example, Task
 
 from launch import ROOT, import_app
 
 CAT = ROOT / "assets" / "cat.jpg"
-API_INPUTS = ["image", "text", "boxes", "grounding"]
 COUNT = Task("count", "Counting", "Say how many animals there are.", lambda _: ["<grounding> Count the animals:"],
              tab="Count things", button="Count", examples=(Example("cat.jpg"),))
 
@@ -43,12 +42,44 @@ def test_an_extra_task_record_gets_its_tab_and_its_endpoint(extended):
     assert caption.startswith("Count the animals:")  # the record's own prompt, after the <grounding> tag
 
 
-def test_every_setting_is_an_api_parameter_of_every_endpoint_by_name(extended):
+# Each endpoint's parameters, written out by hand from the task table's inputs and settings groups.
+PARAMETERS = {
+    "caption": [], "detailed": [], "plain": [], "count": [],
+    "ground": ["phrases"], "refer": ["boxes"], "ask": ["question", "boxes"], "prompt": ["prompt", "boxes", "grounding"],
+}
+DETECT_PARAMETERS = ["image", "phrases", "threshold", "max_instances", "nms_iou", "candidates"]
+
+
+def test_each_endpoint_takes_exactly_its_task_inputs_and_settings_with_real_types(extended):
+    _, client = extended
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name, info in endpoints.items():
+        names = [p["parameter_name"] for p in info["parameters"]]
+        if name == "/detect":
+            assert names == DETECT_PARAMETERS
+            spec = DETECTION_SETTINGS
+        else:
+            assert names == ["image", *PARAMETERS[name[1:]], *SETTINGS], name
+            spec = SETTINGS
+        params = {p["parameter_name"]: p for p in info["parameters"]}
+        assert all(params[s]["parameter_default"] == spec[s].default for s in spec), name
+        for s, setting in spec.items():
+            kind = params[s]["python_type"]["type"]
+            assert kind == {int: "int", float: "float", str: "Literal[" + ", ".join(
+                f"'{c}'" for c in setting.choices) + "]"}[setting.kind], (name, s, kind)
+        if "boxes" in params:
+            assert params["boxes"]["python_type"]["type"] == "list[list[float]]"
+
+
+def test_the_api_page_example_of_every_endpoint_runs_as_shown(extended):
     _, client = extended
     for name, info in client.view_api(print_info=False, return_format="dict")["named_endpoints"].items():
-        assert [p["parameter_name"] for p in info["parameters"]] == [*API_INPUTS, *SETTINGS], name
-        defaults = {p["parameter_name"]: p["parameter_default"] for p in info["parameters"]}
-        assert all(defaults[s] == SETTINGS[s].default for s in SETTINGS), name
+        example = {p["parameter_name"]: p["example_input"] for p in info["parameters"]}
+        example["image"] = handle_file(example["image"]["path"] if isinstance(example["image"], dict) else example["image"])
+        if "max_new_tokens" in example:
+            example["max_new_tokens"] = 2  # the example's own value is 1..512; keep the test quick
+        caption, entities, annotated = client.predict(**example, api_name=name)
+        assert isinstance(caption, str) and isinstance(entities, list) and annotated, name
 
 
 def test_a_setting_is_checked_on_the_server_with_its_own_label(extended):

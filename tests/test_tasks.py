@@ -19,6 +19,7 @@ from kosmos2.demo import settings as demo_settings
 from kosmos2.grounding import post_process_generation
 from kosmos2.demo.inputs import InputError
 from kosmos2.demo.tasks import build_request
+from kosmos2.hub import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 # On a 64x64 image these pixel boxes are SPEC.md's example boxes: patch pairs (44, 863) and (5, 911).
@@ -252,7 +253,7 @@ def test_cli_on_tiny_checkpoint(tmp_path):
 def test_cli_reports_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "refer",
                            "--tiny"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and "No box" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr == "error: --task refer needs a box: give --box x1,y1,x2,y2 (in pixels)\n"
 
 
 # ----------------------------------------------------------------------------- results and streaming
@@ -299,9 +300,9 @@ def test_runner_streams_then_finishes(tiny_checkpoint, image):
     assert final.first_token_s is not None and final.seconds >= final.first_token_s
 
 
-def test_holder_falls_back_to_tiny_when_the_checkpoint_is_missing(tmp_path):
-    loaded = loading.ModelHolder(str(tmp_path / "no-such-checkpoint"), device="cpu").get()
-    assert loaded.is_tiny and "no-such-checkpoint" in loaded.note
+def test_a_named_checkpoint_that_is_missing_is_an_error_not_a_fallback(tmp_path):
+    with pytest.raises(CheckpointError, match="no-such-checkpoint"):
+        loading.ModelHolder(str(tmp_path / "no-such-checkpoint"), device="cpu").get()
 
 
 def test_rotated_image_boxes_are_in_the_rotated_frame():

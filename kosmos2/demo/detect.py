@@ -14,7 +14,7 @@ import torch
 from .. import detection, grounding
 from ..detection import Candidate
 from .loading import LoadedModel
-from .results import TaskResult, build_result
+from .results import TaskResult, build_result, location_token_ids
 from .settings import DetectionSettings
 from .tasks import TaskRequest
 
@@ -24,13 +24,14 @@ _PROMPT = re.compile(r"<grounding><phrase> (.*)</phrase><object>", re.DOTALL)  #
 @dataclass(frozen=True)
 class Detection:
     """What a detect run found for one request, kept so that the filters can change without the model:
-    the request, its phrases, and every candidate box per phrase."""
+    the request, its phrases, every candidate box per phrase, and how long the model took."""
 
     request: TaskRequest
     phrases: tuple[str, ...]
     candidates: tuple[tuple[Candidate, ...], ...]
+    seconds: float = 0.0
 
-    def result(self, settings: DetectionSettings, seconds: float = 0.0) -> TaskResult:
+    def result(self, settings: DetectionSettings) -> TaskResult:
         """The result under ``settings``: per phrase, its boxes after NMS, the threshold and the cap."""
         texts, logprobs = [], []
         for phrase, candidates in zip(self.phrases, self.candidates):
@@ -39,7 +40,7 @@ class Detection:
             texts.append(f"<grounding><phrase> {phrase}</phrase>{markup}")
             logprobs.append([lp for c in kept for lp in (math.log(c.p_first), math.log(c.p_second))])
         out = build_result(self.request, texts, grounding.post_process_generation, done=True, patch_logprobs=logprobs)
-        out.detection, out.seconds = self, seconds
+        out.detection, out.seconds = self, self.seconds
         return out
 
     def density(self, phrase: int) -> list[list[float]]:
@@ -59,8 +60,7 @@ def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: 
         rows.extend(engine.rows(batch["pixel_values"], batch["input_ids"], batch["image_embeds_position_mask"],
                                 batch["attention_mask"]))
         phrases.append(tuple(_PROMPT.fullmatch(p).group(1) for p in request.prompts))
-    cells = [grounding.patch_index_token(i) for i in range(grounding.NUM_PATCH_INDEX_TOKENS)]
-    location_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(cells))
+    location_ids = torch.tensor(location_token_ids(processor))
     located = engine.locate(rows, location_ids, settings.candidates, detection.FIRST_CELL_FLOOR)
     seconds = time.perf_counter() - start
     out, at = [], 0
@@ -71,5 +71,5 @@ def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: 
             per_phrase.append(tuple(c for k, cell in enumerate(row.tried)
                                     for c in detection.candidates_from(cell, first[cell], row.second[k].tolist())))
         at += len(names)
-        out.append(Detection(request, names, tuple(per_phrase)).result(settings, seconds))
+        out.append(Detection(request, names, tuple(per_phrase), seconds).result(settings))
     return out

@@ -80,6 +80,10 @@ class TaskResult:
 
     def timing_text(self) -> str:
         """A one-line summary of the run's speed."""
+        if self.detection is not None:
+            tried = sum(map(len, self.detection.candidates))
+            boxes = sum(len(e.boxes) for e in self.entities)
+            return f"{boxes} boxes kept of {tried} candidates in {self.seconds:.2f} s"
         if not self.done:
             return f"generating... {self.new_tokens} tokens"
         parts = [f"{self.new_tokens} new tokens in {self.seconds:.2f} s"]
@@ -128,14 +132,21 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
                       row_spans, row_colours, (width, height), done, colour_row_text=request.colour_row_text)
 
 
+def location_token_ids(processor: Any) -> list[int]:
+    """The ids of the location tokens ``<patch_index_0000>`` ... in cell order."""
+    return processor.tokenizer.convert_tokens_to_ids(
+        [grounding.patch_index_token(i) for i in range(grounding.NUM_PATCH_INDEX_TOKENS)])
+
+
 def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
         min_interval_s: float = 0.05) -> Iterator[TaskResult]:
     """Generate for ``request``, yielding partial results while tokens arrive and the final one last.
 
     The rows go to the model's batcher (decoded together with other users' waiting rows, the image
-    prefix cached); partial results are yielded at most every ``min_interval_s`` seconds. A generation
+    prefix cached); partial results are yielded every ``min_interval_s`` seconds at most, and at least
+    (while tokens are awaited, as with beam search, which gives its tokens at the end). A generation
     error is raised here. Closing the iterator early (a client that went away) drops the rows from
-    their batch at its next step (beam search runs to its end).
+    their batch at its next step (beam search stops too).
     """
     from ..serving import follow  # model code loads with the model, not with the app (see ModelHolder._from)
 
@@ -144,12 +155,13 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
     prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
     streams = loaded.batcher.submit_batch(**batch, **settings.generate_kwargs())
+    locations = set(location_token_ids(processor))
+    image_end = processor.tokenizer.convert_tokens_to_ids("</image>")
 
     def result(new_ids: list[list[int]], seconds: float, first: float | None, done: bool) -> TaskResult:
         ids = [p + q for p, q in zip(prompt_ids, new_ids)]
         texts = processor.batch_decode(ids, skip_special_tokens=True)
-        logprobs = [grounding.location_logprobs(processor.tokenizer.convert_ids_to_tokens(row),
-                                                [None] * len(p) + stream.logprobs[:len(q)])
+        logprobs = [grounding.location_logprobs(row, [None] * len(p) + stream.logprobs[:len(q)], locations, image_end)
                     for row, p, q, stream in zip(ids, prompt_ids, new_ids, streams)]
         out = build_result(request, texts, processor.post_process_generation, done=done, patch_logprobs=logprobs)
         out.new_tokens, out.seconds, out.first_token_s = max(map(len, new_ids)), seconds, first
@@ -159,12 +171,12 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     first: float | None = None
     new_ids: list[list[int]] = [[] for _ in range(n)]
     last_yield = 0.0
-    with closing(follow(streams)) as steps:
+    tick = min_interval_s if math.isfinite(min_interval_s) else None  # partial results come even without tokens
+    with closing(follow(streams, tick)) as steps:
         for new_ids in steps:
             now = time.perf_counter()
-            if not settings.streams:
-                continue
-            first = first if first is not None else now - start
+            if first is None and settings.streams and any(new_ids):
+                first = now - start
             if now - last_yield >= min_interval_s:
                 last_yield = now
                 yield result(new_ids, now - start, first, done=False)

@@ -33,6 +33,11 @@ class Setting:
     choices: tuple[str, ...] = ()
     help: str = ""
 
+    def describe(self) -> str:
+        """Its help, range and default in one line (CLI help, API parameter docs)."""
+        allowed = f"{self.minimum:g} to {self.maximum:g}" if not self.choices else ", ".join(self.choices)
+        return "; ".join(p for p in (self.help, allowed, f"default {self.default}") if p)
+
     @property
     def kind(self) -> type:
         """``int``, ``float`` or ``str``: the type of the default."""

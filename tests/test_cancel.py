@@ -1,0 +1,79 @@
+"""An abandoned API request stops: a ``gradio_client`` job cancelled while it decodes (plain, batched
+with another user's row, or beam search) stops its rows within a few decode steps, and the next
+request runs at once. On the tiny checkpoint, served in this process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+
+from kosmos2.serving import RowDecoder
+from launch import ROOT, serve
+
+CAT = ROOT / "assets" / "cat.jpg"
+LONG = 512  # tokens a cancelled request asks for: far more than it gets to
+
+
+@pytest.fixture(scope="module")
+def served():
+    with serve() as url:
+        yield Client(url, verbose=False)
+
+
+@pytest.fixture
+def steps(monkeypatch):
+    """Decode steps run so far (calls of the serving decoder), and the rows of each."""
+    calls: list[int] = []
+    call = RowDecoder.__call__
+
+    def counted(self, sequences, attention_mask):
+        calls.append(sequences.shape[0])
+        return call(self, sequences, attention_mask)
+
+    monkeypatch.setattr(RowDecoder, "__call__", counted)
+    return calls
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout_s} s", pytrace=False)
+        time.sleep(0.05)
+
+
+def _settled(steps: list[int], quiet_s: float = 1.0, timeout_s: float = 20) -> int:
+    """Wait until no decode step has run for ``quiet_s``; the number of steps then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = len(steps)
+        time.sleep(quiet_s)
+        if len(steps) == seen:
+            return seen
+    pytest.fail(f"decoding still going after {timeout_s} s", pytrace=False)
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+def test_a_cancelled_request_stops_decoding_and_the_next_one_runs_at_once(served, steps, decoding):
+    job = served.submit(handle_file(str(CAT)), max_new_tokens=LONG, decoding=decoding, num_beams=2,
+                        no_repeat_ngram_size=0, api_name="/caption")
+    _wait_for(lambda: len(steps) > 10, 60, "the long request did not start decoding")
+    job.cancel()
+    cancelled_at = len(steps)
+    stopped = _settled(steps)
+    assert stopped < LONG and stopped - cancelled_at < 100, (cancelled_at, stopped)
+    start = time.perf_counter()
+    caption, _, _ = served.predict(handle_file(str(CAT)), max_new_tokens=4, api_name="/caption")
+    assert caption.startswith("An image of") and time.perf_counter() - start < 20
+
+
+def test_cancelling_one_user_leaves_the_other_rows_of_its_batch(served, steps):
+    kept = served.submit(handle_file(str(CAT)), max_new_tokens=40, api_name="/plain")
+    dropped = served.submit(handle_file(str(CAT)), max_new_tokens=LONG, api_name="/caption")
+    _wait_for(lambda: len(steps) > 5, 60, "the requests did not start decoding")
+    dropped.cancel()
+    caption, _, _ = kept.result(timeout=120)
+    assert caption.startswith("An image of")
+    assert _settled(steps) < LONG
