@@ -17,17 +17,33 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# Hugging Face Spaces ZeroGPU: a GPU is attached only inside @spaces.GPU functions; `spaces` must be
-# imported before torch (which kosmos2.demo imports).
+# Hugging Face Spaces ZeroGPU: a GPU is attached only inside @spaces.GPU functions, each call of which
+# runs in a process forked for it; `spaces` must be imported before torch (which kosmos2.demo imports).
 try:
     import spaces
-
-    on_gpu: Callable[[Callable], Callable] = spaces.GPU
 except ImportError:
-    def on_gpu(fn: Callable) -> Callable:
-        return fn
+    spaces = None
+ZERO_GPU = spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
+def gpu_seconds(*_: Any, **values: Any) -> int:
+    """The GPU time to ask ZeroGPU for one call, from its settings (the decorated function's arguments;
+    a cached example's come by position and get the default)."""
+    try:
+        tokens = int(float(values.get("max_new_tokens", 128)))
+        beams = int(float(values.get("num_beams", 1))) if values.get("decoding") == "beam" else 1
+    except (TypeError, ValueError):  # a bad value: the call refuses it at once, so a short task suffices
+        return 15
+    return 15 + round(max(tokens, 1) * max(beams, 1) * 0.05)
+
+
+def on_gpu(fn: Callable) -> Callable:
+    """``fn`` as a ZeroGPU task (``spaces.GPU`` with a duration from its settings); elsewhere ``fn``."""
+    return spaces.GPU(fn, duration=gpu_seconds) if ZERO_GPU else fn
+
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from gradio_client import handle_file
 from gradio_image_annotation import image_annotator
 
@@ -50,6 +66,7 @@ ON_SPACES = bool(os.environ.get("SPACE_ID"))  # Hugging Face Spaces sets it
 CONCURRENCY_LIMIT = MAX_BATCH_SIZE  # waiting requests share batches (kosmos2.serving)
 OUTPUT_MAX_AGE_S = 3600
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+SESSIONS_KEPT = 1000  # Gradio keeps each browser or API session's state (~0.5 MB here); its default is 10000
 OUTPUT_MAX_FILES = 64  # annotated PNGs kept in the private output folder (Gradio serves its own copy)
 STREAM_INTERVAL_S = 0.15  # at most ~7 partial updates a second
 API_POLL_S = 0.25  # how often an API call lets Gradio check whether its client is still there
@@ -72,7 +89,8 @@ class Runner:
     def __init__(self, holder: ModelHolder, tasks: Mapping[str, Task] = TASKS) -> None:
         self.holder = holder
         self.tasks = tasks
-        self.outputs = draw.OutputFolder(OUTPUT_MAX_FILES, OUTPUT_MAX_AGE_S)
+        # Gradio copies each result into its cache; for generator endpoints it never deletes the copy
+        self.outputs = draw.OutputFolder(OUTPUT_MAX_FILES, OUTPUT_MAX_AGE_S, copies=get_upload_folder())
 
     def banner(self) -> dict:
         """Loads the model (first call) and shows the banner when the tiny checkpoint or the
@@ -294,10 +312,10 @@ def _refilter_events(runner: Runner, found: gr.State, controls: dict[str, gr.com
 
     inputs = {"found": found, "show": extras["show"], "heat_for": extras["heat_for"], **controls}
     for name in FILTERS:
-        controls[name].change(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private",
-                              trigger_mode="always_last", queue=False)
-    for name in ("show", "heat_for"):
-        extras[name].change(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private", queue=False)
+        controls[name].input(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private",
+                             trigger_mode="always_last", queue=False)
+    for name in ("show", "heat_for"):  # (input: the user's changes, not the run's own update of the phrases)
+        extras[name].input(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private", queue=False)
 
 
 def _with_example(component: gr.components.Component, example: Any) -> gr.components.Component:
@@ -388,11 +406,14 @@ def _api_fn(runner: Runner, task: Task) -> Callable:
 
 
 def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TASKS,
-               cache_examples: bool = False) -> gr.Blocks:
+               cache_examples: bool = False, load_now: bool = ZERO_GPU) -> gr.Blocks:
     """The demo's Blocks: a tab per group of ``tasks`` (by their ``tab``) and an API endpoint per task;
     ``cache_examples``: each example's result is computed once, lazily (see :func:`_tab`). Nothing is
-    loaded here: the model loads on first use."""
+    loaded here unless ``load_now`` (on ZeroGPU: the model must be in the main process, and on the GPU,
+    before the forked calls): else the model loads on first use."""
     runner = Runner(holder or ModelHolder(), tasks)
+    if load_now:
+        runner.holder.get()
     events = dict(concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="kosmos2")
     cache = (OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)
     with gr.Blocks(title="KOSMOS-2: grounded multimodal demo", delete_cache=cache) as demo:
@@ -438,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     drop_stray_gradio_prints()
     try:
         with stop_on_signals():
-            served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES, mcp_server=args.mcp or None)
+            served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES, mcp_server=args.mcp or None,
+                          state_session_capacity=SESSIONS_KEPT)
     except StopRequested:  # SIGTERM or Ctrl-C: Gradio's full shutdown (its cache), then the atexit clean-up
         served.close()
     return 0

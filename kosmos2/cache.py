@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .config import Kosmos2TextConfig
 
@@ -77,6 +78,15 @@ class KVCache:
     def advance(self, new_tokens: int) -> None:
         """Mark ``new_tokens`` more positions as filled (after every layer has been updated)."""
         self.length += new_tokens
+
+    def selected(self, index: torch.Tensor) -> "KVCache":
+        """A new cache of the rows ``index`` (repeats allowed), with room for one more position; this one
+        is unchanged."""
+        out = KVCache.__new__(KVCache)
+        out.keys = [F.pad(t[:, :, : self.length].index_select(0, index), (0, 0, 0, 1)) for t in self.keys]
+        out.values = [F.pad(t[:, :, : self.length].index_select(0, index), (0, 0, 0, 1)) for t in self.values]
+        out.length = self.length
+        return out
 
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows (beam search): row i becomes old row ``index[i]``."""

@@ -636,7 +636,8 @@ class Decoded:
     ``sequences`` (R, L + new): the prompt and new ids (R = N rows for greedy and sampling; batch x
     ``num_return_sequences`` best hypotheses for beam search). ``token_logprobs`` (R, new): each new
     token's raw log-probability (the model's log-softmax before any processing; 0 after a row ended).
-    ``scores`` / ``logits``: per step, the (N, V) processed scores / raw logits, when the job kept them.
+    ``scores`` / ``logits``: per step, the (N, V) processed scores / raw logits of every decoded row (for
+    beam search N = batch x beams), when the job kept them.
     Beam search also gives ``sequences_scores`` (R,) and ``beam_indices`` (R, new): the row each new
     token was chosen from, -1 after the hypothesis ended.
     """

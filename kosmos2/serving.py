@@ -17,9 +17,11 @@ each row's tokens to its own :class:`RowStream`.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import generation
+from . import detection, generation
 from .cache import KVCache
 from .generation import DecodingSettings, Streamer
 from .language import position_ids_from_input_ids
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from .model import Kosmos2ForConditionalGeneration
 
 DEFAULT_MAX_IMAGES = 8
+LOCATE_ROWS = 64  # candidates per batched step of Engine.locate (each holds a copy of its prefix cache)
 BATCH_SIZES_KEPT = 1000
 
 
@@ -107,6 +110,13 @@ def split_batch(
             raise ValueError("attention_mask must be 0s then 1s per row (left padding only)")
         rows.append(split_row(pixels, ids[start:], slots[start:], pad_id))
     return rows
+
+
+def check_one_sequence(settings: DecodingSettings) -> None:
+    """Serving gives one sequence per row: ``num_return_sequences`` is ``model.generate``'s."""
+    if settings.num_return_sequences != 1:
+        raise ValueError("num_return_sequences must be 1 when serving (one sequence per row); "
+                         "use model.generate for several sequences per prompt")
 
 
 # ----------------------------------------------------------------------------- the prefix cache
@@ -317,24 +327,26 @@ class Engine:
         first location token, and for its ``candidates`` likeliest first cells (at least ``floor``), the
         distribution over the second one given each. ``location_ids`` (C,) are the location tokens' ids,
         cell order. Both distributions are the softmax of the raw logits over the whole vocabulary, at
-        the location tokens. One forward pass over the rows' prompts, then one batched step for every
-        candidate of every row, on the cached prefix."""
+        the location tokens. One forward pass over the rows' prompts, then batched steps (at most
+        ``LOCATE_ROWS`` candidates each) for every candidate of every row, on the cached prefix."""
         ready = self.prepare(rows, 1, max_new_tokens=1)
         location_ids = location_ids.to(ready.sequences.device)
-        first = ready.decoder(ready.sequences, ready.attention_mask).softmax(dim=-1)[:, location_ids]  # (B, C)
-        top = first.topk(min(candidates, first.shape[1]), dim=-1)
-        picks = [(r, int(cell)) for r in range(len(rows))
-                 for p, cell in zip(top.values[r].tolist(), top.indices[r].tolist()) if p >= floor]
-        if not picks:
-            return [Located(f, [], None) for f in first.cpu()]
-        index = torch.tensor([r for r, _ in picks], device=ready.sequences.device)
-        ready.decoder.reorder(index)
-        cells = torch.tensor([c for _, c in picks], device=ready.sequences.device)
-        sequences = torch.cat([ready.sequences[index], location_ids[cells].unsqueeze(1)], dim=1)
-        attention = torch.nn.functional.pad(ready.attention_mask[index], (0, 1), value=1)
-        second = ready.decoder(sequences, attention).softmax(dim=-1)[:, location_ids].cpu()  # (picks, C)
-        return [Located(first[r].cpu(), [c for (row, c) in picks if row == r],
-                        second[[k for k, (row, _) in enumerate(picks) if row == r]]) for r in range(len(rows))]
+        first = ready.decoder(ready.sequences, ready.attention_mask).softmax(dim=-1)[:, location_ids].cpu()  # (B, C)
+        picks = [(r, cell) for r in range(len(rows))
+                 for cell, _ in detection.top_cells(first[r].tolist(), candidates, floor)]
+        seconds = []
+        for start in range(0, len(picks), LOCATE_ROWS):  # each chunk copies the prefix cache once per pick
+            chunk = picks[start:start + LOCATE_ROWS]
+            index = torch.tensor([r for r, _ in chunk], device=ready.sequences.device)
+            decoder = RowDecoder(self.model, ready.decoder.cache.selected(index))
+            cells = torch.tensor([c for _, c in chunk], device=ready.sequences.device)
+            sequences = torch.cat([ready.sequences[index], location_ids[cells].unsqueeze(1)], dim=1)
+            attention = torch.nn.functional.pad(ready.attention_mask[index], (0, 1), value=1)
+            seconds.append(decoder(sequences, attention).softmax(dim=-1)[:, location_ids].cpu())  # (chunk, C)
+        second = torch.cat(seconds) if seconds else None
+        return [Located(first[r], [c for row, c in picks if row == r],
+                        None if second is None else second[[k for k, (row, _) in enumerate(picks) if row == r]])
+                for r in range(len(rows))]
 
     @torch.no_grad()
     def run(
@@ -357,6 +369,7 @@ class Engine:
         eos_ids = generation.eos_tensor(self.model, eos_token_id)
         try:
             generation.check_streaming(settings, streamer)
+            check_one_sequence(settings)
             ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
             pads = ready.attention_mask == 0  # the middle pads of [prefix][pads][rest]: invisible to penalties
             job = generation.DecodeJob(ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids,
@@ -529,6 +542,18 @@ class Batcher:
         self._worker: threading.Thread | None = None
         self._closed = False
         self._holds = 0  # open hold() blocks: while > 0 the worker takes no new batch
+        reset = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(after_in_child=lambda: (m := reset()) is not None and m())
+
+    def _after_fork(self) -> None:
+        """In a forked child (ZeroGPU runs each call so) only the forking thread exists: the worker is gone
+        and the queue's lock may be held by it, so the batcher starts afresh and the child's first request
+        starts its own worker. (The prefix cache's lock is taken only by the worker; on ZeroGPU the main
+        process never decodes, so no lock is held at a fork.)"""
+        self._pending = []
+        self._cond = threading.Condition()
+        self._worker = None
+        self._holds = 0
 
     def submit(
         self,
@@ -564,6 +589,7 @@ class Batcher:
     def _enqueue(self, rows: Sequence[Row], max_new_tokens: int | None, generator: torch.Generator | None,
                  timeout: float | None, decoding: dict[str, Any]) -> list[RowStream]:
         settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
+        check_one_sequence(settings)
         requests = [_Request(row, settings, RowStream(timeout), generator) for row in rows]
         with self._cond:
             if self._closed:
@@ -662,8 +688,8 @@ class Batcher:
 def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Iterator[list[list[int]]]:
     """Each row's new ids so far, after every round in which each unfinished row got one more token
     (until every row is complete); with ``tick_s``, also after ``tick_s`` seconds without a token (so
-    that a consumer waiting on a slow or all-at-once row, as beam search's, keeps control). Closing the
-    iterator early cancels the rows."""
+    that a consumer waiting on a slow or all-at-once row, as beam search's, keeps control), else a
+    stream's own ``timeout`` raises ``queue.Empty``. Closing the iterator early cancels the rows."""
     got: list[list[int]] = [[] for _ in streams]
     live = list(range(len(streams)))
     try:
@@ -671,8 +697,10 @@ def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Iterato
             grew = False
             for i in list(live):
                 try:
-                    token = streams[i].next_token(tick_s)
+                    token = streams[i].next_token(streams[i].timeout if tick_s is None else tick_s)
                 except queue.Empty:
+                    if tick_s is None:
+                        raise  # the stream's own timeout
                     break
                 if token is None:
                     live.remove(i)

@@ -68,16 +68,17 @@ def _served_url(proc: subprocess.Popen, log: Path, deadline: float) -> str:
 
 
 @contextmanager
-def serve_subprocess(tmp: Path, timeout_s: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
+def serve_subprocess(tmp: Path, timeout_s: float = 300,
+                     env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run ``python app.py --tiny`` with its temporary folders (``TMPDIR``, ``GRADIO_TEMP_DIR``) under
     ``tmp``; yield (URL, process). On exit the server is stopped with Ctrl-C, as a person would.
 
     The server binds the first free port from a random start up (``GRADIO_SERVER_PORT`` is where
     Gradio starts looking, ``GRADIO_NUM_PORTS`` how far) and the URL is the one it prints, so a port
     taken by another process meanwhile is skipped, never lost. ``timeout_s`` bounds the start and
-    the stop; only a hang reaches it."""
+    the stop; only a hang reaches it. ``env``: more environment variables for the server."""
     start = free_port()
-    env = {**os.environ, "TMPDIR": str(tmp / "tmp"), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+    env = {**os.environ, **(env or {}), "TMPDIR": str(tmp / "tmp"), "GRADIO_TEMP_DIR": str(tmp / "gradio"),
            "GRADIO_SERVER_PORT": str(start), "GRADIO_NUM_PORTS": str(min(100, 65536 - start)),
            "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}  # unbuffered: the URL line comes at once
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ request runs at once. On the tiny checkpoint, served in this process."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
@@ -77,3 +78,34 @@ def test_cancelling_one_user_leaves_the_other_rows_of_its_batch(served, steps):
     caption, _, _ = kept.result(timeout=120)
     assert caption.startswith("An image of")
     assert _settled(steps) < LONG
+
+
+def test_the_output_folder_prunes_the_servers_copies_of_its_files_too(tmp_path):
+    """Gradio keeps a copy of each result file in its cache and, for generator endpoints, never deletes
+    it: the output folder prunes those copies like its own files, and removes them at exit."""
+    import os
+
+    from PIL import Image
+
+    from kosmos2.demo.draw import OutputFolder
+
+    cache = tmp_path / "cache"
+    folder = OutputFolder(max_files=3, max_age_s=3600, copies=cache)
+    for k in range(5):
+        path = Path(folder.save(Image.new("RGB", (4, 4))))
+        copy = cache / f"hash{k}" / path.name
+        copy.parent.mkdir(parents=True)
+        copy.write_bytes(path.read_bytes())
+        age = 7200 if k < 3 else 10  # the first three older than max_age_s
+        os.utime(copy, (time.time() - age, time.time() - age))
+    other = cache / "other" / "someone-elses.png"
+    other.parent.mkdir()
+    other.write_bytes(b"x")
+    folder.save(Image.new("RGB", (4, 4)))
+    stranger = cache / "upload" / "kosmos2-someone-uploaded-this.png"  # not this folder's: kept
+    stranger.parent.mkdir()
+    stranger.write_bytes(b"x")
+    folder.save(Image.new("RGB", (4, 4)))
+    assert sorted(p.parent.name for p in cache.glob("hash*/kosmos2-*.png")) == ["hash3", "hash4"]
+    folder.remove_copies()
+    assert list(cache.glob("hash*/kosmos2-*.png")) == [] and other.exists() and stranger.exists()

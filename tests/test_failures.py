@@ -79,7 +79,7 @@ def test_int8_mode_is_labelled_experimental_in_the_page(monkeypatch):
     banner = app.Runner(holder).banner()
     assert banner["visible"] is True
     assert "Experimental int8 mode" in banner["value"] and "tiny checkpoint" in banner["value"]
-    caption, _, png = app.Runner(holder).api("caption", str(CAT), None, [], True, {"max_new_tokens": 4})
+    *_, (caption, _, png) = app.Runner(holder).api("caption", str(CAT), None, [], True, {"max_new_tokens": 4})
     assert caption.startswith("An image of") and png.endswith(".png")
 
 
@@ -97,5 +97,5 @@ def test_a_bug_while_building_the_request_is_a_short_error_not_a_bare_one(monkey
 
     monkeypatch.setattr(app, "build_request", broken)
     with pytest.raises(gr.Error) as info:
-        app.Runner(loading.ModelHolder(force_tiny=True)).api("caption", str(CAT), None, [], True, {})
+        list(app.Runner(loading.ModelHolder(force_tiny=True)).api("caption", str(CAT), None, [], True, {}))
     assert info.value.message == app.USER_ERROR

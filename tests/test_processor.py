@@ -393,7 +393,7 @@ def test_bad_images_raise(tmp_path):
     bad = [
         (tmp_path / "notes.txt", "not an image"),
         (tmp_path / "cut.png", "truncated or corrupt"),
-        (tmp_path / "missing.png", "not found"),
+        (tmp_path / "missing.png", "No such image file"),
         (np.zeros((5, 7, 3), dtype=np.float32), "uint8"),
         (np.zeros((5, 7, 2), dtype=np.uint8), "shape"),
         (np.zeros((3, 5, 7, 3), dtype=np.uint8), "shape"),

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from kosmos2.demo.tasks import TASKS as TASK_TABLE
 from launch import import_app, serve_subprocess
 
 WARM_UP, TOTAL = 20, 200
@@ -29,12 +30,17 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS line")
 
 
-def call(http: httpx.Client, url: str, task: str, image: Path, text: str, boxes: list) -> list:
+def call(http: httpx.Client, url: str, task: str, image: Path, text: str, boxes: list, session: str) -> list:
     """Upload ``image``, run ``task`` on it with two new tokens; the outputs (caption, entities, PNG)."""
     with open(image, "rb") as f:
         (path,) = http.post(f"{url}gradio_api/upload", files={"files": (image.name, f)}).json()
-    data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, text, boxes, True, 2, "greedy", 3, 0.7, 0.9, 0]
-    event = http.post(f"{url}gradio_api/call/{task}", json={"data": data}).json()["event_id"]
+    spec = TASK_TABLE[task]  # the endpoint's parameters in order: image, its text, boxes, grounding, settings
+    data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, *([text] if spec.text else []),
+            *([boxes] if spec.boxes != "none" else []), *([True] if spec.grounding_option else []),
+            2, "greedy", 3, 0.7, 0.9, 0]
+    # one session per user, as gradio_client and a page have (a session per call would measure Gradio's
+    # session store, which the app bounds with SESSIONS_KEPT)
+    event = http.post(f"{url}gradio_api/call/{task}", json={"data": data, "session_hash": session}).json()["event_id"]
     kind = None
     with http.stream("GET", f"{url}gradio_api/call/{task}/{event}") as stream:
         for line in stream.iter_lines():
@@ -66,7 +72,7 @@ def test_two_hundred_requests_do_not_grow_memory_or_leave_temp_files(tmp_path):
         rss = {}
         for i in range(TOTAL):
             task, text, boxes = TASKS[i % len(TASKS)]
-            caption, _, png = call(http, url, task, uploads[i % len(uploads)], text, boxes)
+            caption, _, png = call(http, url, task, uploads[i % len(uploads)], text, boxes, f"user{i % 10}")
             assert isinstance(caption, str) and caption and png["orig_name"].startswith("kosmos2-")
             if i + 1 in (WARM_UP, TOTAL):
                 rss[i + 1] = rss_bytes(server.pid)

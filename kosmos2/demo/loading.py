@@ -129,7 +129,8 @@ class ModelHolder:
     def _tiny(self, note: str, announce: bool = True) -> LoadedModel:
         """The built-in tiny checkpoint, written to a temporary folder that is removed at exit."""
         folder = Path(tempfile.mkdtemp(prefix="kosmos2-tiny-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        owner = os.getpid()  # a forked child (ZeroGPU) exiting must not remove the parent's checkpoint
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
         if announce:
             progress(f"Writing the built-in tiny checkpoint (random weights) to {folder}...")
         write_tiny_checkpoint(folder)

@@ -143,8 +143,9 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     """Generate for ``request``, yielding partial results while tokens arrive and the final one last.
 
     The rows go to the model's batcher (decoded together with other users' waiting rows, the image
-    prefix cached); partial results are yielded every ``min_interval_s`` seconds at most, and at least
-    (while tokens are awaited, as with beam search, which gives its tokens at the end). A generation
+    prefix cached); partial results are yielded every ``min_interval_s`` seconds at most, and (for a
+    positive, finite ``min_interval_s``) at least, while tokens are awaited, as with beam search, which
+    gives its tokens at the end. A generation
     error is raised here. Closing the iterator early (a client that went away) drops the rows from
     their batch at its next step (beam search stops too).
     """
@@ -154,7 +155,6 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     n = len(request.prompts)
     batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
     prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    streams = loaded.batcher.submit_batch(**batch, **settings.generate_kwargs())
     locations = set(location_token_ids(processor))
     image_end = processor.tokenizer.convert_tokens_to_ids("</image>")
 
@@ -171,7 +171,8 @@ def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
     first: float | None = None
     new_ids: list[list[int]] = [[] for _ in range(n)]
     last_yield = 0.0
-    tick = min_interval_s if math.isfinite(min_interval_s) else None  # partial results come even without tokens
+    tick = min_interval_s if 0 < min_interval_s < math.inf else None  # partial results even without new tokens
+    streams = loaded.batcher.submit_batch(**batch, **settings.generate_kwargs())
     with closing(follow(streams, tick)) as steps:
         for new_ids in steps:
             now = time.perf_counter()
