@@ -2,18 +2,21 @@
 
 Tasks, prompts and their examples are ``kosmos2.demo.tasks.TASKS``; generation settings are
 ``kosmos2.demo.settings.SETTINGS``; validation, loading and the runner live in ``kosmos2.demo``.
-The model loads lazily, once per process, on the first page load or request. ``python app.py --tiny``
-runs on the built-in tiny random checkpoint.
+The model loads once per process: on the first page load or request, or at start-up with ``--preload``
+(and on Spaces), the page showing a status line meanwhile. ``python app.py --tiny`` runs on the built-in
+tiny random checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import html
 import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,7 @@ SESSIONS_KEPT = 1000  # Gradio keeps each browser or API session's state (~0.5 M
 OUTPUT_MAX_FILES = 64  # annotated PNGs kept in the private output folder (Gradio serves its own copy)
 STREAM_INTERVAL_S = 0.15  # at most ~7 partial updates a second
 API_POLL_S = 0.25  # how often an API call lets Gradio check whether its client is still there
+STATUS_POLL_S = 0.5  # how often the page's status line is refreshed while the model loads
 SETTINGS_PER_ROW = 3
 FILTERS = ("threshold", "max_instances", "nms_iou")  # detect settings that re-filter the last result at once
 TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
@@ -91,6 +95,18 @@ class Runner:
         self.tasks = tasks
         # Gradio copies each result into its cache; for generator endpoints it never deletes the copy
         self.outputs = draw.OutputFolder(OUTPUT_MAX_FILES, OUTPUT_MAX_AGE_S, copies=get_upload_folder())
+
+    async def notices(self) -> AsyncIterator[dict]:
+        """The page's status line while the model loads (starting it if nobody has: the page load is a
+        first use), refreshed every ``STATUS_POLL_S``; then the banner, if the tiny checkpoint or the
+        experimental int8 mode is in use. Async: a page waiting for the model holds no thread."""
+        self.holder.start()
+        while (status := self.holder.status).stage != "ready":
+            yield gr.update(visible=True, value=f'<div class="k2-loading">⏳ {html.escape(status.describe())}</div>')
+            if status.stage == "failed":
+                return
+            await asyncio.sleep(STATUS_POLL_S)
+        yield self.banner()
 
     def banner(self) -> dict:
         """Loads the model (first call) and shows the banner when the tiny checkpoint or the
@@ -406,14 +422,16 @@ def _api_fn(runner: Runner, task: Task) -> Callable:
 
 
 def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TASKS,
-               cache_examples: bool = False, load_now: bool = ZERO_GPU) -> gr.Blocks:
+               cache_examples: bool = False, load_now: bool = ZERO_GPU, preload: bool = False) -> gr.Blocks:
     """The demo's Blocks: a tab per group of ``tasks`` (by their ``tab``) and an API endpoint per task;
-    ``cache_examples``: each example's result is computed once, lazily (see :func:`_tab`). Nothing is
-    loaded here unless ``load_now`` (on ZeroGPU: the model must be in the main process, and on the GPU,
-    before the forked calls): else the model loads on first use."""
+    ``cache_examples``: each example's result is computed once, lazily (see :func:`_tab`). The model
+    loads here if ``load_now`` (on ZeroGPU: it must be in the main process, and on the GPU, before the
+    forked calls), starts loading in the background if ``preload``, else loads on first use."""
     runner = Runner(holder or ModelHolder(), tasks)
     if load_now:
         runner.holder.get()
+    elif preload:
+        runner.holder.start()
     events = dict(concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="kosmos2")
     cache = (OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)
     with gr.Blocks(title="KOSMOS-2: grounded multimodal demo", delete_cache=cache) as demo:
@@ -427,7 +445,7 @@ def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TA
         for group in tabs.values():
             _tab(runner, group, settings, events, cache_examples)
         _api_endpoints(runner, events)
-        demo.load(runner.banner, None, banner, api_visibility="private")
+        demo.load(runner.notices, None, banner, api_visibility="private", concurrency_limit=None)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
 
@@ -438,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
 
     A bad ``KOSMOS2_*`` setting, or a checkpoint named by ``--checkpoint`` or ``$KOSMOS2_CHECKPOINT`` that
     cannot be loaded, stops it before serving: one ``error:`` line, status 2. So a named checkpoint loads
-    before the server starts; the default one loads on first use (and falls back to the tiny one offline)."""
+    before the server starts; the default one loads on first use, or from start-up in the background with
+    ``--preload`` and on Spaces (and falls back to the tiny one offline)."""
     parser = argparse.ArgumentParser(description="KOSMOS-2 Gradio demo")
     parser.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
     parser.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT)")
@@ -447,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also serve the tasks as MCP tools at /gradio_api/mcp/ (needs gradio[mcp])")
     parser.add_argument("--cache-examples", action="store_true",
                         help="compute each example's result once, on first click (default on Spaces)")
+    parser.add_argument("--preload", action="store_true",
+                        help="load the model at start-up, not on first use (default on Spaces)")
     args = parser.parse_args(argv)
     try:
         holder = ModelHolder(args.checkpoint, force_tiny=args.tiny)
@@ -455,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    served = build_demo(holder, cache_examples=args.cache_examples or ON_SPACES)
+    served = build_demo(holder, cache_examples=args.cache_examples or ON_SPACES, preload=args.preload or ON_SPACES)
     drop_stray_gradio_prints()
     try:
         with stop_on_signals():
@@ -469,4 +490,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 else:  # imported (by Spaces' or Gradio's reloader, or tests): a bad KOSMOS2_* setting raises SettingError here
-    demo = build_demo(cache_examples=ON_SPACES)
+    demo = build_demo(cache_examples=ON_SPACES, preload=ON_SPACES)

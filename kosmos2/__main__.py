@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if loaded.is_tiny:  # (why, when it is the offline fallback, is said once by the loading line above)
         print("warning: tiny checkpoint with random weights: outputs are random", file=sys.stderr)
     result = execute_to_end(loaded, task, request, settings)
-    loaded.batcher.close()  # its worker may still be inside the model: a thread torch is in at exit aborts
+    holder.close()
     if args.out:
         annotate(request.image, result.annotations()).save(args.out, format="PNG")
     if args.json:

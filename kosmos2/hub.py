@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json")
@@ -16,8 +16,31 @@ PROCESSOR_FILES = (
 )
 
 
+DOWNLOAD_BAR = "huggingface_hub.snapshot_download"  # the name of snapshot_download's bar of bytes written
+
+ByteProgress = Callable[[int, int], None]  # (bytes just written, bytes in all so far known; 0: not yet)
+
+
 class CheckpointError(OSError):
     """A checkpoint folder or hub repository is missing, unreachable or incomplete."""
+
+
+def _bar_reporting(on_bytes: ByteProgress) -> type:
+    """A huggingface_hub progress bar class that also gives ``on_bytes`` each update of the download's
+    byte count (it is called even where the bar itself is hidden: no terminal, as on Spaces)."""
+    from huggingface_hub.utils import tqdm
+
+    class Bar(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            self._reports = kwargs.get("name") == DOWNLOAD_BAR
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._reports:
+                on_bytes(int(n or 0), int(self.total or 0))
+            return super().update(n)
+
+    return Bar
 
 
 def resolve_checkpoint(
@@ -25,12 +48,14 @@ def resolve_checkpoint(
     allow_patterns: Sequence[str],
     revision: str | None = None,
     local_files_only: bool | None = None,
+    on_bytes: ByteProgress | None = None,
 ) -> Path:
     """Return a local folder holding the checkpoint.
 
     A path to an existing folder is used as it is. Anything else is taken as a hub repository
     id and downloaded with ``huggingface_hub`` (only the files matching ``allow_patterns``;
-    never pickle files). Errors say what is missing and whether the hub could be reached.
+    never pickle files); ``on_bytes(n, total)`` hears of every ``n`` bytes written, ``total`` being
+    the size of the files to download. Errors say what is missing and whether the hub could be reached.
     """
     path = Path(path_or_repo_id).expanduser()
     if path.is_dir():
@@ -55,6 +80,7 @@ def resolve_checkpoint(
                 revision=revision,
                 allow_patterns=list(allow_patterns),
                 local_files_only=bool(local_files_only),
+                tqdm_class=None if on_bytes is None else _bar_reporting(on_bytes),
             )
         )
     # One line each: huggingface_hub's own messages are paragraphs (they stay in the exception chain).

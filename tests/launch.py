@@ -68,9 +68,9 @@ def _served_url(proc: subprocess.Popen, log: Path, deadline: float) -> str:
 
 
 @contextmanager
-def serve_subprocess(tmp: Path, timeout_s: float = 300,
-                     env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``python app.py --tiny`` with its temporary folders (``TMPDIR``, ``GRADIO_TEMP_DIR``) under
+def serve_subprocess(tmp: Path, timeout_s: float = 300, env: dict[str, str] | None = None,
+                     args: tuple[str, ...] = ("--tiny",)) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``python app.py --tiny`` (or ``app.py`` with ``args``) with its temporary folders (``TMPDIR``, ``GRADIO_TEMP_DIR``) under
     ``tmp``; yield (URL, process). On exit the server is stopped with Ctrl-C, as a person would.
 
     The server binds the first free port from a random start up (``GRADIO_SERVER_PORT`` is where
@@ -84,7 +84,7 @@ def serve_subprocess(tmp: Path, timeout_s: float = 300,
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)
     log_path = tmp / "server.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "app.py", "--tiny"], cwd=ROOT, env=env, stdout=log,
+    proc = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         url = _served_url(proc, log_path, time.monotonic() + timeout_s)

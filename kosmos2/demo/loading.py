@@ -1,5 +1,6 @@
 """Loading the demo's model once per process: checkpoint, dtype and int8 mode from the environment
-(checked before anything loads), and the offline fallback to the built-in tiny checkpoint."""
+(checked before anything loads), loading on first use or at start-up in the background with a status
+(download progress included) for the page, and the offline fallback to the built-in tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..hub import CheckpointError
+from ..hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError, resolve_checkpoint
 from ..precision import INT8_MODES, check_quantize, resolve_dtype
 from ..processing import AutoProcessor, Kosmos2Processor
 from ..tiny import write_tiny_checkpoint
@@ -52,6 +53,42 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
                            f"the settings are {', '.join(ENVIRONMENT)}")
 
 
+@dataclass(frozen=True)
+class LoadStatus:
+    """Where loading the model stands: ``stage`` is "waiting" (not started), "downloading", "loading"
+    (reading the weights), "ready" or "failed" (``error`` says why; the next request tries again)."""
+
+    stage: str
+    checkpoint: str
+    since: float = field(default_factory=time.monotonic)  # when the stage began
+    done: int = 0  # bytes downloaded so far
+    total: int = 0  # bytes to download (0: not known yet)
+    error: str = ""
+
+    def describe(self) -> str:
+        """One line for a person: what is happening, with the download's progress or the seconds spent."""
+        seconds = f"{time.monotonic() - self.since:.0f} s"
+        if self.stage == "waiting":
+            return f"The model ({self.checkpoint}) loads on the first request."
+        if self.stage == "downloading" and self.total:
+            share = f"{100 * self.done / self.total:.0f} %"
+            return (f"Downloading the model ({self.checkpoint}): {_sizes(self.done, self.total)} ({share}, "
+                    f"{seconds}); requests wait for it.")
+        if self.stage == "downloading":
+            return f"Looking up the model ({self.checkpoint}) on the Hugging Face hub ({seconds}); requests wait for it."
+        if self.stage == "loading":
+            return f"Loading the model ({self.checkpoint}) into memory ({seconds}); requests wait for it."
+        if self.stage == "failed":
+            return f"The model ({self.checkpoint}) could not be loaded: {self.error}. The next request tries again."
+        return f"The model ({self.checkpoint}) is ready."
+
+
+def _sizes(done: int, total: int) -> str:
+    """``done`` of ``total`` bytes in the total's unit: "0.35 of 6.66 GB", "212 of 625 KB"."""
+    scale, unit, digits = next(u for u in ((1e9, "GB", 2), (1e6, "MB", 1), (1e3, "KB", 0)) if total >= u[0] or u[0] == 1e3)
+    return f"{done / scale:.{digits}f} of {total / scale:.{digits}f} {unit}"
+
+
 @dataclass
 class LoadedModel:
     """A model and its processor, ready to run."""
@@ -67,7 +104,8 @@ class LoadedModel:
 
 
 class ModelHolder:
-    """Loads the model once per process, on first use (thread-safe).
+    """Loads the model once per process, on first use or from :meth:`start` (thread-safe); :attr:`status`
+    says where loading stands.
 
     ``checkpoint`` defaults to ``$KOSMOS2_CHECKPOINT`` or the hub model; ``"tiny"`` (or
     ``force_tiny``) means the built-in tiny random checkpoint. A checkpoint named here or in
@@ -100,25 +138,65 @@ class ModelHolder:
             raise SettingError(f"KOSMOS2_QUANTIZE={self.quantize}: {e}") from e
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
+        self._status = LoadStatus("waiting", self.checkpoint)
+        self._starter: threading.Thread | None = None
+        self._reported = 0  # tenths of the download announced in the terminal
+        self._counting = threading.Lock()  # several files download at once
+        self._starting = threading.Lock()  # not _lock, which a load holds throughout
 
     @property
     def loaded(self) -> LoadedModel | None:
         """The loaded model, or None before the first :meth:`get`."""
         return self._loaded
 
+    @property
+    def status(self) -> LoadStatus:
+        """Where loading stands now."""
+        return self._status
+
     def get(self) -> LoadedModel:
-        """The model, loading it on the first call."""
+        """The model, loading it on the first call; a call made while it loads waits for it."""
         with self._lock:
             if self._loaded is None:
-                self._loaded = self._load()
+                self._status = LoadStatus("loading", self.checkpoint)
+                try:
+                    self._loaded = self._load()
+                except Exception as e:
+                    self._status = replace(self._status, stage="failed", error=str(e) or type(e).__name__)
+                    raise
+                self._status = LoadStatus("ready", self.checkpoint)
             return self._loaded
+
+    def start(self) -> None:
+        """Begin loading in a background thread, unless the model is loaded or loading already; requests
+        meanwhile wait for it in :meth:`get`. A failure is logged and shown in :attr:`status`. It does not
+        wait: the page's event loop calls it."""
+        with self._starting:
+            if self._loaded is not None or (self._starter is not None and self._starter.is_alive()):
+                return
+            self._starter = threading.Thread(target=self._load_in_background, name="kosmos2-load", daemon=True)
+            self._starter.start()
+
+    def close(self) -> None:
+        """Stop the loaded model's batcher worker (after its waiting requests): a thread still inside torch
+        when the interpreter exits can abort it. Nothing to do if nothing was loaded."""
+        if self._loaded is not None:
+            self._loaded.batcher.close()
+
+    def _load_in_background(self) -> None:
+        try:
+            self.get()
+        except Exception:
+            log.exception("loading the model at start-up failed")
 
     def _load(self) -> LoadedModel:
         if self.checkpoint == TINY_CHECKPOINT:
             return self._tiny("the tiny checkpoint was requested")
         progress(f"Loading KOSMOS-2 from {self.checkpoint} on {self.device} (once per process; this can take a while)...")
         try:
-            return self._from(self.checkpoint, is_tiny=False)
+            self._status = LoadStatus("downloading", self.checkpoint)
+            folder = resolve_checkpoint(self.checkpoint, (*MODEL_FILES, *PROCESSOR_FILES), on_bytes=self._downloaded)
+            return self._from(str(folder), is_tiny=False)
         except CheckpointError as e:
             if self.explicit:
                 raise
@@ -142,12 +220,22 @@ class ModelHolder:
         from ..serving import Batcher, Engine
 
         start = time.perf_counter()
+        self._status = LoadStatus("loading", self.checkpoint)
         processor = AutoProcessor.from_pretrained(path)
         model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=self.dtype, device=self.device,
                                                                 quantize=self.quantize)
         progress(f"Model ready in {time.perf_counter() - start:.1f} s.")
         return LoadedModel(model, processor, Batcher(Engine(model), max_batch_size=MAX_BATCH_SIZE), self.device,
                            path if is_tiny else self.checkpoint, is_tiny, note, self.quantize)
+
+    def _downloaded(self, n: int, total: int) -> None:
+        """Count ``n`` more bytes downloaded (of ``total``), with a line in the terminal every tenth."""
+        with self._counting:
+            status = self._status = replace(self._status, done=self._status.done + n, total=total)
+            tenths = 10 * status.done // total if total else 0
+            announce, self._reported = tenths > self._reported, max(tenths, self._reported)
+        if announce:
+            progress(f"Downloaded {_sizes(status.done, status.total)}.")
 
 
 def progress(message: str) -> None:

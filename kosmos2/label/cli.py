@@ -227,6 +227,13 @@ def _journal(records: Records, writer: JournalWriter, tally: Tally, bar: tqdm, p
 
 def run(job: Job) -> int:
     """Label the job's pending images, then write its outputs; the exit status (130 after Ctrl-C)."""
+    try:
+        return _run(job)
+    finally:
+        job.holder.close()
+
+
+def _run(job: Job) -> int:
     label = _engine(job) if job.pending else None
     job.outputs.prepare()
     with JournalWriter(job.outputs.journal, job.params()) as writer:
