@@ -361,51 +361,46 @@ def _api_setting(name: str, s: Setting) -> gr.components.Component:
     return number
 
 
-def _api_inputs(task: Task) -> dict[str, gr.components.Component]:
-    """The endpoint parameters of ``task``: the image (a file or URL, read by the demo's loader undecoded),
-    its text (named after its label), boxes and grounding if it takes them, then its settings. The
-    examples on the API page are the task's first example."""
+def _api_parameters(task: Task) -> dict[str, tuple[gr.components.Component, str]]:
+    """The endpoint parameters of ``task``, each with its one-line description (the MCP tool's): the image
+    (a file or URL, read by the demo's loader undecoded), its text (named after its label), boxes and
+    grounding if it takes them, then its settings. The examples on the API page are the task's first."""
     example = task.examples[0] if task.examples else Example("cat.jpg")
-    inputs = {"image": _with_example(gr.File(type="binary", label="image"), handle_file(str(ASSETS / example.image)))}
+    image = _with_example(gr.File(type="binary", label="image"), handle_file(str(ASSETS / example.image)))
+    parameters = {"image": (image, "the image: a file or URL")}
     if task.text is not None:
-        inputs[task.text.lower()] = _with_example(gr.Textbox(value="", label=task.text.lower()), example.text)
+        name = task.text.lower()
+        parameters[name] = (_with_example(gr.Textbox(value="", label=name), example.text),
+                            (task.text_info or task.text).rstrip("."))
     if task.boxes != "none":
-        inputs["boxes"] = _boxes_parameter([list(b) for b in example.boxes])
+        parameters["boxes"] = (_boxes_parameter([list(b) for b in example.boxes]),
+                               f"pixel boxes [[x1, y1, x2, y2], ...] ({task.boxes})")
     if task.grounding_option:
-        inputs["grounding"] = gr.Checkbox(value=True, label="grounding")
-    inputs.update({name: _api_setting(name, s) for name, s in task.settings.spec().items()})
-    return inputs
+        parameters["grounding"] = (gr.Checkbox(value=True, label="grounding"),
+                                   "start with the <grounding> tag, so that the output links phrases to boxes")
+    parameters.update({name: (_api_setting(name, s), f"{s.label}: {s.describe()}")
+                       for name, s in task.settings.spec().items()})
+    return parameters
 
 
 def _api_endpoints(runner: Runner, events: dict) -> None:
     """One named endpoint per task for ``gradio_client`` and MCP clients, with exactly that task's
-    parameters (see :func:`_api_inputs`) -> (caption, entities, annotated PNG)."""
+    parameters (see :func:`_api_parameters`) -> (caption, entities, annotated PNG)."""
     for task in runner.tasks.values():
         with gr.Column(visible=False):
-            inputs = _api_inputs(task)
+            parameters = _api_parameters(task)
             outputs = [gr.Textbox(label="caption"), gr.JSON(label="entities"),
                        gr.Image(type="filepath", label="annotated")]
             trigger = gr.Button()
-        trigger.click(on_gpu(_api_fn(runner, task)), inputs_kwargs=inputs, outputs=outputs, api_name=task.name,
-                      api_description=f"{task.title}: {task.description}", **events)
+        docs = {name: doc for name, (_, doc) in parameters.items()}
+        trigger.click(on_gpu(_api_fn(runner, task, docs)), inputs_kwargs={n: c for n, (c, _) in parameters.items()},
+                      outputs=outputs, api_name=task.name, api_description=f"{task.title}: {task.description}",
+                      **events)
 
 
-def _parameter_docs(task: Task) -> dict[str, str]:
-    """One line per endpoint parameter of ``task`` (the MCP tools' parameter descriptions)."""
-    docs = {"image": "the image: a file or URL"}
-    if task.text is not None:
-        docs[task.text.lower()] = (task.text_info or task.text).rstrip(".")
-    if task.boxes != "none":
-        docs["boxes"] = f"pixel boxes [[x1, y1, x2, y2], ...] ({task.boxes})"
-    if task.grounding_option:
-        docs["grounding"] = "start with the <grounding> tag, so that the output links phrases to boxes"
-    docs.update({name: f"{s.label}: {s.describe()}" for name, s in task.settings.spec().items()})
-    return docs
-
-
-def _api_fn(runner: Runner, task: Task) -> Callable:
-    """The endpoint function of ``task``: keyword arguments named as the API's parameters, and a
-    docstring from the task table that Gradio's MCP server turns into the tool's documentation."""
+def _api_fn(runner: Runner, task: Task, docs: Mapping[str, str]) -> Callable:
+    """The endpoint function of ``task``: keyword arguments named as the API's parameters (``docs``: name ->
+    description), and a docstring from them that Gradio's MCP server turns into the tool's documentation."""
     text_name = task.text.lower() if task.text is not None else None
 
     def fn(**values: Any) -> Iterator[tuple]:
@@ -413,7 +408,6 @@ def _api_fn(runner: Runner, task: Task) -> Callable:
         image, boxes, grounding_on = values.pop("image"), values.pop("boxes", []), values.pop("grounding", True)
         yield from runner.api(task.name, image, text, boxes, grounding_on, values)
 
-    docs = _parameter_docs(task)
     fn.__name__ = task.name
     fn.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in docs])
     fn.__doc__ = (f"{task.title}: {task.description}\n\nArgs:\n" + "".join(f"    {n}: {d}\n" for n, d in docs.items())

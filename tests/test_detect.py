@@ -247,3 +247,11 @@ def test_cli_detect_prints_scored_boxes_as_json():
                           "--text", "a cup", "--threshold", "2", "--tiny"], capture_output=True, text=True, cwd=ROOT,
                          timeout=180)
     assert bad.returncode == 2 and "Box threshold must be between 0 and 1" in bad.stderr
+
+
+def test_the_phrase_of_a_detect_prompt():
+    from kosmos2.demo.tasks import detect_phrase
+
+    assert detect_phrase("<grounding><phrase> a red cup</phrase><object>") == "a red cup"
+    with pytest.raises(ValueError, match="not a detect prompt"):
+        detect_phrase("<grounding><phrase> a red cup</phrase>")

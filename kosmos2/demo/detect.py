@@ -4,7 +4,6 @@ distributions (see :mod:`kosmos2.detection`), and re-filtering without the model
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +15,7 @@ from ..detection import Candidate
 from .loading import LoadedModel
 from .results import TaskResult, build_result, location_token_ids
 from .settings import DetectionSettings
-from .tasks import TaskRequest
-
-_PROMPT = re.compile(r"<grounding><phrase> (.*)</phrase><object>", re.DOTALL)  # tasks.detect_prompt's
-
+from .tasks import TaskRequest, detect_phrase
 
 @dataclass(frozen=True)
 class Detection:
@@ -59,7 +55,7 @@ def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: 
         batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
         rows.extend(engine.rows(batch["pixel_values"], batch["input_ids"], batch["image_embeds_position_mask"],
                                 batch["attention_mask"]))
-        phrases.append(tuple(_PROMPT.fullmatch(p).group(1) for p in request.prompts))
+        phrases.append(tuple(detect_phrase(p) for p in request.prompts))
     location_ids = torch.tensor(location_token_ids(processor))
     located = engine.locate(rows, location_ids, settings.candidates, detection.FIRST_CELL_FLOOR)
     seconds = time.perf_counter() - start

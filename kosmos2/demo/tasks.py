@@ -146,6 +146,14 @@ def detect_prompt(phrase: str) -> str:
     return f"<grounding><phrase> {phrase}</phrase><object>"
 
 
+def detect_phrase(prompt: str) -> str:
+    """The phrase of a :func:`detect_prompt`."""
+    start, end = detect_prompt(""), "</phrase><object>"
+    if not (prompt.startswith(start[: -len(end)]) and prompt.endswith(end)):
+        raise ValueError(f"not a detect prompt: {prompt!r}")
+    return prompt[len(start) - len(end): -len(end)]
+
+
 def _detect_prompts(p: Prompting) -> list[str]:
     return [detect_prompt(phrase) for phrase in parse_phrases(p.text)]
 
