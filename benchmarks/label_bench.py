@@ -8,8 +8,8 @@ each decode step) against one image at a time, and optionally the Ray path's ove
 The checkpoint is ``benchmarks.run``'s (random weights, written once in ``--cache``). The images are
 photo-sized noise (their content does not change the cost). Each mode labels images of its own (none has
 been seen by the model's image prefix cache) with the same model in this process (loaded once; one warm-up
-image runs first). The model-only rows time the labeller's model calls on images decoded beforehand, one
-per call and ``MAX_BATCH_SIZE`` per call: whether batching makes an image cheaper to the model itself.
+image runs first). The model-only rows (``detect``) time the labeller's model calls on images decoded beforehand,
+one per call and ``MAX_BATCH_SIZE`` per call: whether batching makes an image cheaper to the model itself.
 The Ray mode runs the whole engine (start Ray, one actor loading its own model, label, stop), so its
 overhead includes all that. Prints one JSON line.
 """
@@ -83,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         batched = _rate(batching, folder, fresh(args.images))
         result.update(one_at_a_time_images_per_s=round(one, 3), batched_images_per_s=round(batched, 3),
                       batched_over_one=round(batched / one, 2))
-        for name, labeller in (("one_per_call", one_by_one), ("batched", batching)):
-            items = [decode(folder, f, plan) for f in fresh(args.images)]
-            start = time.perf_counter()
-            for chunk in chunks(items, labeller.images_per_call):
-                labeller.label(chunk)
-            result[f"model_only_{name}_s_per_image"] = round((time.perf_counter() - start) / len(items), 3)
+        if plan.task == "detect":  # the other tasks label one image per call in both modes
+            for name, labeller in (("one_per_call", one_by_one), ("batched", batching)):
+                items = [decode(folder, f, plan) for f in fresh(args.images)]
+                start = time.perf_counter()
+                for chunk in chunks(items, labeller.images_per_call):
+                    labeller.label(chunk)
+                result[f"model_only_{name}_s_per_image"] = round((time.perf_counter() - start) / len(items), 3)
         if args.ray:
             from kosmos2.label.ray_engine import Cluster, ModelSpec, label_with_ray
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             assert len(records) == len(files)
             result.update(ray_one_worker_s=round(seconds, 2),
                           ray_overhead_s=round(seconds - len(files) / batched, 2))
+    holder.close()
     print(json.dumps(result))
     return 0
 

@@ -17,7 +17,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from tests.fakehub import FakeHub
+from fakehub import FakeHub
 
 REPO = "fake-org/tiny-model"
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError, resolve_checkpoint
+from ..hub import MODEL_FILES, CheckpointError, resolve_checkpoint
 from ..precision import INT8_MODES, check_quantize, resolve_dtype
 from ..processing import AutoProcessor, Kosmos2Processor
 from ..tiny import write_tiny_checkpoint
@@ -34,6 +34,7 @@ DEFAULT_CHECKPOINT = "microsoft/kosmos-2-patch14-224"
 TINY_CHECKPOINT = "tiny"
 MAX_BATCH_SIZE = 4  # concurrent requests' rows decoded together
 DTYPES = ("float32", "bfloat16", "float16")
+DOWNLOAD_LINE_S = 10.0  # a terminal line on the download's progress this often
 ENVIRONMENT = ("KOSMOS2_CHECKPOINT", "KOSMOS2_DTYPE", "KOSMOS2_QUANTIZE")  # every KOSMOS2_* setting
 
 
@@ -75,7 +76,7 @@ class LoadStatus:
             return (f"Downloading the model ({self.checkpoint}): {_sizes(self.done, self.total)} ({share}, "
                     f"{seconds}); requests wait for it.")
         if self.stage == "downloading":
-            return f"Looking up the model ({self.checkpoint}) on the Hugging Face hub ({seconds}); requests wait for it."
+            return f"Getting the model's files ({self.checkpoint}) ({seconds}); requests wait for it."
         if self.stage == "loading":
             return f"Loading the model ({self.checkpoint}) into memory ({seconds}); requests wait for it."
         if self.stage == "failed":
@@ -140,7 +141,7 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._status = LoadStatus("waiting", self.checkpoint)
         self._starter: threading.Thread | None = None
-        self._reported = 0  # tenths of the download announced in the terminal
+        self._last_line = 0.0  # when the terminal last heard of the download
         self._counting = threading.Lock()  # several files download at once
         self._starting = threading.Lock()  # not _lock, which a load holds throughout
 
@@ -158,11 +159,12 @@ class ModelHolder:
         """The model, loading it on the first call; a call made while it loads waits for it."""
         with self._lock:
             if self._loaded is None:
-                self._status = LoadStatus("loading", self.checkpoint)
                 try:
                     self._loaded = self._load()
                 except Exception as e:
-                    self._status = replace(self._status, stage="failed", error=str(e) or type(e).__name__)
+                    # a checkpoint's message is one line written for users; anything else stays in the log
+                    why = str(e).rstrip(".") if isinstance(e, CheckpointError) else "an internal error (see the server log)"
+                    self._status = replace(self._status, stage="failed", error=why)
                     raise
                 self._status = LoadStatus("ready", self.checkpoint)
             return self._loaded
@@ -174,6 +176,8 @@ class ModelHolder:
         with self._starting:
             if self._loaded is not None or (self._starter is not None and self._starter.is_alive()):
                 return
+            if self._status.stage in ("waiting", "failed"):  # so that a page asking next sees the new attempt
+                self._status = LoadStatus("loading", self.checkpoint)
             self._starter = threading.Thread(target=self._load_in_background, name="kosmos2-load", daemon=True)
             self._starter.start()
 
@@ -194,9 +198,10 @@ class ModelHolder:
             return self._tiny("the tiny checkpoint was requested")
         progress(f"Loading KOSMOS-2 from {self.checkpoint} on {self.device} (once per process; this can take a while)...")
         try:
-            self._status = LoadStatus("downloading", self.checkpoint)
-            folder = resolve_checkpoint(self.checkpoint, (*MODEL_FILES, *PROCESSOR_FILES), on_bytes=self._downloaded)
-            return self._from(str(folder), is_tiny=False)
+            self._status, self._last_line = LoadStatus("downloading", self.checkpoint), time.monotonic()
+            processor = AutoProcessor.from_pretrained(self.checkpoint)  # small, and a repo without it fails here
+            folder = resolve_checkpoint(self.checkpoint, MODEL_FILES, on_bytes=self._downloaded)
+            return self._from(str(folder), is_tiny=False, processor=processor)
         except CheckpointError as e:
             if self.explicit:
                 raise
@@ -211,17 +216,19 @@ class ModelHolder:
         atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
         if announce:
             progress(f"Writing the built-in tiny checkpoint (random weights) to {folder}...")
+        self._status = LoadStatus("loading", self.checkpoint)
         write_tiny_checkpoint(folder)
         return self._from(str(folder), is_tiny=True, note=note)
 
-    def _from(self, path: str, is_tiny: bool, note: str = "") -> LoadedModel:
+    def _from(self, path: str, is_tiny: bool, note: str = "", processor: Kosmos2Processor | None = None) -> LoadedModel:
         # imported on first load: building the app's UI needs torch, but not the model's code
         from ..model import Kosmos2ForConditionalGeneration
         from ..serving import Batcher, Engine
 
         start = time.perf_counter()
-        self._status = LoadStatus("loading", self.checkpoint)
-        processor = AutoProcessor.from_pretrained(path)
+        if self._status.stage != "loading":  # (the tiny checkpoint's writing was loading already)
+            self._status = LoadStatus("loading", self.checkpoint)
+        processor = processor or AutoProcessor.from_pretrained(path)
         model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=self.dtype, device=self.device,
                                                                 quantize=self.quantize)
         progress(f"Model ready in {time.perf_counter() - start:.1f} s.")
@@ -229,11 +236,14 @@ class ModelHolder:
                            path if is_tiny else self.checkpoint, is_tiny, note, self.quantize)
 
     def _downloaded(self, n: int, total: int) -> None:
-        """Count ``n`` more bytes downloaded (of ``total``), with a line in the terminal every tenth."""
+        """Count ``n`` more bytes downloaded (of ``total``, which grows as each file starts), with a line in
+        the terminal every ``DOWNLOAD_LINE_S``."""
         with self._counting:
             status = self._status = replace(self._status, done=self._status.done + n, total=total)
-            tenths = 10 * status.done // total if total else 0
-            announce, self._reported = tenths > self._reported, max(tenths, self._reported)
+            now = time.monotonic()
+            announce = now - self._last_line >= DOWNLOAD_LINE_S
+            if announce:
+                self._last_line = now
         if announce:
             progress(f"Downloaded {_sizes(status.done, status.total)}.")
 
