@@ -94,6 +94,14 @@ def test_markup_only_text_is_rejected(image):
         build_request("ask", image, "<<phrase>phrase></object>")
 
 
+@pytest.mark.parametrize("task", ["ask", "ground", "prompt"])
+def test_a_lone_angle_bracket_is_refused_with_a_reason(image, task):
+    # the reference's clean-up (re.sub("<.*?>", "")) would drop "< 1 m long? Answer:<phrase>" from the caption
+    with pytest.raises(InputError, match="contains '<'.*in words"):
+        build_request(task, image, "Is the cat < 1 m long?")
+    assert build_request(task, image, "Is the cat > 1 m long?").prompts  # a '>' alone opens no tag
+
+
 # ----------------------------------------------------------------------------- validation
 
 
