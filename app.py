@@ -99,12 +99,16 @@ class Runner:
     async def notices(self) -> AsyncIterator[dict]:
         """The page's status line while the model loads (starting it if nobody has: the page load is a
         first use), refreshed every ``STATUS_POLL_S``; then the banner, if the tiny checkpoint or the
-        experimental int8 mode is in use. Async: a page waiting for the model holds no thread."""
+        experimental int8 mode is in use. After a failure it keeps watching: the next request tries again.
+        Async: a page waiting for the model holds no thread (Gradio stops it when the page goes away)."""
         self.holder.start()
+        shown = None
         while (status := self.holder.status).stage != "ready":
-            yield gr.update(visible=True, value=f'<div class="k2-loading">⏳ {html.escape(status.describe())}</div>')
-            if status.stage == "failed":
-                return
+            icon = "⚠️" if status.stage == "failed" else "⏳"
+            line = f'<div class="k2-loading">{icon} {html.escape(status.describe())}</div>'
+            if line != shown:
+                yield gr.update(visible=True, value=line)
+                shown = line
             await asyncio.sleep(STATUS_POLL_S)
         yield self.banner()
 

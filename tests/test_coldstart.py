@@ -189,3 +189,23 @@ def test_an_unexpected_load_error_shows_no_internals_in_the_page(tmp_path, tiny_
         holder.get()
     assert holder.status.describe() == (f"The model ({tiny_repo}) could not be loaded: an internal error (see the "
                                         "server log). The next request tries again.")
+
+
+def test_a_page_that_saw_the_load_fail_follows_the_next_attempt(tmp_path):
+    app = import_app()
+    folder = tmp_path / "checkpoint"
+    runner = app.Runner(ModelHolder(str(folder)))  # not there yet: the page load's attempt fails
+
+    async def watch() -> list[dict]:
+        updates = []
+        async for update in runner.notices():
+            updates.append(update)
+            if "could not be loaded" in update.get("value", "") and not folder.exists():
+                write_tiny_checkpoint(folder)
+                await asyncio.to_thread(runner.holder.get)  # a request: it tries again, and loads
+        return updates
+
+    updates = asyncio.run(asyncio.wait_for(watch(), timeout=120))
+    failed = [u for u in updates if "could not be loaded" in u.get("value", "")]
+    assert len(failed) == 1 and "Checkpoint folder not found" in failed[0]["value"]
+    assert updates[-1] == {"__type__": "update", "visible": False}  # ready: no banner for this checkpoint
