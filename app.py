@@ -149,7 +149,7 @@ class Runner:
         for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, quarter_turns):
             uri = uri or view.image_data_uri(shown)
             png = self.outputs.save(draw.annotate(shown, result.annotations())) if result.done else gr.update()
-            yield view.render(uri, result), result.timing_text(), result.raw, result.entities_json(), png, result
+            yield *_tab_outputs(uri, result, png), result
 
     def refilter(self, found: Detection | None, heat_for: str | None, settings: Mapping[str, Any]) -> tuple:
         """A detect result's UI outputs again under new filter ``settings`` (no model call), with the
@@ -164,8 +164,7 @@ class Runner:
         if heat_for in found.phrases:
             shown = draw.heat_overlay(shown, found.density(found.phrases.index(heat_for)))
         png = self.outputs.save(draw.annotate(shown, result.annotations()))
-        return view.render(view.image_data_uri(shown), result), result.timing_text(), result.raw, \
-            result.entities_json(), png
+        return _tab_outputs(view.image_data_uri(shown), result, png)
 
     def api(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
             settings: Mapping[str, Any]) -> Iterator[tuple]:
@@ -179,6 +178,12 @@ class Runner:
                 yield result.caption, result.entities_json(), self.outputs.save(draw.annotate(shown, result.annotations()))
             else:
                 yield gr.skip(), gr.skip(), gr.skip()
+
+
+def _tab_outputs(image_uri: str, result: TaskResult, png: Any) -> tuple:
+    """A result as the tab's outputs (see :func:`_outputs`): linked HTML, timing, raw text, entities JSON,
+    annotated PNG."""
+    return view.render(image_uri, result), result.timing_text(), result.raw, result.entities_json(), png
 
 
 # --------------------------------------------------------------------------- components

@@ -694,24 +694,22 @@ def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Iterato
     live = list(range(len(streams)))
     try:
         while live:
-            grew = False
+            grew = waited = False
             for i in list(live):
                 try:
                     token = streams[i].next_token(streams[i].timeout if tick_s is None else tick_s)
                 except queue.Empty:
                     if tick_s is None:
                         raise  # the stream's own timeout
+                    waited = True  # no token for tick_s
                     break
                 if token is None:
                     live.remove(i)
                 else:
                     got[i].append(token)
                     grew = True
-            else:
-                if grew:
-                    yield [list(row) for row in got]
-                continue
-            yield [list(row) for row in got]  # no token for tick_s
+            if grew or waited:
+                yield [list(row) for row in got]
     finally:
         for s in streams:
             s.cancel()

@@ -17,6 +17,7 @@ from .results import TaskResult, build_result, location_token_ids
 from .settings import DetectionSettings
 from .tasks import TaskRequest, detect_phrase
 
+
 @dataclass(frozen=True)
 class Detection:
     """What a detect run found for one request, kept so that the filters can change without the model:

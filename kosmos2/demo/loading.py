@@ -86,7 +86,7 @@ class LoadStatus:
 
 def _sizes(done: int, total: int) -> str:
     """``done`` of ``total`` bytes in the total's unit: "0.35 of 6.66 GB", "212 of 625 KB"."""
-    scale, unit, digits = next(u for u in ((1e9, "GB", 2), (1e6, "MB", 1), (1e3, "KB", 0)) if total >= u[0] or u[0] == 1e3)
+    scale, unit, digits = (1e9, "GB", 2) if total >= 1e9 else (1e6, "MB", 1) if total >= 1e6 else (1e3, "KB", 0)
     return f"{done / scale:.{digits}f} of {total / scale:.{digits}f} {unit}"
 
 

@@ -141,17 +141,19 @@ def _ground_prompts(p: Prompting) -> list[str]:
     return [f"<grounding><phrase> {phrase}</phrase>" for phrase in parse_phrases(p.text)]
 
 
+_DETECT_HEAD, _DETECT_TAIL = "<grounding><phrase> ", "</phrase><object>"  # around the phrase of a detect prompt
+
+
 def detect_prompt(phrase: str) -> str:
     """The prompt that asks where ``phrase`` is: the model's next two tokens are a box."""
-    return f"<grounding><phrase> {phrase}</phrase><object>"
+    return f"{_DETECT_HEAD}{phrase}{_DETECT_TAIL}"
 
 
 def detect_phrase(prompt: str) -> str:
     """The phrase of a :func:`detect_prompt`."""
-    start, end = detect_prompt(""), "</phrase><object>"
-    if not (prompt.startswith(start[: -len(end)]) and prompt.endswith(end)):
+    if not (prompt.startswith(_DETECT_HEAD) and prompt.endswith(_DETECT_TAIL)):
         raise ValueError(f"not a detect prompt: {prompt!r}")
-    return prompt[len(start) - len(end): -len(end)]
+    return prompt[len(_DETECT_HEAD):-len(_DETECT_TAIL)]
 
 
 def _detect_prompts(p: Prompting) -> list[str]:
