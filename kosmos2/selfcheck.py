@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from . import detection
 from .hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError, resolve_checkpoint
 from .image_processing import ImageError, open_image
 
@@ -104,7 +105,7 @@ def _recorded_fields(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
     return fields
 
 
-def _batch_case(entry: Mapping[str, Any], singles: Mapping[str, Case], where: str) -> Case:
+def _batch_case(entry: Mapping[str, Any], singles: Sequence[Case], where: str) -> Case:
     """A batch entry. Its rows are compared with ``expected_rows`` when the entry records them (one entry
     per prompt, the fields of an unbatched entry); otherwise (the real record: "left padding gives the
     same processed texts and entities") with what the unbatched runs of the same prompts recorded (texts
@@ -118,7 +119,7 @@ def _batch_case(entry: Mapping[str, Any], singles: Mapping[str, Case], where: st
         return Case(entry["name"], INTEGRATION, True, tuple(entry["prompts"]), tuple(rows))
     rows = []
     for prompt in entry["prompts"]:
-        single = next((c for c in singles.values() if c.prompts == (prompt,)), None)
+        single = next((c for c in singles if c.prompts == (prompt,)), None)
         if single is None:
             raise UsageError(f"{where}: no unbatched entry records the prompt {prompt!r}")
         rows.append({k: v for k, v in single.expected[0].items() if k in (*TEXT_FIELDS, "entities")})
@@ -129,16 +130,16 @@ def cases_from(data: Mapping[str, Any]) -> list[Case]:
     """The cases of an expectations file: the integration test's entries (JPEG round trip), then the model
     card's (the PNG as it is). ``UsageError`` names a malformed entry."""
     try:
-        singles: dict[str, Case] = {}
+        singles: list[Case] = []
         batches = []
         for i, entry in enumerate(data["integration_test"]):
             where = f"integration_test[{i}]"
             if "prompts" in entry:
                 batches.append((entry, where))
             else:
-                singles[entry["name"]] = Case(entry["name"], INTEGRATION, True, (entry["prompt"],),
-                                              (_recorded_fields(entry, where),))
-        cases = list(singles.values()) + [_batch_case(e, singles, w) for e, w in batches]
+                singles.append(Case(entry["name"], INTEGRATION, True, (entry["prompt"],),
+                                    (_recorded_fields(entry, where),)))
+        cases = singles + [_batch_case(e, singles, w) for e, w in batches]
         cases += [Case(entry["task"], MODEL_CARD, False, (entry["prompt"],),
                        (_recorded_fields(entry, f"model_card[{i}]"),))
                   for i, entry in enumerate(data.get("model_card", []))]
@@ -288,13 +289,7 @@ def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two boxes ``(x1, y1, x2, y2)``; 1.0 for two identical empty boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    if union <= 0:
-        return 1.0 if list(a) == list(b) else 0.0
-    return inter / union
+    return 1.0 if list(a) == list(b) else detection.iou(a, b)
 
 
 def match_entities(reference: Sequence[JsonEntity], other: Sequence[JsonEntity]) -> list[tuple[JsonEntity, JsonEntity]]:
@@ -324,10 +319,6 @@ class Agreement:
     first_difference: tuple[int, int] | None
     ious: tuple[float, ...]
     entities: int
-
-    @property
-    def tokens_identical(self) -> bool:
-        return self.first_difference is None
 
     def text(self, batched: bool) -> str:
         """A table cell: ``tokens identical; IoU 1.00 (2/2)``."""

@@ -352,3 +352,10 @@ def test_unknown_case_names_are_a_usage_error():
     assert [c.name for c in select_cases(cases, "brief, grounded VQA")] == ["brief", "grounded VQA"]
     with pytest.raises(UsageError, match="unknown case 'x'"):
         select_cases(cases, "brief,x")
+
+
+def test_two_integration_entries_with_one_name_are_refused():
+    entry = {"name": "brief", "prompt": "<grounding>An image of", "expected_ids": [0], "expected_text": "x",
+             "expected_processed_text": "x", "expected_caption": "x", "expected_entities": []}
+    with pytest.raises(UsageError, match="case names must be unique"):
+        cases_from({"integration_test": [entry, dict(entry)]})
