@@ -542,8 +542,7 @@ class Batcher:
         self._worker: threading.Thread | None = None
         self._closed = False
         self._holds = 0  # open hold() blocks: while > 0 the worker takes no new batch
-        reset = weakref.WeakMethod(self._after_fork)
-        os.register_at_fork(after_in_child=lambda: (m := reset()) is not None and m())
+        _BATCHERS.add(self)
 
     def _after_fork(self) -> None:
         """In a forked child (ZeroGPU runs each call so) only the forking thread exists: the worker is gone
@@ -683,6 +682,10 @@ class Batcher:
                 stream._finish(e)
         for stream in streams:
             stream._finish()
+
+
+_BATCHERS: weakref.WeakSet[Batcher] = weakref.WeakSet()  # every live batcher, reset in a forked child
+os.register_at_fork(after_in_child=lambda: [b._after_fork() for b in list(_BATCHERS)])
 
 
 def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Iterator[list[list[int]]]:
