@@ -40,7 +40,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
     args = p.parse_args()
-    loaded = ModelHolder(str(ensure_checkpoint(args.cache, args.size)), dtype=args.dtype).get()
+    holder = ModelHolder(str(ensure_checkpoint(args.cache, args.size)), dtype=args.dtype)
+    loaded = holder.get()
     cases = {
         "ground, 1 phrase, 4 new tokens (one box)": lambda im: run_to_end(
             loaded, build_request("ground", im, "a cup"), GenerationSettings(max_new_tokens=4)),
@@ -59,6 +60,7 @@ def main() -> None:
             fn(_image(k))
             times[name].append(time.perf_counter() - start)
             k += 1
+    holder.close()
     print(machine())
     print(f"checkpoint: {args.size} (random weights), {args.dtype}, {args.reps} reps, a fresh image per call\n")
     print("| case | median (s) | / ground with 4 tokens |")

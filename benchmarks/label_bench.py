@@ -17,6 +17,7 @@ overhead includes all that. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -69,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
                                  "phrases": list(plan.phrases), "images": args.images}
     with tempfile.TemporaryDirectory(prefix="kosmos2-label-bench-") as tmp:
         folder = Path(tmp)
-        sets = iter(range(1_000_000))
+        seeds = itertools.count()
 
         def fresh(n: int) -> list[str]:  # images no earlier mode has seen
-            names = [f"image{next(sets):06d}.png" for _ in range(n)]
-            for name in names:
-                test_image(seed=int(name[5:11])).save(folder / name)
+            names = []
+            for seed in itertools.islice(seeds, n):
+                names.append(f"image{seed:06d}.png")
+                test_image(seed=seed).save(folder / names[-1])
             return names
 
         one_by_one, batching = Labeller(loaded, plan, one_at_a_time=True), Labeller(loaded, plan)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tiff", ".tif")
-TASKS_WITH_PHRASES = ("detect", "ground")  # a category per phrase; "caption" takes its phrases from the captions
 FORMATS = ("coco", "yolo", "jsonl")
 SCORE_DIGITS = 4  # scores in the COCO file: enough for a probability, and stable across batch layouts
 YOLO_DIGITS = 6

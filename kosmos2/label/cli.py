@@ -43,13 +43,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 
+_EXTENSIONS = ", ".join(e.lstrip(".") for e in labels.IMAGE_EXTENSIONS)  # for messages
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``label`` subcommand's arguments; the setting flags come from the settings specs."""
     p = _Parser(prog="python -m kosmos2 label",
                 description="Label every image of a folder with KOSMOS-2 (COCO, YOLO or JSONL); rerun the same "
                             "command to resume an interrupted run.")
-    p.add_argument("folder", type=Path, help="folder of images (" + ", ".join(
-        e.lstrip(".") for e in labels.IMAGE_EXTENSIONS) + ")")
+    p.add_argument("folder", type=Path, help=f"folder of images ({_EXTENSIONS})")
     p.add_argument("--phrases", action="append", default=[], metavar="PHRASE",
                    help="a phrase to find (repeatable; one category each, in this order); for detect and ground")
     p.add_argument("--task", choices=TASK_CHOICES, default="detect",
@@ -140,7 +142,7 @@ def prepare(args: argparse.Namespace) -> Job:
     plan = _plan(args)
     files = labels.find_images(folder, args.recursive)
     if not files:
-        raise UsageError(f"no images ({', '.join(e.lstrip('.') for e in labels.IMAGE_EXTENSIONS)}) in {args.folder}"
+        raise UsageError(f"no images ({_EXTENSIONS}) in {args.folder}"
                          + ("" if args.recursive else " (--recursive looks in sub-folders too)"))
     if args.format == "yolo" and (pairs := labels.yolo_collisions(files)):
         raise UsageError(f"{pairs[0][0]} and {pairs[0][1]} would share one YOLO label file; rename one")
@@ -261,7 +263,8 @@ def _run(job: Job) -> int:
             return 130
         bar.close()
     progress(tally.summary())
-    earlier = [r for r in writer.journal.failed if r["file"] in set(job.files)]
+    wanted = set(job.files)
+    earlier = [r for r in writer.journal.failed if r["file"] in wanted]
     if earlier:
         progress(f"{len(earlier)} file(s) failed in an earlier run: the 'failed' lines of {job.outputs.journal}")
     progress(job.outputs.write(job.files, job.plan, job.folder))
