@@ -29,6 +29,24 @@ from .hub import CheckpointError
 SUBCOMMANDS = {"label": "kosmos2.label", "selfcheck": "kosmos2.selfcheck"}  # each module has main(argv) -> int
 
 
+class UsageError(ValueError):
+    """A bad command line (or a file it names); the message is one line for the user: an ``error:`` line,
+    exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are a :class:`UsageError` with argparse's message and where to look,
+    instead of its usage block and exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def program() -> str:
+    """How the user ran this command line: ``kosmos2`` (the console script) or ``python -m kosmos2``."""
+    return "kosmos2" if os.path.basename(sys.argv[0]) == "kosmos2" else "python -m kosmos2"
+
+
 def flag(name: str) -> str:
     """The command-line flag of a setting: ``max_new_tokens`` -> ``--max-new-tokens``."""
     return "--" + name.replace("_", "-")
@@ -43,8 +61,7 @@ def add_setting_flags(group: argparse._ArgumentGroup, spec: Mapping[str, Setting
 
 def parser() -> argparse.ArgumentParser:
     """The command line's arguments: the task table's tasks and one flag per generation setting."""
-    prog = "kosmos2" if os.path.basename(sys.argv[0]) == "kosmos2" else "python -m kosmos2"  # the console script
-    p = argparse.ArgumentParser(prog=prog, description="Run a KOSMOS-2 task on an image.")
+    p = argparse.ArgumentParser(prog=program(), description="Run a KOSMOS-2 task on an image.")
     p.add_argument("image", help="image file")
     p.add_argument("--task", choices=list(TASKS), default="caption",
                    help=" ".join(f"{t.name} ({t.title}): {t.description.rstrip('.')}." for t in TASKS.values()))

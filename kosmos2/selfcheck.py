@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from . import detection
+from .__main__ import OneLineParser, UsageError, program
 from .hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError, resolve_checkpoint
 from .image_processing import ImageError, open_image
 
@@ -56,10 +57,6 @@ JsonEntity = list  # [phrase, [start, end], [[x1, y1, x2, y2], ...]], as the exp
 def default_expectations() -> Path:
     """The packaged expectations file (``kosmos2/expectations/snowman.json``)."""
     return Path(str(resources.files("kosmos2").joinpath("expectations", "snowman.json")))
-
-
-class UsageError(Exception):
-    """A bad argument or expectations file: reported as one ``error:`` line, exit status 2."""
 
 
 class HubUnavailable(Exception):
@@ -559,14 +556,9 @@ def report(cases: Sequence[Case], results: Mapping[str, list[list[Produced]]],
 # The command
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
 def parser() -> argparse.ArgumentParser:
     """The ``selfcheck`` arguments."""
-    p = _Parser(prog="python -m kosmos2 selfcheck",
+    p = OneLineParser(prog=f"{program()} selfcheck",
                 description="Check this implementation on the real checkpoint against its recorded outputs "
                             "on snowman.png (transformers integration test and model card).")
     p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: the expectations' checkpoint, "

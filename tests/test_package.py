@@ -104,6 +104,9 @@ def test_the_wheel_depends_on_the_library_s_imports_and_the_ui_is_an_extra(venv)
 def test_the_kosmos2_command_shows_its_help(venv, elsewhere):
     proc = checked([str(venv / "bin" / "kosmos2"), "--help"], elsewhere)
     assert proc.stdout.startswith("usage: kosmos2 ") and "--task" in proc.stdout
+    for sub in ("label", "selfcheck"):  # the subcommands name the command as it was run too
+        usage = checked([str(venv / "bin" / "kosmos2"), sub, "--help"], elsewhere).stdout
+        assert usage.startswith(f"usage: kosmos2 {sub} ")
 
 
 def test_the_kosmos2_command_runs_a_caption_on_the_tiny_checkpoint(venv, elsewhere):

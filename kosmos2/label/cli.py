@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from .. import labels
-from ..__main__ import add_setting_flags, flag
+from ..__main__ import OneLineParser, UsageError, add_setting_flags, flag, program
 from ..demo.inputs import InputError, parse_phrases
 from ..demo.loading import DTYPES, MAX_BATCH_SIZE, ModelHolder, SettingError, progress
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS, DetectionSettings, GenerationSettings
@@ -33,22 +33,13 @@ TASK_CHOICES = ("detect", "ground", "caption")
 ENGINES = ("local", "ray")
 
 
-class UsageError(ValueError):
-    """A bad command line; the message is one line for the user."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]  # one line, not argparse's usage block
-        raise UsageError(f"{message} (see python -m kosmos2 label --help)")
-
-
 
 _EXTENSIONS = ", ".join(e.lstrip(".") for e in labels.IMAGE_EXTENSIONS)  # for messages
 
 
 def parser() -> argparse.ArgumentParser:
     """The ``label`` subcommand's arguments; the setting flags come from the settings specs."""
-    p = _Parser(prog="python -m kosmos2 label",
+    p = OneLineParser(prog=f"{program()} label",
                 description="Label every image of a folder with KOSMOS-2 (COCO, YOLO or JSONL); rerun the same "
                             "command to resume an interrupted run.")
     p.add_argument("folder", type=Path, help=f"folder of images ({_EXTENSIONS})")
