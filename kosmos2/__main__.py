@@ -17,13 +17,14 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 from .demo.draw import annotate
 from .demo.inputs import InputError
 from .demo.loading import ModelHolder, SettingError
 from .demo.execute import execute_to_end
 from .demo.settings import DETECTION_SETTINGS, SETTINGS, Setting
-from .demo.tasks import TASKS, build_request
+from .demo.tasks import TASKS, Task, build_request
 from .hub import CheckpointError
 
 SUBCOMMANDS = {"label": "kosmos2.label", "selfcheck": "kosmos2.selfcheck"}  # each module has main(argv) -> int
@@ -59,6 +60,16 @@ def add_setting_flags(group: argparse._ArgumentGroup, spec: Mapping[str, Setting
                            help=s.describe())
 
 
+def setting_flags(args: argparse.Namespace, task: Task) -> dict[str, Any]:
+    """The setting flags given (those of :func:`add_setting_flags`), by name; :class:`UsageError` naming those
+    that are not settings of ``task``."""
+    given = {name: getattr(args, name) for name in (*SETTINGS, *DETECTION_SETTINGS) if getattr(args, name) is not None}
+    foreign = [flag(name) for name in given if name not in task.settings.spec()]
+    if foreign:
+        raise UsageError(f"{', '.join(foreign)} does not apply to --task {task.name}")
+    return given
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line's arguments: the task table's tasks and one flag per generation setting."""
     p = argparse.ArgumentParser(prog=program(), description="Run a KOSMOS-2 task on an image.")
@@ -88,20 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parser().parse_args(argv)
     task = TASKS[args.task]
-    given = {name: getattr(args, name) for name in (*SETTINGS, *DETECTION_SETTINGS) if getattr(args, name) is not None}
-    foreign = [flag(name) for name in given if name not in task.settings.spec()]
-    if foreign:
-        print(f"error: {', '.join(foreign)} does not apply to --task {task.name}", file=sys.stderr)
-        return 2
-    if TASKS[args.task].boxes == "required" and not args.box:
-        print(f"error: --task {args.task} needs a box: give --box x1,y1,x2,y2 (in pixels)", file=sys.stderr)
-        return 2
     try:  # every setting and input is checked before anything loads
+        given = setting_flags(args, task)
+        if task.boxes == "required" and not args.box:
+            raise UsageError(f"--task {args.task} needs a box: give --box x1,y1,x2,y2 (in pixels)")
         holder = ModelHolder(args.checkpoint, force_tiny=args.tiny)
         request = build_request(args.task, args.image, args.text, ";".join(args.box), not args.no_grounding)
         settings = task.settings.from_user(**given)
         loaded = holder.get()  # an explicitly named checkpoint that cannot be loaded is an error, not a fallback
-    except (InputError, SettingError, CheckpointError) as e:
+    except (UsageError, InputError, SettingError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if loaded.is_tiny:  # (why, when it is the offline fallback, is said once by the loading line above)

@@ -377,3 +377,12 @@ def test_ray_missing_is_one_line(folder, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "error: --engine ray needs Ray: pip install -r requirements-ray.txt\n"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case, message", [
+    ("generation flag for detect", "error: --max-new-tokens does not apply to --task detect\n"),
+    ("detection flag for ground", "error: --threshold does not apply to --task ground\n"),
+])
+def test_a_setting_of_another_task_is_named(case, message, folder, tmp_path, capsys):
+    assert label(*_bad_cases(tmp_path, folder)[case]) == 2
+    assert capsys.readouterr().err == message

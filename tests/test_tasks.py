@@ -262,6 +262,10 @@ def test_cli_reports_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "refer",
                            "--tiny"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stderr == "error: --task refer needs a box: give --box x1,y1,x2,y2 (in pixels)\n"
+    proc = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "caption",
+                           "--threshold", "0.3", "--nms-iou", "0.4", "--tiny"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr == "error: --threshold, --nms-iou does not apply to --task caption\n"
 
 
 # ----------------------------------------------------------------------------- results and streaming

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,10 +19,11 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from .. import labels
-from ..__main__ import OneLineParser, UsageError, add_setting_flags, flag, program
+from ..__main__ import OneLineParser, UsageError, add_setting_flags, program, setting_flags
 from ..demo.inputs import InputError, parse_phrases
 from ..demo.loading import DTYPES, MAX_BATCH_SIZE, ModelHolder, SettingError, progress
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS, DetectionSettings, GenerationSettings
+from ..demo.tasks import TASKS
 from ..hub import CheckpointError
 from ..labels import FORMATS, JournalError, JournalWriter, Record
 from .outputs import OutputError, Outputs
@@ -98,19 +99,13 @@ class Job:
         return self.args.dtype or os.environ.get("KOSMOS2_DTYPE") or None
 
 
-def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-
-
 def _plan(args: argparse.Namespace) -> Plan:
-    generation, detection = _given(args, list(SETTINGS)), _given(args, list(DETECTION_SETTINGS))
-    wrong = detection if args.task != "detect" else generation
-    if wrong:
-        raise UsageError(f"{flag(next(iter(wrong)))} does not apply to --task {args.task}")
+    task = TASKS[args.task]
+    given = setting_flags(args, task)
     if args.task == "caption":
         if args.phrases:
             raise UsageError("--phrases does not apply to --task caption (its phrases come from the captions)")
-        return Plan("caption", (), generation=GenerationSettings.from_user(**generation))
+        return Plan("caption", (), generation=GenerationSettings.from_user(**given))
     if not args.phrases:
         raise UsageError(f"--task {args.task} needs at least one --phrases")
     phrases = parse_phrases("\n".join(args.phrases))
@@ -119,8 +114,8 @@ def _plan(args: argparse.Namespace) -> Plan:
     if len(set(phrases)) != len(phrases):
         raise UsageError(f"a phrase is given twice: {next(p for p in phrases if phrases.count(p) > 1)!r}")
     if args.task == "detect":
-        return Plan("detect", tuple(phrases), detection=DetectionSettings.from_user(**detection))
-    return Plan("ground", tuple(phrases), generation=GenerationSettings.from_user(**generation))
+        return Plan("detect", tuple(phrases), detection=DetectionSettings.from_user(**given))
+    return Plan("ground", tuple(phrases), generation=GenerationSettings.from_user(**given))
 
 
 def prepare(args: argparse.Namespace) -> Job:
