@@ -25,6 +25,10 @@ class CheckpointError(OSError):
     """A checkpoint folder or hub repository is missing, unreachable or incomplete."""
 
 
+class HubUnreachable(CheckpointError):
+    """The hub cannot be reached (offline, or ``HF_HUB_OFFLINE=1``) and the local cache has no complete copy."""
+
+
 def _bar_reporting(on_bytes: ByteProgress) -> type:
     """A huggingface_hub progress bar class that also gives ``on_bytes`` each update of the download's
     byte count (it is called even where the bar itself is hidden: no terminal, as on Spaces)."""
@@ -87,7 +91,7 @@ def resolve_checkpoint(
     except HFValidationError as e:
         raise CheckpointError(f"Checkpoint not found: '{repo_id}' is neither a folder nor a hub id") from e
     except LocalEntryNotFoundError as e:
-        raise CheckpointError(f"Could not get '{repo_id}': the Hugging Face hub is unreachable (offline, or "
+        raise HubUnreachable(f"Could not get '{repo_id}': the Hugging Face hub is unreachable (offline, or "
                               "HF_HUB_OFFLINE=1) and the local cache has no complete copy") from e
     except GatedRepoError as e:  # before its base class, RepositoryNotFoundError
         raise CheckpointError(f"Could not get '{repo_id}': the model is gated on the Hugging Face hub "

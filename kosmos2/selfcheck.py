@@ -41,7 +41,7 @@ from PIL import Image
 
 from . import detection
 from .__main__ import OneLineParser, UsageError, program
-from .hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError, resolve_checkpoint
+from .hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError, HubUnreachable, resolve_checkpoint
 from .image_processing import ImageError, open_image
 
 MAX_NEW_TOKENS = 128  # the recorded runs' setting
@@ -493,15 +493,11 @@ def fetch_image(path: str | None, repo: str, filename: str) -> Image.Image:
 
 def fetch_checkpoint(checkpoint: str) -> Path:
     """A local folder with the checkpoint's model and processor files (downloaded if it is a hub id)."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
     try:
         with _quiet_hub():
             return resolve_checkpoint(checkpoint, (*MODEL_FILES, *PROCESSOR_FILES))
-    except CheckpointError as e:
-        if isinstance(e.__cause__, LocalEntryNotFoundError):
-            raise _hub_unavailable(checkpoint) from e
-        raise
+    except HubUnreachable as e:
+        raise _hub_unavailable(checkpoint) from e
 
 
 # --------------------------------------------------------------------------------------------------
