@@ -22,7 +22,17 @@ Names are imported lazily, so ``import kosmos2.grounding`` stays light (no torch
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# MKL's strict conditional numerical reproducibility: its float32 products then give the same bits for any
+# number of threads. Without it, on CPUs where MKL takes its AVX2 code paths (AMD's, and Intel's without
+# AVX-512) a scaled score differs in the 7th digit between 1 and 2 threads, so a Ray worker (one thread)
+# and a one-process run (all cores) would write different journals. MKL reads the variable on its first
+# call, so this is set before this package runs torch; a value already in the environment is kept (it is
+# too late if the process has run an MKL product before importing kosmos2).
+MKL_REPRODUCIBILITY = "AUTO,STRICT"
+os.environ.setdefault("MKL_CBWR", MKL_REPRODUCIBILITY)
 
 _EXPORTS = {
     "Kosmos2Config": "config",
