@@ -8,8 +8,11 @@ instead of skipping it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +42,21 @@ def test_ray_with_two_workers_gives_the_one_process_labels(tmp_path, tiny_checkp
     records = journal_lines(ray.with_suffix(".jsonl"))
     assert without_timing(records) == without_timing(journal_lines(local.with_suffix(".jsonl")))
     assert len(records) == len({r["file"] for r in records}) == 16
+
+
+def test_a_ray_run_prints_no_error_or_warning_of_rays_and_leaves_no_temporary_folder(tmp_path):
+    """One image and --workers 2: fewer batches than workers (Ray warned about its pool's minimum size), the
+    tiny checkpoint written by each actor (left in the temporary folder: actors are killed, not exited)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes((ROOT / "assets" / "cat.jpg").read_bytes())
+    before = set(Path(tempfile.gettempdir()).glob("kosmos2-tiny-*"))
+    done = subprocess.run([sys.executable, "-m", "kosmos2", "label", str(folder), *DETECT, "--format", "coco",
+                           "--out", str(tmp_path / "labels.json"), "--tiny", "--engine", "ray", "--workers", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "done 1 images, skipped 0 (already in the journal), failed 0" in done.stderr
+    assert "[kosmos2] warning: tiny checkpoint with random weights: the labels are random" in done.stderr
+    for line in done.stderr.splitlines():  # Ray's own lines: "E" (error) and "WARNING" log lines, Python warnings
+        assert not re.search(r"\bE \d+ \d+\]|\bWARNING\b|Warning:|core_worker", line), line
+    assert set(Path(tempfile.gettempdir()).glob("kosmos2-tiny-*")) == before

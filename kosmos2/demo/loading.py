@@ -187,6 +187,12 @@ class ModelHolder:
         if self._loaded is not None:
             self._loaded.batcher.close()
 
+    def remove_tiny_files(self) -> None:
+        """Remove the tiny checkpoint's temporary folder now, once it is loaded (else it goes at exit): for a
+        process that is killed rather than exiting, such as a Ray actor. Nothing to do for another checkpoint."""
+        if self._loaded is not None and self._loaded.is_tiny:
+            shutil.rmtree(self._loaded.checkpoint)
+
     def _load_in_background(self) -> None:
         try:
             self.get()

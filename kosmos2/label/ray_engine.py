@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,7 @@ class LabelActor:
 
         holder = ModelHolder(model.checkpoint, dtype=model.dtype, quantize=model.quantize)
         self.labeller = Labeller(load(holder), plan)
+        holder.remove_tiny_files()  # the actor is killed at the end of the run, before any atexit clean-up
         self.folder = Path(folder)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
@@ -102,17 +105,28 @@ def label_with_ray(plan: Plan, model: ModelSpec, folder: Path, files: Sequence[s
 def _records(ray: Any, plan: Plan, model: ModelSpec, folder: Path, files: Sequence[str], cluster: Cluster,
              images_per_batch: int) -> Iterator[dict[str, Any]]:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines would drown the driver's bar
+    # Two warnings about what this module chose: the progress bars are off (the driver shows its own bar),
+    # and a local instance has token authentication (Ray's default, kept).
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address=cluster.address, include_dashboard=False, logging_level="warning",
-             runtime_env={"py_modules": [str(Path(kosmos2.__file__).parent)]})
+             runtime_env={"py_modules": [str(Path(kosmos2.__file__).parent)],
+                          "env_vars": {"MKL_CBWR": os.environ["MKL_CBWR"]}})  # the driver's (see kosmos2)
     try:
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the driver shows its own bar
-        data = ray.data.from_items([{"file": f} for f in files],
-                                   override_num_blocks=max(1, -(-len(files) // images_per_batch)))
-        labelled = data.map_batches(LabelActor, fn_constructor_args=(plan, model, str(folder)),
-                                    batch_size=images_per_batch, batch_format="numpy",
-                                    compute=ray.data.ActorPoolStrategy(size=cluster.workers),
-                                    num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker)
+        context.enable_progress_bars = False
+        batches = max(1, -(-len(files) // images_per_batch))
+        data = ray.data.from_items([{"file": f} for f in files], override_num_blocks=batches)
+        # max_restarts=0: a failed actor ends the run with its error (Ray's default restarts it forever, and
+        # logs an error line for every actor: that its constructor arguments may be gone by then). Ray 2.60
+        # takes it only through the deprecated extra keyword arguments, hence the filter.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            labelled = data.map_batches(LabelActor, fn_constructor_args=(plan, model, str(folder)),
+                                        batch_size=images_per_batch, batch_format="numpy",
+                                        compute=ray.data.ActorPoolStrategy(size=min(cluster.workers, batches)),
+                                        num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker,
+                                        max_restarts=0)
         for row in labelled.iter_rows():
             yield json.loads(row["record"])
     finally:
