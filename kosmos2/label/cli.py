@@ -21,7 +21,8 @@ from tqdm import tqdm
 from .. import labels
 from ..__main__ import OneLineParser, UsageError, add_setting_flags, program, setting_flags
 from ..demo.inputs import InputError, parse_phrases
-from ..demo.loading import DTYPES, MAX_BATCH_SIZE, ModelHolder, SettingError, progress
+from ..demo.loading import DTYPES, MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError, progress
+from ..demo.process import SignalGuard, StopRequested, stop_on_signals
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS, DetectionSettings, GenerationSettings
 from ..demo.tasks import TASKS
 from ..hub import CheckpointError
@@ -181,16 +182,15 @@ def _engine(job: Job) -> Callable[[list[str]], Records]:
     """The engine's labelling function (pending files -> records as they finish); for the local engine the
     model is loaded here, before the journal is opened."""
     args = job.args
+    if job.holder.checkpoint == TINY_CHECKPOINT:  # (load refuses the offline fallback to it)
+        progress("warning: tiny checkpoint with random weights: the labels are random")
     if args.engine == "ray":
         from .ray_engine import Cluster, ModelSpec, label_with_ray
 
         model = ModelSpec(job.holder.checkpoint, job.dtype, job.holder.quantize)
         cluster = Cluster(args.address, args.workers, args.worker_cpus, args.worker_gpus)
         return lambda pending: label_with_ray(job.plan, model, job.folder, pending, cluster, MAX_BATCH_SIZE)
-    loaded = load(job.holder)
-    if loaded.is_tiny:
-        progress("warning: tiny checkpoint with random weights: the labels are random")
-    labeller = Labeller(loaded, job.plan)
+    labeller = Labeller(load(job.holder), job.plan)
     return lambda pending: label_files(labeller, job.folder, pending)
 
 
@@ -205,23 +205,35 @@ class Records(Protocol):
     def stop(self) -> None: ...
 
 
-def _journal(records: Records, writer: JournalWriter, tally: Tally, bar: tqdm, plan: Plan) -> None:
+def _journal(records: Records, writer: JournalWriter, tally: Tally, bar: tqdm, plan: Plan, guard: SignalGuard) -> None:
     for record in records:
-        writer.append(record)
-        tally.add(record, plan)
-        bar.update(1)
-        bar.set_postfix(boxes=tally.boxes, failed=len(tally.failed), refresh=False)
+        with guard.deferred():  # a record in the journal is in the summary
+            writer.append(record)
+            tally.add(record, plan)
+            bar.update(1)
+            bar.set_postfix(boxes=tally.boxes, failed=len(tally.failed), refresh=False)
 
 
 def run(job: Job) -> int:
-    """Label the job's pending images, then write its outputs; the exit status (130 after Ctrl-C)."""
+    """Label the job's pending images, then write its outputs; the exit status: 0, or after SIGINT (Ctrl-C)
+    130 and after SIGTERM 143 (128 + the signal's number, as a shell reports a process the signal ended).
+    Either signal finishes the images in progress, writes their records and prints the summary; a second
+    one quits at once (every record written so far is on disk)."""
     try:
-        return _run(job)
+        with stop_on_signals() as guard:
+            return _run(job, guard)
+    except StopRequested as stop:  # while loading the model or writing the outputs: nothing half-written
+        progress(f"stopped ({stop}); {_resume_hint(job)}")
+        return stop.exit_status
     finally:
         job.holder.close()
 
 
-def _run(job: Job) -> int:
+def _resume_hint(job: Job) -> str:
+    return f"rerun the same command to resume ({job.outputs.journal} keeps what is done)"
+
+
+def _run(job: Job, guard: SignalGuard) -> int:
     label = _engine(job) if job.pending else None
     job.outputs.prepare()
     with JournalWriter(job.outputs.journal, job.params()) as writer:
@@ -233,20 +245,21 @@ def _run(job: Job) -> int:
         records = label(pending) if label and pending else None
         try:
             if records is not None:
-                _journal(records, writer, tally, bar, job.plan)
-        except KeyboardInterrupt:
+                _journal(records, writer, tally, bar, job.plan, guard)
+        except StopRequested as stop:
             bar.clear()
-            progress("interrupted: finishing the images in progress (Ctrl-C again to quit at once)...")
-            resume = f"rerun the same command to resume ({job.outputs.journal} keeps what is done)"
+            again = "Ctrl-C" if str(stop) == "SIGINT" else str(stop)
+            progress(f"stopped ({stop}): finishing the images in progress ({again} again to quit at once)...")
             try:
                 records.stop()
-                _journal(records, writer, tally, bar, job.plan)
-            except KeyboardInterrupt:  # quit now: every record so far is on disk, threads may be inside the model
-                progress(f"{tally.summary()}\n[kosmos2] {resume}")
-                os._exit(130)
+                _journal(records, writer, tally, bar, job.plan, guard)
+            except StopRequested:  # quit now: every record so far is on disk, threads may be inside the model
+                progress(f"{tally.summary()}\n[kosmos2] {_resume_hint(job)}")
+                job.holder.remove_tiny_files()  # (os._exit skips the atexit clean-up)
+                os._exit(stop.exit_status)
             bar.close()
-            progress(f"{tally.summary()}\n[kosmos2] {resume}")
-            return 130
+            progress(f"{tally.summary()}\n[kosmos2] {_resume_hint(job)}")
+            return stop.exit_status
         bar.close()
     progress(tally.summary())
     wanted = set(job.files)
