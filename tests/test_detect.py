@@ -70,6 +70,32 @@ def test_two_separated_peaks_give_two_boxes_and_a_peak_with_its_neighbours_one()
     assert detection.select([cup, other_cup], threshold=0.0, max_instances=1, iou_limit=0.5) == [cup]
 
 
+def test_nms_keeps_a_box_whose_iou_with_a_kept_one_equals_the_limit_and_drops_one_above_it():
+    # cells are 1/32 wide: these boxes' areas and IoUs are exact binary fractions (one row: whole cells)
+    wide = detection.Candidate(cell(0, 0), cell(0, 3), 0.5, 0.5)  # 4 cells x 1; score 0.25
+    half = detection.Candidate(cell(0, 0), cell(0, 1), 0.5, 0.4)  # its left 2 cells; score 0.2; IoU 0.5
+    assert detection.iou(wide.box, half.box) == 0.5
+    assert detection.non_max_suppression([half, wide], iou_limit=0.5) == [wide, half]  # "more than" the limit
+    assert detection.non_max_suppression([half, wide], iou_limit=0.4999) == [wide]
+
+
+def test_nms_at_iou_zero_keeps_disjoint_and_touching_boxes_and_drops_any_overlap():
+    # boxes within one row of cells span whole cells (corner-to-corner pairs span cell centres)
+    left = detection.Candidate(cell(0, 0), cell(0, 1), 0.5, 0.5)
+    touching = detection.Candidate(cell(0, 2), cell(0, 3), 0.5, 0.4)  # shares left's right edge
+    far = detection.Candidate(cell(20, 20), cell(20, 25), 0.5, 0.3)
+    overlapping = detection.Candidate(cell(0, 1), cell(0, 2), 0.5, 0.2)  # one cell in common with left
+    assert detection.iou(left.box, touching.box) == 0.0
+    got = detection.non_max_suppression([far, overlapping, touching, left], iou_limit=0.0)
+    assert got == [left, touching, far]
+
+
+def test_a_score_exactly_at_the_threshold_is_kept_and_one_just_below_is_not():
+    at = detection.Candidate(cell(0, 0), cell(1, 1), 0.5, 0.5)  # 0.25, exact
+    below = detection.Candidate(cell(20, 20), cell(25, 25), 0.5, 0.4999)
+    assert detection.select([at, below], threshold=0.25, max_instances=10, iou_limit=0.5) == [at]
+
+
 def test_iou_by_hand():
     assert detection.iou((0.0, 0.0, 0.5, 0.5), (0.25, 0.25, 0.75, 0.75)) == pytest.approx(0.0625 / (0.5 - 0.0625))
     assert detection.iou((0.0, 0.0, 0.1, 0.1), (0.5, 0.5, 0.6, 0.6)) == 0.0
