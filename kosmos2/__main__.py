@@ -72,7 +72,7 @@ def setting_flags(args: argparse.Namespace, task: Task) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     """The command line's arguments: the task table's tasks and one flag per generation setting."""
-    p = argparse.ArgumentParser(prog=program(), description="Run a KOSMOS-2 task on an image.")
+    p = OneLineParser(prog=program(), description="Run a KOSMOS-2 task on an image.")
     p.add_argument("image", help="image file")
     p.add_argument("--task", choices=list(TASKS), default="caption",
                    help=" ".join(f"{t.name} ({t.title}): {t.description.rstrip('.')}." for t in TASKS.values()))
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
-    args = parser().parse_args(argv)
-    task = TASKS[args.task]
     try:  # every setting and input is checked before anything loads
+        args = parser().parse_args(argv)
+        task = TASKS[args.task]
         given = setting_flags(args, task)
         if task.boxes == "required" and not args.box:
             raise UsageError(f"--task {args.task} needs a box: give --box x1,y1,x2,y2 (in pixels)")
