@@ -158,7 +158,8 @@ def cpu_features(flags: set[str]) -> str:
 
 
 def machine() -> str:
-    """One line: the CPU and its kernel-deciding features, cores, torch and Python."""
+    """One line: the CPU and its kernel-deciding features, cores, torch, MKL's reproducibility mode (see the
+    README's "Same numbers on every engine"; both implementations' processes inherit it) and Python."""
     cpu, flags = None, set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -171,7 +172,7 @@ def machine() -> str:
     cpu = cpu or platform.processor() or platform.machine()
     features = f" ({cpu_features(flags)})" if flags else ""
     return (f"{cpu}{features}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"Python {platform.python_version()}")
+            f"MKL_CBWR={os.environ.get('MKL_CBWR') or 'unset'}, Python {platform.python_version()}")
 
 
 def table(results: dict[tuple[str, str], list[dict[str, float]]], dtypes: list[str]) -> str:

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from benchmarks.run import METRICS, cpu_features, main, serving_table
+from benchmarks.run import METRICS, cpu_features, machine, main, serving_table
 
 
 def check_comparison_rows(report: str, prefix: str) -> None:
@@ -54,6 +54,13 @@ def test_serving_targets_are_judged_on_the_ratio():
 ])
 def test_machine_line_names_the_cpu_features_that_decide_kernels(flags, want):
     assert cpu_features(flags) == want
+
+
+def test_machine_line_names_mkls_reproducibility_mode(monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "AVX2,STRICT")
+    assert ", MKL_CBWR=AVX2,STRICT, " in machine()
+    monkeypatch.delenv("MKL_CBWR")
+    assert ", MKL_CBWR=unset, " in machine()
 
 
 def test_benchmark_int8_mode_rows_and_agreement(tmp_path):

@@ -281,13 +281,24 @@ def _cli(folder: Path, out: Path, checkpoint: Path | None) -> list[str]:
             *model]
 
 
+def split_scores(entities: list[dict]) -> tuple[list[dict], list[float]]:
+    """The entities with each score replaced by whether there is one, and the scores in order: to compare
+    runs whose rows were batched differently (scores within a tolerance, the rest exactly)."""
+    kept, scores = [], []
+    for e in entities:
+        scores += [v for v in [*e["scores"], e["score"]] if v is not None]
+        kept.append({**e, "scores": [v is not None for v in e["scores"]], "score": e["score"] is not None})
+    return kept, scores
+
+
 def scores_apart(records: list[dict]) -> tuple[list[dict], list[float]]:
-    """The records without their timing and with their scores taken out, and the scores in order."""
+    """The records without their timing, their entities' scores taken out (:func:`split_scores`), and the
+    scores in order."""
     kept, scores = [], []
     for record in without_timing(records):
-        record = json.loads(json.dumps(record))
-        for entity in record.get("entities", []):
-            scores += entity.pop("scores") + [entity.pop("score")]
+        if "entities" in record:
+            entities, found = split_scores(record["entities"])
+            record, scores = {**record, "entities": entities}, scores + found
         kept.append(record)
     return kept, scores
 

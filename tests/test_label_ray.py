@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,18 +46,24 @@ def test_ray_with_two_workers_gives_the_one_process_labels(tmp_path, tiny_checkp
 
 
 def test_a_ray_run_prints_no_error_or_warning_of_rays_and_leaves_no_temporary_folder(tmp_path):
-    """One image and --workers 2: fewer batches than workers (Ray warned about its pool's minimum size), the
-    tiny checkpoint written by each actor (left in the temporary folder: actors are killed, not exited)."""
+    """One image and --workers 2: fewer batches than workers (Ray warned about its pool's minimum size), and
+    the tiny checkpoint written by each actor. The run's temporary folder is its own (Ray and torch write
+    their own folders there too)."""
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "cat.jpg").write_bytes((ROOT / "assets" / "cat.jpg").read_bytes())
-    before = set(Path(tempfile.gettempdir()).glob("kosmos2-tiny-*"))
-    done = subprocess.run([sys.executable, "-m", "kosmos2", "label", str(folder), *DETECT, "--format", "coco",
-                           "--out", str(tmp_path / "labels.json"), "--tiny", "--engine", "ray", "--workers", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "done 1 images, skipped 0 (already in the journal), failed 0" in done.stderr
-    assert "[kosmos2] warning: tiny checkpoint with random weights: the labels are random" in done.stderr
-    for line in done.stderr.splitlines():  # Ray's own lines: "E" (error) and "WARNING" log lines, Python warnings
-        assert not re.search(r"\bE \d+ \d+\]|\bWARNING\b|Warning:|core_worker", line), line
-    assert set(Path(tempfile.gettempdir()).glob("kosmos2-tiny-*")) == before
+    temporary = Path(tempfile.mkdtemp(prefix="k2-"))  # short: Ray's socket paths go under it
+    try:
+        done = subprocess.run([sys.executable, "-m", "kosmos2", "label", str(folder), *DETECT, "--format", "coco",
+                               "--out", str(tmp_path / "labels.json"), "--tiny", "--engine", "ray", "--workers", "2"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "TMPDIR": str(temporary)})
+        assert done.returncode == 0, done.stderr
+        assert "done 1 images, skipped 0 (already in the journal), failed 0" in done.stderr
+        assert "[kosmos2] warning: tiny checkpoint with random weights: the labels are random" in done.stderr
+        assert f"tiny checkpoint (random weights) to {temporary}/kosmos2-tiny-" in done.stderr  # an actor's
+        for line in done.stderr.splitlines():  # Ray's "E" (error) and "WARNING" log lines, Python warnings
+            assert not re.search(r"\bE \d+ \d+\]|\bWARNING\b|Warning:|core_worker", line), line
+        assert not list(temporary.glob("kosmos2-tiny-*"))
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

@@ -22,6 +22,7 @@ from PIL import Image
 from kosmos2.demo import loading
 from kosmos2.demo.tasks import TASKS
 from launch import import_app, serve
+from test_label import split_scores
 
 CLIENTS, REQUESTS = 8, 10
 WAIT_S = 120  # deadline of every wait
@@ -97,7 +98,10 @@ def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
     got = [r for results in per_client for r in results]
     assert len(got) == CLIENTS * REQUESTS
     for (caption, entities, png), (want_caption, want_entities, want_pixels) in zip(got, expected):
+        # batched with other users' rows: scores within the README's promise ("Same numbers on every engine")
+        (entities, scores), (want_entities, want_scores) = split_scores(entities), split_scores(want_entities)
         assert caption == want_caption and entities == want_entities
+        assert scores == pytest.approx(want_scores, rel=1e-5, abs=0)
         assert np.array_equal(_pixels(png), want_pixels)
     assert _mutable_globals() == state_before  # no request left anything in a module global
 
