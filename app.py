@@ -235,16 +235,17 @@ def _example_image(example: Example, boxed: bool) -> Any:
     if not boxed:
         return path
     colours = draw.entity_colours(len(example.boxes))
-    return {"image": path, "boxes": [
-        {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2, "label": "", "color": draw.hex_to_rgb(colour)}
-        for (x1, y1, x2, y2), colour in zip(example.boxes, colours)]}
+    boxes = [{"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2, "label": "", "color": draw.hex_to_rgb(colour)}
+             for (x1, y1, x2, y2), colour in zip(example.boxes, colours)]
+    return {"image": path, "boxes": boxes[::-1]}  # newest first, as the annotator keeps them
 
 
 def _annotator_value(value: dict | None) -> tuple[Any, list, int]:
-    """(image, boxes, clockwise quarter turns) from an ``image_annotator`` value."""
+    """(image, boxes in the order drawn, clockwise quarter turns) from an ``image_annotator`` value, which
+    lists its boxes newest first (a new box goes to the front)."""
     if not value:
         return None, [], 0
-    return value.get("image"), value.get("boxes") or [], int(value.get("orientation") or 0)
+    return value.get("image"), (value.get("boxes") or [])[::-1], int(value.get("orientation") or 0)
 
 
 # --------------------------------------------------------------------------- tabs and endpoints

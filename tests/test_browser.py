@@ -421,6 +421,60 @@ def test_ask_about_a_drawn_box(page):
 # ----------------------------------------------------------------------------- free prompt
 
 
+# The box annotator's colours for the 1st and 2nd box drawn on an image without boxes (its palette,
+# gradio_image_annotation's frontend: a new box takes the colour at the number of boxes already there).
+FIRST_DRAWN, SECOND_DRAWN = "#ffa84d", "#5cacee"  # rgb(255, 168, 77), rgb(92, 172, 238)
+TOP_LEFT, BOTTOM_RIGHT = (20, 20, 160, 120), (280, 170, 430, 285)  # pixel boxes on cat.jpg (451 x 300)
+
+_ENTITIES = """(tab) => [...document.querySelectorAll(`#${tab}-result span.k2-ph`)].map(span => {
+  const rect = document.querySelector(`#${tab}-result rect.k2-box[data-e="${span.dataset.e}"]`);
+  return {text: span.innerText, colour: span.style.getPropertyValue('--c').trim(),
+          stroke: rect && rect.getAttribute('stroke'),
+          box: rect && ['x', 'y', 'width', 'height'].map(k => parseFloat(rect.getAttribute(k)))};
+})"""
+
+
+def _entities(page, tab: str) -> list[dict]:
+    """Each linked phrase of the result, in text order: its text, colour, and its box's stroke and (x1, y1,
+    x2, y2)."""
+    found = page.evaluate(_ENTITIES, tab)
+    for e in found:
+        if e["box"]:
+            x, y, w, h = e["box"]
+            e["box"] = (x, y, x + w, y + h)
+    return found
+
+
+CELL = (451 / 32 + 4, 300 / 32 + 4)  # a box comes back snapped to the 32 x 32 grid
+
+
+def test_two_drawn_boxes_are_bound_to_the_brackets_in_the_order_drawn_in_their_colours(page):
+    panel = _open_tab(page, "Free prompt")
+    _upload(page, "prompt", ASSETS / "cat.jpg")
+    _draw_box(page, "prompt", (451, 300), TOP_LEFT)
+    _draw_box(page, "prompt", (451, 300), BOTTOM_RIGHT)
+    panel.get_by_label("Prompt").fill("[first box] and [second box]")
+    result = _run(page, "prompt")
+    first, second = _entities(page, "prompt")[:2]
+    assert (first["text"], second["text"]) == ("first box", "second box"), result["raw"]
+    assert _near(first["box"], TOP_LEFT, CELL) and _near(second["box"], BOTTOM_RIGHT, CELL), (first, second)
+    assert (first["colour"], first["stroke"]) == (FIRST_DRAWN, FIRST_DRAWN), first
+    assert (second["colour"], second["stroke"]) == (SECOND_DRAWN, SECOND_DRAWN), second
+
+
+def test_region_descriptions_come_in_the_order_the_boxes_were_drawn_in_their_colours(page):
+    _open_tab(page, "Describe a region")
+    _upload(page, "refer", ASSETS / "cat.jpg")
+    _draw_box(page, "refer", (451, 300), TOP_LEFT)
+    _draw_box(page, "refer", (451, 300), BOTTOM_RIGHT)
+    result = _run(page, "refer")
+    assert len(result["rows"]) == 2, result["rows"]
+    first, second = (e for e in _entities(page, "refer") if e["text"] == "It")
+    assert _near(first["box"], TOP_LEFT, CELL) and _near(second["box"], BOTTOM_RIGHT, CELL), (first, second)
+    assert (first["colour"], second["colour"]) == (FIRST_DRAWN, SECOND_DRAWN)
+
+
+
 @pytest.mark.parametrize("grounded", [True, False], ids=["grounded", "not-grounded"])
 def test_free_prompt_with_and_without_grounding(page, grounded):
     panel = _open_tab(page, "Free prompt")

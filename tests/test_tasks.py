@@ -444,14 +444,14 @@ def test_region_descriptions_take_the_colours_the_boxes_were_drawn_with():
     drawn = [{"xmin": 10, "ymin": 10, "xmax": 100, "ymax": 80, "label": "", "color": (230, 25, 75)},
              {"xmin": 150, "ymin": 60, "xmax": 300, "ymax": 200, "label": "", "color": (60, 180, 75)}]
     request = tasks.build_request("refer", Image.new("RGB", (320, 240)), boxes=drawn)
-    assert request.row_colours == ("#e6194b", "#3cb44b")  # hex of the drawn RGB triples
+    assert request.box_colours == ("#e6194b", "#3cb44b")  # hex of the drawn RGB triples
     texts = ["<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is red",
              "<grounding><phrase> It</phrase><object><patch_index_0005><patch_index_0911></object> is green"]
     result = demo_results.build_result(request, texts, post_process_generation)
     assert [e.colour for e in result.entities] == ["#e6194b", "#3cb44b"]
     # Without colours on the boxes (API pixel lists) the palette is used, one colour per row.
     plain = tasks.build_request("refer", Image.new("RGB", (320, 240)), boxes=[[10, 10, 100, 80], [150, 60, 300, 200]])
-    assert plain.row_colours == ()
+    assert plain.box_colours == ()
     colours = [e.colour for e in demo_results.build_result(plain, texts, post_process_generation).entities]
     assert colours == draw.entity_colours(2)
 

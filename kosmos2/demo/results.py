@@ -108,7 +108,7 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
     if not request.colour_by_row:
         row_colours: list[str | None] = [None] * len(texts)
     else:
-        row_colours = list(request.row_colours) or entity_colours(len(texts))
+        row_colours = list(request.box_colours) or entity_colours(len(texts))
     caption_parts: list[str] = []
     entities: list[ResultEntity] = []
     row_spans = []
@@ -125,7 +125,9 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
         caption_parts.append(caption)
         row_spans.append((offset, offset + len(caption)))
         offset += len(caption) + 1
-    colours = entity_colours(len(entities))
+    # one row: its first entities are the [bracketed] words of the prompt, the i-th bound to the i-th box
+    bound = [] if request.colour_by_row else list(request.box_colours[:len(entities)])
+    colours = bound + entity_colours(len(entities) - len(bound))
     for i, e in enumerate(entities):
         e.colour = row_colours[e.row] or colours[i]
     return TaskResult(request.task, "\n".join(caption_parts), entities, "\n".join(_after_image(t) for t in texts),

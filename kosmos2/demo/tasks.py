@@ -94,7 +94,7 @@ class TaskRequest:
     image: Image.Image
     prompts: tuple[str, ...]
     colour_by_row: bool = False  # one colour per row (phrase grounding, region description)
-    row_colours: tuple[str, ...] = ()  # the rows' colours when the user's drawn boxes bring them
+    box_colours: tuple[str, ...] = ()  # the colours the user's boxes were drawn with, in the order drawn
     colour_row_text: bool = False  # each row's text in its colour too
 
 
@@ -238,5 +238,5 @@ def build_request(task: str | Task, image: Any, text: str | None = None, boxes: 
         raise InputError("No box: draw a box around the region to describe.")
     norm = tuple(normalise_box(b, img.width, img.height) for b in pixel_boxes)
     prompts = spec.prompts(Prompting(text, norm, bool(grounding_on)))
-    row_colours = drawn_box_colours(boxes) if spec.colour_by_row and spec.boxes != "none" else ()
-    return TaskRequest(spec.name, img, tuple(prompts), spec.colour_by_row, row_colours, spec.colour_row_text)
+    box_colours = drawn_box_colours(boxes) if spec.boxes != "none" else ()
+    return TaskRequest(spec.name, img, tuple(prompts), spec.colour_by_row, box_colours, spec.colour_row_text)
