@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,17 +295,21 @@ def yolo(records: Sequence[Record], task: str, phrases: Sequence[str], images_fo
 
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a reader (or a
-    kill) sees the old file or the new one, never a part."""
+    kill) sees the old file or the new one, never a part. The file gets the usual permissions (the umask's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    with open(temp, "x", encoding="utf-8", newline="\n") as f:  # "x", not mkstemp, which makes it owner-only
+        try:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+    try:
         os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 

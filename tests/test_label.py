@@ -255,6 +255,32 @@ def test_yolo_from_the_same_journal_without_relabelling(detect_coco, folder, tmp
     assert data["names"] == list(PHRASES) and data["nc"] == 2 and Path(data["path"]) == folder.resolve()
 
 
+def test_outputs_get_the_usual_permissions_and_counts_read_in_the_singular(tmp_path, capsys, tiny_checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes((ROOT / "assets" / "cat.jpg").read_bytes())
+    before = os.umask(0o027)
+    try:
+        out = tmp_path / "labels.json"
+        assert label(folder, "--phrases", "a cat", "--threshold", "0", "--max-instances", "1", "--out", out,
+                     "--checkpoint", tiny_checkpoint) == 0
+        assert label(folder, "--phrases", "a cat", "--threshold", "0", "--max-instances", "1", "--format", "yolo",
+                     "--out", tmp_path / "yolo", "--journal", out.with_suffix(".jsonl"), "--checkpoint",
+                     tiny_checkpoint) == 0
+        plain = tmp_path / "plain.txt"
+        plain.write_text("made by open()")  # what the umask gives a new file
+    finally:
+        os.umask(before)
+    mode = plain.stat().st_mode & 0o777
+    assert mode == 0o640
+    written = [out, out.with_suffix(".jsonl"), labels.run_file(out.with_suffix(".jsonl")),
+               tmp_path / "yolo" / "classes.txt", tmp_path / "yolo" / "data.yaml", tmp_path / "yolo" / "labels" / "cat.txt"]
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: mode for p in written}
+    err = capsys.readouterr().err
+    assert f"wrote {out} (COCO: 1 image, 1 annotation, 1 category)" in err, err
+    assert f"wrote {tmp_path / 'yolo'} (YOLO: 1 label file, classes.txt, data.yaml)" in err, err
+
+
 @pytest.mark.parametrize("task", ["ground", "caption"])
 def test_ground_and_caption_to_jsonl(task, folder, tiny_checkpoint, tmp_path):
     out = tmp_path / "labels.jsonl"
@@ -492,6 +518,22 @@ def test_a_journal_of_another_command_is_refused(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "different command" in err and err.count("\n") == 1
     assert journal.read_bytes() == before and not (tmp_path / "labels.json").exists()
+
+
+def test_offline_without_tiny_is_an_error_at_once_and_loads_no_random_weights(folder, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    env.pop("KOSMOS2_CHECKPOINT", None)
+    out = tmp_path / "out" / "labels.json"
+    out.parent.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "kosmos2", "label", str(folder), *DETECT, "--out", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("error: Could not get 'microsoft/kosmos-2-patch14-224'") and last.endswith(
+        "label never falls back to random weights (--tiny labels with the tiny random checkpoint, --checkpoint DIR "
+        "with a local copy)"), proc.stderr
+    assert "tiny checkpoint" not in proc.stderr.replace(last, "") and "Model ready" not in proc.stderr, proc.stderr
+    assert list(out.parent.iterdir()) == []
 
 
 def test_ray_missing_is_one_line(folder, tmp_path):

@@ -410,7 +410,9 @@ def test_tokens_per_second_counts_decoding_after_the_first_token(image):
     result = demo_results.TaskResult("caption", "", [], "", [], [], (1, 1), done=True, new_tokens=11, seconds=3.0,
                               first_token_s=1.0)
     assert result.tokens_per_s == 5.0  # 10 tokens in the 2 s after the first one
-    assert "5.0 tokens/s" in result.timing_text()
+    assert result.timing_text() == "11 new tokens in 3.00 s · first token after 1.00 s · 5.0 tokens/s after the first"
+    beams = demo_results.TaskResult("caption", "", [], "", [], [], (1, 1), done=True, new_tokens=12, seconds=3.0)
+    assert beams.timing_text() == "12 new tokens in 3.00 s · 4.0 tokens/s"  # no first token's time: the whole run
 
 
 @pytest.mark.parametrize("task, text, boxes, reference_text", [

@@ -112,7 +112,8 @@ class ModelHolder:
     ``force_tiny``) means the built-in tiny random checkpoint. A checkpoint named here or in
     ``$KOSMOS2_CHECKPOINT`` (:attr:`explicit`) that cannot be obtained raises ``CheckpointError`` on
     :meth:`get`; only the default hub model falls back to the tiny checkpoint (offline), with one
-    ``[kosmos2]`` line saying why, and :attr:`LoadedModel.is_tiny` then says so.
+    ``[kosmos2]`` line saying why, and :attr:`LoadedModel.is_tiny` then says so; ``fallback=False``
+    (``label``, whose labels must never come from random weights) makes it an error too.
     ``dtype`` (default ``$KOSMOS2_DTYPE``; else bfloat16 on CUDA, float32 on CPU) and ``quantize``
     (default ``$KOSMOS2_QUANTIZE``; ``"int8"``: the experimental int8 text decoder on CPU, see
     ``kosmos2.quantize``) are checked here, with the names of the ``KOSMOS2_*`` variables
@@ -120,11 +121,12 @@ class ModelHolder:
     """
 
     def __init__(self, checkpoint: str | None = None, dtype: str | None = None, device: str | None = None,
-                 force_tiny: bool = False, quantize: str | None = None) -> None:
+                 force_tiny: bool = False, quantize: str | None = None, fallback: bool = True) -> None:
         check_environment()
         named = TINY_CHECKPOINT if force_tiny else (checkpoint or os.environ.get("KOSMOS2_CHECKPOINT") or None)
         self.checkpoint = named or DEFAULT_CHECKPOINT
         self.explicit = named is not None  # named by the user: no silent fallback if it cannot be loaded
+        self.fallback = fallback and not self.explicit
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or os.environ.get("KOSMOS2_DTYPE") or None
         if dtype is not None and dtype not in DTYPES:
@@ -209,7 +211,7 @@ class ModelHolder:
             folder = resolve_checkpoint(self.checkpoint, MODEL_FILES, on_bytes=self._downloaded)
             return self._from(str(folder), is_tiny=False, processor=processor)
         except CheckpointError as e:
-            if self.explicit:
+            if not self.fallback:
                 raise
             log.debug("the default checkpoint could not be loaded", exc_info=True)
             progress(f"{e}: running on the built-in tiny checkpoint (random weights) instead.")

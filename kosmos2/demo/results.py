@@ -89,8 +89,9 @@ class TaskResult:
         parts = [f"{self.new_tokens} new tokens in {self.seconds:.2f} s"]
         if self.first_token_s is not None:
             parts.append(f"first token after {self.first_token_s:.2f} s")
-        if self.tokens_per_s is not None:
-            parts.append(f"{self.tokens_per_s:.1f} tokens/s")
+        if self.tokens_per_s is not None:  # (what it measures: see tokens_per_s)
+            after_first = self.first_token_s is not None and self.new_tokens > 1
+            parts.append(f"{self.tokens_per_s:.1f} tokens/s" + (" after the first" if after_first else ""))
         return " · ".join(parts)
 
 

@@ -29,7 +29,7 @@ from ..hub import CheckpointError
 from ..labels import FORMATS, JournalError, JournalWriter, Record
 from .outputs import OutputError, Outputs
 from .ray_engine import RayMissingError, import_ray
-from .work import Labeller, Plan, label_files, load
+from .work import Labeller, Plan, label_files
 
 TASK_CHOICES = ("detect", "ground", "caption")
 ENGINES = ("local", "ray")
@@ -142,7 +142,8 @@ def prepare(args: argparse.Namespace) -> Job:
     elif args.address or args.workers != 1:
         raise UsageError("--address and --workers apply to --engine ray")
     outputs = Outputs.check(args.format, args.out, args.journal)
-    holder = ModelHolder(args.checkpoint, dtype=args.dtype, force_tiny=args.tiny, quantize=args.quantize)
+    holder = ModelHolder(args.checkpoint, dtype=args.dtype, force_tiny=args.tiny, quantize=args.quantize,
+                         fallback=False)
     job = Job(folder, files, plan, outputs, holder, args)
     labels.check_resumable(outputs.journal, job.params())
     job.pending = labels.pending_files(files, labels.read_journal(outputs.journal))
@@ -182,7 +183,7 @@ def _engine(job: Job) -> Callable[[list[str]], Records]:
     """The engine's labelling function (pending files -> records as they finish); for the local engine the
     model is loaded here, before the journal is opened."""
     args = job.args
-    if job.holder.checkpoint == TINY_CHECKPOINT:  # (load refuses the offline fallback to it)
+    if job.holder.checkpoint == TINY_CHECKPOINT:  # (never an offline fallback: the holder has none)
         progress("warning: tiny checkpoint with random weights: the labels are random")
     if args.engine == "ray":
         from .ray_engine import Cluster, ModelSpec, label_with_ray
@@ -190,7 +191,12 @@ def _engine(job: Job) -> Callable[[list[str]], Records]:
         model = ModelSpec(job.holder.checkpoint, job.dtype, job.holder.quantize)
         cluster = Cluster(args.address, args.workers, args.worker_cpus, args.worker_gpus)
         return lambda pending: label_with_ray(job.plan, model, job.folder, pending, cluster, MAX_BATCH_SIZE)
-    labeller = Labeller(load(job.holder), job.plan)
+    try:
+        loaded = job.holder.get()
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; label never falls back to random weights (--tiny labels with the tiny "
+                              "random checkpoint, --checkpoint DIR with a local copy)") from e
+    labeller = Labeller(loaded, job.plan)
     return lambda pending: label_files(labeller, job.folder, pending)
 
 

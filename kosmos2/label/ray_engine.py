@@ -56,10 +56,10 @@ class LabelActor:
 
     def __init__(self, plan: Plan, model: ModelSpec, folder: str) -> None:
         from ..demo.loading import ModelHolder
-        from .work import Labeller, load
+        from .work import Labeller
 
-        holder = ModelHolder(model.checkpoint, dtype=model.dtype, quantize=model.quantize)
-        self.labeller = Labeller(load(holder), plan)
+        holder = ModelHolder(model.checkpoint, dtype=model.dtype, quantize=model.quantize, fallback=False)
+        self.labeller = Labeller(holder.get(), plan)
         holder.remove_tiny_files()  # the actor is killed at the end of the run, before any atexit clean-up
         self.folder = Path(folder)
 

@@ -16,11 +16,10 @@ from typing import Any, TypeVar
 
 from ..demo.detect import detect_many
 from ..demo.inputs import InputError
-from ..demo.loading import TINY_CHECKPOINT, LoadedModel, ModelHolder
+from ..demo.loading import LoadedModel
 from ..demo.results import TaskResult, run_to_end
 from ..demo.settings import DetectionSettings, GenerationSettings
 from ..demo.tasks import TaskRequest, build_request
-from ..hub import CheckpointError
 from ..labels import Record
 
 T = TypeVar("T")
@@ -62,16 +61,6 @@ def decode(folder: Path, file: str, plan: Plan) -> Item:
         return Item(file, request=plan.request(folder / file))
     except InputError as e:
         return Item(file, failed=str(e))
-
-
-def load(holder: ModelHolder) -> LoadedModel:
-    """The holder's model. :class:`CheckpointError` when it cannot be loaded, also when the default checkpoint
-    fell back to the tiny random one: labels from random weights must never pass for real ones."""
-    loaded = holder.get()
-    if loaded.is_tiny and holder.checkpoint != TINY_CHECKPOINT:
-        raise CheckpointError(f"could not load the checkpoint {holder.checkpoint} ({loaded.note}); "
-                              "--tiny labels with the tiny random checkpoint")
-    return loaded
 
 
 def record_of(file: str, result: TaskResult) -> Record:
