@@ -272,7 +272,7 @@ def test_cli_detect_prints_scored_boxes_as_json():
     bad = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "coffee.jpg"), "--task", "detect",
                           "--text", "a cup", "--threshold", "2", "--tiny"], capture_output=True, text=True, cwd=ROOT,
                          timeout=180)
-    assert bad.returncode == 2 and "Box threshold must be between 0 and 1" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr == "error: --threshold must be between 0 and 1, got 2.0\n"
 
 
 def test_the_phrase_of_a_detect_prompt():

@@ -62,10 +62,11 @@ IDS = [f"{name}={value}" for name, value, _ in CASES]
 
 
 def _refusal(name: str, cli: bool = False) -> str:
+    """The message's start: the API names a setting by its label, the command line by its flag."""
     if name == "decoding":  # the command line's parser knows the choices
         return "argument --decoding: invalid choice: 'top_k'" if cli else "Decoding must be one of greedy, beam, sample"
     label, low, high, _ = {**GENERATION_LIMITS, **DETECTION_LIMITS}[name]
-    return f"{label} must be between {low:g} and {high:g}"
+    return f"{'--' + name.replace('_', '-') if cli else label} must be between {low:g} and {high:g}"
 
 
 def _api_call(name: str, value: float | str) -> tuple[str, dict]:

@@ -8,7 +8,7 @@ from :data:`SETTINGS`, and values travel by name.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -43,21 +43,23 @@ class Setting:
         """``int``, ``float`` or ``str``: the type of the default."""
         return type(self.default)
 
-    def parse(self, value: Any) -> Any:
-        """``value`` from an untrusted source, checked and converted; :class:`InputError` names the setting."""
+    def parse(self, value: Any, name: str | None = None) -> Any:
+        """``value`` from an untrusted source, checked and converted; :class:`InputError` names the setting
+        (``name``: what the user calls it there, such as a command-line flag; default its label)."""
+        name = name or self.label
         if self.choices:
             if value not in self.choices:
-                raise InputError(f"{self.label} must be one of {', '.join(self.choices)}, got {value!r}.")
+                raise InputError(f"{name} must be one of {', '.join(self.choices)}, got {value!r}.")
             return value
         try:
             x = float(value)
         except (TypeError, ValueError) as e:
-            raise InputError(f"{self.label} must be a number, got {value!r}.") from e
+            raise InputError(f"{name} must be a number, got {value!r}.") from e
         if not math.isfinite(x) or not self.minimum <= x <= self.maximum:
-            raise InputError(f"{self.label} must be between {self.minimum:g} and {self.maximum:g}, got {value!r}.")
+            raise InputError(f"{name} must be between {self.minimum:g} and {self.maximum:g}, got {value!r}.")
         if self.kind is int:
             if x != int(x):
-                raise InputError(f"{self.label} must be a whole number, got {value!r}.")
+                raise InputError(f"{name} must be a whole number, got {value!r}.")
             return int(x)
         return x
 
@@ -75,14 +77,16 @@ class _UserSettings:
         return {f.name: f.metadata["setting"] for f in fields(cls)}  # type: ignore[arg-type]
 
     @classmethod
-    def from_user(cls, **values: Any) -> Any:
+    def from_user(cls, called: Callable[[str], str] | None = None, **values: Any) -> Any:
         """Check each given value's type and range by name (missing ones take their default); raise
-        :class:`InputError` naming the first bad one, or an unknown name."""
+        :class:`InputError` naming the first bad one (by its label, or ``called(name)``: a command-line
+        flag), or an unknown name."""
         spec = cls.spec()
         unknown = set(values) - set(spec)
         if unknown:
             raise InputError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
-        return cls(**{name: s.parse(values[name]) for name, s in spec.items() if name in values})
+        return cls(**{name: s.parse(values[name], called(name) if called else None)
+                      for name, s in spec.items() if name in values})
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``python -m kosmos2 label DIR --phrases ... --task detect|ground|caption --format coco|yolo|jsonl --out PATH``.
+"""``python -m kosmos2 label DIR --phrase ... --task detect|ground|caption --format coco|yolo|jsonl --out PATH``.
 
 Everything the user gives is checked before anything is written or loaded (one ``error:`` line and exit
 status 2); then the images not yet in the journal are labelled (one process, or Ray with ``--engine ray``),
@@ -19,11 +19,12 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from .. import labels
-from ..__main__ import OneLineParser, UsageError, add_setting_flags, program, setting_flags
+from ..__main__ import (OneLineParser, UsageError, add_model_flags, add_phrase_flag, add_setting_flags,
+                        model_holder, program, setting_flags)
 from ..demo.inputs import InputError, parse_phrases
-from ..demo.loading import DTYPES, MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError, progress
+from ..demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError, progress
 from ..demo.process import SignalGuard, StopRequested, stop_on_signals
-from ..demo.settings import DETECTION_SETTINGS, SETTINGS, DetectionSettings, GenerationSettings
+from ..demo.settings import DETECTION_SETTINGS, SETTINGS
 from ..demo.tasks import TASKS
 from ..hub import CheckpointError
 from ..labels import FORMATS, JournalError, JournalWriter, Record
@@ -45,8 +46,7 @@ def parser() -> argparse.ArgumentParser:
                 description="Label every image of a folder with KOSMOS-2 (COCO, YOLO or JSONL); rerun the same "
                             "command to resume an interrupted run.")
     p.add_argument("folder", type=Path, help=f"folder of images ({_EXTENSIONS})")
-    p.add_argument("--phrases", action="append", default=[], metavar="PHRASE",
-                   help="a phrase to find (repeatable; one category each, in this order); for detect and ground")
+    add_phrase_flag(p, "a phrase to find (repeatable; one category each, in this order); for detect and ground")
     p.add_argument("--task", choices=TASK_CHOICES, default="detect",
                    help="detect: every instance of each phrase, scored; ground: one box per phrase; caption: a "
                         "grounded caption and its phrases' boxes (default detect)")
@@ -57,10 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", type=Path, help="the JSONL journal (default: --out for jsonl, OUT with .jsonl "
                                                 "for coco, OUT/labels.jsonl for yolo)")
     p.add_argument("--recursive", action="store_true", help="also label the images in sub-folders")
-    p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")
-    p.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
-    p.add_argument("--dtype", choices=DTYPES, help="default: $KOSMOS2_DTYPE, else bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--quantize", choices=("int8",), help="the experimental int8 text decoder (CPU)")
+    add_model_flags(p)
     add_setting_flags(p.add_argument_group("detection settings (detect)"), DETECTION_SETTINGS)
     add_setting_flags(p.add_argument_group("generation settings (ground, caption)"), SETTINGS)
     ray = p.add_argument_group("engine")
@@ -102,21 +99,21 @@ class Job:
 
 def _plan(args: argparse.Namespace) -> Plan:
     task = TASKS[args.task]
-    given = setting_flags(args, task)
+    settings = setting_flags(args, task)
     if args.task == "caption":
         if args.phrases:
-            raise UsageError("--phrases does not apply to --task caption (its phrases come from the captions)")
-        return Plan("caption", (), generation=GenerationSettings.from_user(**given))
+            raise UsageError("--phrase does not apply to --task caption (its phrases come from the captions)")
+        return Plan("caption", (), generation=settings)
     if not args.phrases:
-        raise UsageError(f"--task {args.task} needs at least one --phrases")
+        raise UsageError(f"--task {args.task} needs at least one --phrase")
     phrases = parse_phrases("\n".join(args.phrases))
     if len(phrases) != len(args.phrases):
-        raise UsageError("each --phrases must be one line of text")
+        raise UsageError("each --phrase must be one line of text")
     if len(set(phrases)) != len(phrases):
         raise UsageError(f"a phrase is given twice: {next(p for p in phrases if phrases.count(p) > 1)!r}")
     if args.task == "detect":
-        return Plan("detect", tuple(phrases), detection=DetectionSettings.from_user(**given))
-    return Plan("ground", tuple(phrases), generation=GenerationSettings.from_user(**given))
+        return Plan("detect", tuple(phrases), detection=settings)
+    return Plan("ground", tuple(phrases), generation=settings)
 
 
 def prepare(args: argparse.Namespace) -> Job:
@@ -133,8 +130,6 @@ def prepare(args: argparse.Namespace) -> Job:
                          + ("" if args.recursive else " (--recursive looks in sub-folders too)"))
     if args.format == "yolo" and (pairs := labels.yolo_collisions(files)):
         raise UsageError(f"{pairs[0][0]} and {pairs[0][1]} would share one YOLO label file; rename one")
-    if args.tiny and args.checkpoint:
-        raise UsageError("give --tiny or --checkpoint, not both")
     if args.engine == "ray":
         import_ray()
         if args.workers < 1:
@@ -142,8 +137,7 @@ def prepare(args: argparse.Namespace) -> Job:
     elif args.address or args.workers != 1:
         raise UsageError("--address and --workers apply to --engine ray")
     outputs = Outputs.check(args.format, args.out, args.journal)
-    holder = ModelHolder(args.checkpoint, dtype=args.dtype, force_tiny=args.tiny, quantize=args.quantize,
-                         fallback=False)
+    holder = model_holder(args, fallback=False)
     job = Job(folder, files, plan, outputs, holder, args)
     labels.check_resumable(outputs.journal, job.params())
     job.pending = labels.pending_files(files, labels.read_journal(outputs.journal))
