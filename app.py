@@ -157,7 +157,7 @@ class Runner:
         if found is None:
             return (gr.update(),) * 5
         try:
-            result = found.result(DetectionSettings.from_user(**settings))
+            result = found.result(DetectionSettings.from_user(**settings), refiltered=True)
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
         shown = found.request.image
@@ -455,8 +455,10 @@ def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TA
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python app.py [--tiny] [--checkpoint ...] [--share]``: serve the demo (local only unless ``--share``)
-    until Ctrl-C or SIGTERM; returns the exit status.
+    """``python app.py [--tiny] [--checkpoint ...] [--host H] [--port P] [--share] [--mcp]``: serve the demo
+    (local only unless ``--share``) until Ctrl-C or SIGTERM; returns the exit status. ``--port`` is that
+    port or an error (without it, Gradio's: ``$GRADIO_SERVER_PORT`` or 7860, else the next free one); with
+    ``--mcp`` the MCP server's URL is printed once it listens.
 
     A bad ``KOSMOS2_*`` setting, or a checkpoint named by ``--checkpoint`` or ``$KOSMOS2_CHECKPOINT`` that
     cannot be loaded, stops it before serving: one ``error:`` line, status 2. So a named checkpoint loads
@@ -465,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="KOSMOS-2 Gradio demo")
     parser.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
     parser.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT)")
+    parser.add_argument("--host", help="the address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1; "
+                                       "0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, help="the port (default: $GRADIO_SERVER_PORT or 7860, or the next free "
+                                                 "one); a given port that is taken is an error")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--mcp", action="store_true",
                         help="also serve the tasks as MCP tools at /gradio_api/mcp/ (needs gradio[mcp])")
@@ -484,8 +490,17 @@ def main(argv: list[str] | None = None) -> int:
     drop_stray_gradio_prints()
     try:
         with stop_on_signals():
-            served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES, mcp_server=args.mcp or None,
-                          state_session_capacity=SESSIONS_KEPT)
+            try:
+                _, url, _ = served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES, mcp_server=args.mcp or None,
+                                          state_session_capacity=SESSIONS_KEPT, server_name=args.host,
+                                          server_port=args.port, prevent_thread_lock=True)
+            except OSError as e:  # the port is taken, or the address is not this machine's
+                print(f"error: cannot listen on {args.host or '127.0.0.1'}:{args.port or 'the default port'} "
+                      f"({e}); choose another --port or --host", file=sys.stderr)
+                return 2
+            if args.mcp:
+                print(f"* MCP server (streamable HTTP): {url.rstrip('/')}/gradio_api/mcp/", flush=True)
+            served.block_thread()
     except StopRequested:  # SIGTERM or Ctrl-C: Gradio's full shutdown (its cache), then the atexit clean-up
         served.close()
     return 0

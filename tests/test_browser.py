@@ -401,8 +401,11 @@ def test_ask_without_a_box(page):
     _upload(page, "ask", ASSETS / "rocket.jpg")
     panel.get_by_label("Question").fill("What is special about this image?")
     result = _run(page, "ask")
-    assert result["caption"].startswith("Question: What is special about this image? Answer:"), result["caption"]
+    # the answer alone in the page (the raw output keeps the prompt), which the raw output ends with
+    assert "Question" not in result["caption"] and "Answer" not in result["caption"], result["caption"]
     assert result["raw"].startswith("<grounding> Question: What is special about this image? Answer:"), result["raw"]
+    answer = re.sub(r"<[^>]+>", "", result["raw"].split(" Answer:", 1)[1]).split()
+    assert result["caption"].split() == answer, (result["caption"], result["raw"])
 
 
 def test_ask_about_a_drawn_box(page):
@@ -412,8 +415,9 @@ def test_ask_about_a_drawn_box(page):
     _draw_box(page, "ask", (451, 300), drawn)
     panel.get_by_label("Question").fill("What is [this animal] doing?")
     result = _run(page, "ask")
-    assert result["caption"].startswith("Question: What is this animal doing? Answer:"), result["caption"]
-    assert "<phrase> this animal</phrase><object><patch_index_" in result["raw"], result["raw"]
+    assert "Question" not in result["caption"], result["caption"]  # the answer alone
+    assert result["raw"].startswith("<grounding> Question: What is<phrase> this animal</phrase><object><patch_index_"), \
+        result["raw"]
     (box,) = result["boxes"]["this animal"]
     assert _near(box, drawn, (451 / 32 + 4, 300 / 32 + 4)), f"the box {box} is not where it was drawn: {drawn}"
 
@@ -513,12 +517,15 @@ def test_detect_then_the_threshold_slider_refilters_at_once(page):
     boxes = page.locator("#detect-result rect.k2-box")
     expect(boxes, "threshold 0 and at most 4 boxes: 4 boxes").to_have_count(4, timeout=UI_TIMEOUT_MS)
     titles = [t.text_content() for t in page.locator("#detect-result rect.k2-box title").all()]
-    assert all(re.fullmatch(r"a cup · \d\.\d\d", t) for t in titles), titles  # each label carries its score
+    # each label carries its score, never a bare 0.00 for a small one (the tiny model's are ~1e-5)
+    assert all(re.fullmatch(r"a cup · (\d\.\d\d|\d\.\de-\d+)", t) and "0.00" not in t for t in titles), titles
     _set_number(page, "Max boxes per phrase", "2")
     expect(boxes, "max boxes 2 did not re-filter the result").to_have_count(2, timeout=UI_TIMEOUT_MS)
     _set_number(page, "Box threshold", "1")
     expect(boxes, "threshold 1 did not re-filter the result").to_have_count(0, timeout=UI_TIMEOUT_MS)
-    assert "0 boxes kept" in page.locator("#detect-timing").inner_text()
+    timing = page.locator("#detect-timing").inner_text()
+    assert re.search(r"0 boxes kept of \d+ candidates, re-filtered without the model \(which took [\d.]+ s\) · the "
+                     r"best scores \S+, under the box threshold 1: lower it to see boxes", timing), timing
     page.get_by_label("Show where the model looks").check()
     _wait_js(page, "(before) => (document.querySelector('#detect-png td.filename')?.getAttribute('aria-label') "
              "|| '') !== before", done["png"], "the heat map did not redraw the PNG")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from kosmos2 import Kosmos2ForConditionalGeneration, detection, grounding
 from kosmos2.demo import draw, view
-from kosmos2.demo.detect import detect_many
+from kosmos2.demo.detect import Detection, detect_many
 from kosmos2.demo.inputs import InputError
 from kosmos2.demo.loading import ModelHolder
 from kosmos2.demo.results import build_result, run_to_end
@@ -94,6 +94,31 @@ def test_a_score_exactly_at_the_threshold_is_kept_and_one_just_below_is_not():
     at = detection.Candidate(cell(0, 0), cell(1, 1), 0.5, 0.5)  # 0.25, exact
     below = detection.Candidate(cell(20, 20), cell(25, 25), 0.5, 0.4999)
     assert detection.select([at, below], threshold=0.25, max_instances=10, iou_limit=0.5) == [at]
+
+
+@pytest.mark.parametrize(("score", "shown"), [(0.87, "0.87"), (0.01, "0.01"), (0.0099, "9.9e-3"),
+                                               (4.3e-5, "4.3e-5"), (1.25e-12, "1.2e-12"), (0.0, "0.00")])
+def test_a_small_score_is_shown_with_two_significant_digits_not_as_zero(score, shown):
+    assert draw.format_score(score) == shown
+    assert draw.box_label("a cup", score) == f"a cup · {shown}"
+
+
+def _found(scores: list[float]) -> Detection:
+    candidates = tuple(detection.Candidate(cell(0, 2 * k), cell(0, 2 * k + 1), s, 1.0) for k, s in enumerate(scores))
+    return Detection(build_request("detect", Image.new("RGB", (64, 64)), "a cup"), ("a cup",), (candidates,), 0.5)
+
+
+def test_a_detect_that_keeps_no_box_gives_the_best_score_and_says_to_lower_the_threshold():
+    found = _found([4.3e-5, 2e-5])
+    timing = found.result(DetectionSettings(threshold=0.1)).timing_text()
+    assert timing == ("0 boxes kept of 2 candidates in 0.50 s · the best scores 4.3e-5, under the box threshold 0.1: "
+                      "lower it to see boxes")
+    assert found.result(DetectionSettings(threshold=0.0)).timing_text() == "2 boxes kept of 2 candidates in 0.50 s"
+
+
+def test_a_refiltered_detect_says_so_instead_of_timing_the_filter():
+    timing = _found([0.5, 0.2]).result(DetectionSettings(threshold=0.3), refiltered=True).timing_text()
+    assert timing == "1 box kept of 2 candidates, re-filtered without the model (which took 0.50 s)"
 
 
 def test_iou_by_hand():

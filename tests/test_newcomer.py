@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,7 @@ from kosmos2.demo import inputs, process
 from kosmos2.demo.loading import ModelHolder, SettingError, check_environment
 from kosmos2.image_processing import ImageError, open_image
 from kosmos2.tiny import main as tiny_main
-from launch import ROOT, import_app, serve_subprocess
+from launch import ROOT, free_port, import_app, serve_subprocess
 
 CAT = ROOT / "assets" / "cat.jpg"
 TIMEOUT_S = 300  # a hang, not the expected time
@@ -224,3 +226,30 @@ def test_tiny_help_names_its_command(capsys):
     with pytest.raises(SystemExit) as info:
         tiny_main(["--help"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m kosmos2.tiny ")
+
+
+# ----------------------------------------------------------------------------- host, port, MCP URL
+
+
+def test_a_taken_port_is_one_error_line_not_another_port(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "app.py", "--tiny", "--port", str(port)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=180, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (") and proc.stderr.endswith(
+        "); choose another --port or --host\n") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Running on" not in proc.stdout
+
+
+def test_the_port_asked_for_is_the_port_served_and_mcp_prints_its_url(tmp_path):
+    port = free_port()
+    with serve_subprocess(tmp_path, args=("--tiny", "--port", str(port), "--host", "127.0.0.1", "--mcp")) as (url, _):
+        assert url == f"http://127.0.0.1:{port}/"
+        line = f"* MCP server (streamable HTTP): http://127.0.0.1:{port}/gradio_api/mcp/\n"
+        deadline = time.monotonic() + 30  # printed once launch() returns, just after the URL line
+        while line not in (log := (tmp_path / "server.log").read_text()):
+            assert time.monotonic() < deadline, log
+            time.sleep(0.1)

@@ -458,6 +458,22 @@ def test_region_descriptions_take_the_colours_the_boxes_were_drawn_with():
     assert colours == draw.entity_colours(2)
 
 
+def test_the_page_shows_an_asked_questions_answer_alone_and_the_caption_keeps_the_question():
+    from kosmos2.demo import view
+
+    drawn = [{"xmin": 10, "ymin": 10, "xmax": 100, "ymax": 80, "label": "", "color": (230, 25, 75)}]
+    request = build_request("ask", Image.new("RGB", (320, 240)), "What is [this] doing?", drawn)
+    text = ("<grounding> Question: What is<phrase> this</phrase><object><patch_index_0044><patch_index_0863></object> "
+            "doing? Answer: It is<phrase> sleeping</phrase><object><patch_index_0005><patch_index_0911></object>.")
+    result = demo_results.build_result(request, [text], post_process_generation, done=True)
+    assert result.caption == "Question: What is this doing? Answer: It is sleeping."  # the API's caption
+    page = view.render("data:,", result)
+    shown = page.split('<div class="k2-caption">')[1]
+    assert "Question" not in shown and "Answer" not in shown
+    assert '>It is <span class="k2-ph" data-e="1"' in shown and ">sleeping</span>." in shown, shown
+    assert page.count('<rect class="k2-box"') == 2  # the question's box is still drawn
+
+
 def test_tiff_orientation_is_applied_like_pillow_does(tmp_path):
     path = tmp_path / "rotated.tif"
     exif = Image.Exif()

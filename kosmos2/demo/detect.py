@@ -28,8 +28,9 @@ class Detection:
     candidates: tuple[tuple[Candidate, ...], ...]
     seconds: float = 0.0
 
-    def result(self, settings: DetectionSettings) -> TaskResult:
-        """The result under ``settings``: per phrase, its boxes after NMS, the threshold and the cap."""
+    def result(self, settings: DetectionSettings, refiltered: bool = False) -> TaskResult:
+        """The result under ``settings``: per phrase, its boxes after NMS, the threshold and the cap
+        (``refiltered``: filtered again after the first result, which its timing line says)."""
         texts, logprobs = [], []
         for phrase, candidates in zip(self.phrases, self.candidates):
             kept = detection.select(candidates, settings.threshold, settings.max_instances, settings.nms_iou)
@@ -37,7 +38,7 @@ class Detection:
             texts.append(f"<grounding><phrase> {phrase}</phrase>{markup}")
             logprobs.append([lp for c in kept for lp in (math.log(c.p_first), math.log(c.p_second))])
         out = build_result(self.request, texts, grounding.post_process_generation, done=True, patch_logprobs=logprobs)
-        out.detection, out.seconds = self, self.seconds
+        out.detection, out.seconds, out.threshold, out.refiltered = self, self.seconds, settings.threshold, refiltered
         return out
 
     def density(self, phrase: int) -> list[list[float]]:

@@ -50,9 +50,18 @@ class Annotation(NamedTuple):
     scores: Sequence[float | None] = ()
 
 
+def format_score(score: float) -> str:
+    """A probability in a few characters that never reads 0 for a positive one: two decimals from 0.01
+    (``0.87``), two significant digits below (``4.3e-5``)."""
+    if score >= 0.01 or score == 0:
+        return f"{score:.2f}"
+    mantissa, exponent = f"{score:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def box_label(label: str, score: float | None) -> str:
     """A box's label: ``"a snowman · 0.87"``, or the label alone without a score."""
-    return label if score is None else f"{label} · {score:.2f}"
+    return label if score is None else f"{label} · {format_score(score)}"
 
 
 def entity_colours(n: int) -> list[str]:

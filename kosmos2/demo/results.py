@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import grounding
 from ..grounding import Box, PixelBox
-from .draw import Annotation, entity_colours
+from .draw import Annotation, entity_colours, format_score
 from .loading import LoadedModel
 from .settings import GenerationSettings
 from .tasks import TaskRequest
@@ -57,6 +57,9 @@ class TaskResult:
     seconds: float = 0.0
     first_token_s: float | None = None
     detection: Detection | None = None  # a detect run's candidates, to re-filter without the model
+    shown_from: int = 0  # where the text the page shows begins in ``caption`` (an answer after its question)
+    threshold: float | None = None  # detect: the box threshold it was filtered with
+    refiltered: bool = False  # detect: filtered again from the candidates, without the model
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -81,9 +84,16 @@ class TaskResult:
     def timing_text(self) -> str:
         """A one-line summary of the run's speed."""
         if self.detection is not None:
-            tried = sum(map(len, self.detection.candidates))
+            candidates = [c for per_phrase in self.detection.candidates for c in per_phrase]
             boxes = sum(len(e.boxes) for e in self.entities)
-            return f"{boxes} boxes kept of {tried} candidates in {self.seconds:.2f} s"
+            text = f"{count(boxes, 'box', 'boxes')} kept of {count(len(candidates), 'candidate', 'candidates')}"
+            text += (f", re-filtered without the model (which took {self.seconds:.2f} s)" if self.refiltered
+                     else f" in {self.seconds:.2f} s")
+            if not boxes and candidates and self.threshold is not None:
+                best = max(c.score for c in candidates)
+                text += (f" · the best scores {format_score(best)}, under the box threshold {self.threshold:g}: "
+                         "lower it to see boxes")
+            return text
         if not self.done:
             return f"generating... {self.new_tokens} tokens"
         parts = [f"{self.new_tokens} new tokens in {self.seconds:.2f} s"]
@@ -93,6 +103,11 @@ class TaskResult:
             after_first = self.first_token_s is not None and self.new_tokens > 1
             parts.append(f"{self.tokens_per_s:.1f} tokens/s" + (" after the first" if after_first else ""))
         return " · ".join(parts)
+
+
+def count(n: int, one: str, many: str) -> str:
+    """``n`` and its noun in the singular or the plural: ``1 box``, ``2 boxes``."""
+    return f"{n} {one if n == 1 else many}"
 
 
 def _after_image(text: str) -> str:
@@ -131,8 +146,12 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
     colours = bound + entity_colours(len(entities) - len(bound))
     for i, e in enumerate(entities):
         e.colour = row_colours[e.row] or colours[i]
-    return TaskResult(request.task, "\n".join(caption_parts), entities, "\n".join(_after_image(t) for t in texts),
-                      row_spans, row_colours, (width, height), done, colour_row_text=request.colour_row_text)
+    caption = "\n".join(caption_parts)
+    marker = caption.find(request.answer_after) if request.answer_after else -1
+    shown_from = marker + len(request.answer_after) if marker >= 0 else 0
+    return TaskResult(request.task, caption, entities, "\n".join(_after_image(t) for t in texts), row_spans,
+                      row_colours, (width, height), done, colour_row_text=request.colour_row_text,
+                      shown_from=len(caption) - len(caption[shown_from:].lstrip()))
 
 
 def location_token_ids(processor: Any) -> list[int]:

@@ -59,7 +59,9 @@ class Task:
     "required"; ``grounding_option`` adds a "ground the output" checkbox; ``colour_by_row`` gives
     each batch row one colour (one row per phrase or box), and ``colour_row_text`` writes each row's text
     in it too (a description of the box drawn in that colour); ``detect`` finds every instance of each
-    phrase with scores (``kosmos2.demo.detect``, settings ``DetectionSettings``) instead of generating text.
+    phrase with scores (``kosmos2.demo.detect``, settings ``DetectionSettings``) instead of generating text;
+    ``answer_after``: the page shows the text after it (the answer, not the prompt's scaffold around the
+    question), the caption and the raw output keep the whole.
     """
 
     name: str
@@ -79,6 +81,7 @@ class Task:
     colour_row_text: bool = False
     examples: tuple[Example, ...] = ()
     detect: bool = False  # runs kosmos2.demo.detect with DetectionSettings instead of generating
+    answer_after: str = ""
 
     @property
     def settings(self) -> type[GenerationSettings] | type[DetectionSettings]:
@@ -96,6 +99,7 @@ class TaskRequest:
     colour_by_row: bool = False  # one colour per row (phrase grounding, region description)
     box_colours: tuple[str, ...] = ()  # the colours the user's boxes were drawn with, in the order drawn
     colour_row_text: bool = False  # each row's text in its colour too
+    answer_after: str = ""  # see Task.answer_after
 
 
 # --------------------------------------------------------------------------- prompt pieces
@@ -199,7 +203,7 @@ TASKS: dict[str, Task] = {
              examples=(Example("cat.jpg", boxes=((280, 90, 360, 180),)),)),
         Task("ask", "Grounded VQA", "Ask a question; mark words that a drawn box refers to with [brackets].",
              _ask_prompts, tab="Ask", button="Ask", image_label="Image (optionally draw a box)", text="Question",
-             text_info=f"With a box, {_BRACKETS}.", boxes="optional",
+             text_info=f"With a box, {_BRACKETS}.", boxes="optional", answer_after=" Answer:",
              examples=(Example("rocket.jpg", "What is special about this image?"),
                        Example("cat.jpg", "What is [this animal] doing?", ((20, 10, 440, 295),)),
                        Example("coffee.jpg", "What is in [this cup]?", ((150, 80, 470, 330),)))),
@@ -239,4 +243,5 @@ def build_request(task: str | Task, image: Any, text: str | None = None, boxes: 
     norm = tuple(normalise_box(b, img.width, img.height) for b in pixel_boxes)
     prompts = spec.prompts(Prompting(text, norm, bool(grounding_on)))
     box_colours = drawn_box_colours(boxes) if spec.boxes != "none" else ()
-    return TaskRequest(spec.name, img, tuple(prompts), spec.colour_by_row, box_colours, spec.colour_row_text)
+    return TaskRequest(spec.name, img, tuple(prompts), spec.colour_by_row, box_colours, spec.colour_row_text,
+                       spec.answer_after)

@@ -53,6 +53,7 @@ def image_data_uri(image: Image.Image, max_side: int = 800) -> str:
 def _caption_html(result: TaskResult) -> str:
     rows = []
     for row, (start, end) in enumerate(result.row_spans):
+        start = max(start, min(result.shown_from, end))
         pieces, pos = [], start
         row_entities = sorted(
             ((i, e) for i, e in enumerate(result.entities) if e.row == row and e.span[1] > e.span[0]),
@@ -60,7 +61,7 @@ def _caption_html(result: TaskResult) -> str:
         )
         for i, e in row_entities:
             s, t = e.span
-            if s < pos:  # overlaps the previous phrase: its boxes are still drawn
+            if s < pos:  # overlaps the previous phrase, or is not shown: its boxes are still drawn
                 continue
             pieces.append(html.escape(result.caption[pos:s]))
             pieces.append(f'<span class="k2-ph" data-e="{i}" style="--c:{e.colour}">'

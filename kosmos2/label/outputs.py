@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import labels
+from ..demo.results import count
 from .work import Plan
 
 
@@ -81,16 +82,12 @@ class Outputs:
         if self.format == "coco":
             data = labels.coco(records, plan.task, plan.phrases)
             labels.write_atomically(self.out, labels.coco_text(data))
-            counts = ", ".join(_count(len(data[key]), one, many) for key, one, many in (
+            counts = ", ".join(count(len(data[key]), one, many) for key, one, many in (
                 ("images", "image", "images"), ("annotations", "annotation", "annotations"),
                 ("categories", "category", "categories")))
             return f"wrote {self.out} (COCO: {counts}); journal {self.journal}{note}"
         written = labels.yolo(records, plan.task, plan.phrases, folder)
         for name, text in written.items():
             labels.write_atomically(self.out / name, text)
-        files = _count(len(records), "label file", "label files")
+        files = count(len(records), "label file", "label files")
         return f"wrote {self.out} (YOLO: {files}, classes.txt, data.yaml); journal {self.journal}{note}"
-
-
-def _count(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
