@@ -210,7 +210,7 @@ def _settings_panel(spec: Mapping[str, Setting], title: str, shown: Sequence[str
 
 
 def _outputs(tab: str) -> list[gr.components.Component]:
-    page = gr.HTML(label="Result", elem_id=f"{tab}-result")
+    page = gr.HTML(value=view.notice(view.EMPTY_RESULT), label="Result", elem_id=f"{tab}-result")
     timing = gr.Markdown(elem_id=f"{tab}-timing")
     with gr.Accordion("Raw model output (with tags)", open=False):
         raw = gr.Textbox(show_label=False, lines=3)
@@ -268,12 +268,16 @@ def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Co
         image = values.pop("image")
         image, boxes, turns = _annotator_value(image) if boxed else (image, [], 0)
         text, grounding_on = values.pop("text", None), values.pop("grounding", True)
-        for *shown, result in runner.ui(task, image, text, boxes, grounding_on, values, turns):
-            if first.detect:  # the candidates, kept for the filters and the heat map
-                phrases = list(result.detection.phrases)
-                yield (*shown, result.detection, gr.update(choices=phrases, value=phrases[0] if phrases else None))
-            else:
-                yield tuple(shown)
+        try:
+            for *shown, result in runner.ui(task, image, text, boxes, grounding_on, values, turns):
+                if first.detect:  # the candidates, kept for the filters and the heat map
+                    phrases = list(result.detection.phrases)
+                    yield (*shown, result.detection, gr.update(choices=phrases, value=phrases[0] if phrases else None))
+                else:
+                    yield tuple(shown)
+        except gr.Error as e:  # the message where the result goes; the last result's outputs are cleared
+            cleared = (view.notice(e.message, error=True), "", "", None, None)
+            yield cleared + ((None, gr.update(choices=[], value=None)) if first.detect else ())
 
     with gr.Tab(first.tab, id=tab):
         with gr.Row():

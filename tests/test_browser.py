@@ -422,6 +422,40 @@ def test_ask_about_a_drawn_box(page):
     assert _near(box, drawn, (451 / 32 + 4, 300 / 32 + 4)), f"the box {box} is not where it was drawn: {drawn}"
 
 
+def test_a_failed_run_shows_its_message_where_the_result_goes_and_clears_the_old_result(page):
+    expect = _expect()
+    panel = _open_tab(page, "Ask")
+    _upload(page, "ask", ASSETS / "rocket.jpg")
+    question = panel.get_by_label("Question")
+    question.fill("What is special about this image?")
+    _run(page, "ask")
+    question.fill("Is it < 100 m tall?")
+    page.locator("#ask-run").click()
+    notice = page.locator("#ask-result .k2-error")
+    expect(notice, "the error is not shown where the result goes").to_contain_text(
+        "The question contains '<'", timeout=RESULT_TIMEOUT_MS)
+    expect(notice).to_contain_text("please write it in words")
+    expect(page.locator("#ask-result .k2-caption"), "the old caption is still shown").to_have_count(0)
+    expect(page.locator("#ask-result svg rect.k2-box"), "the old boxes are still shown").to_have_count(0)
+    expect(page.locator("#ask-png a.download-link"), "the old download is still offered").to_have_count(0)
+    expect(page.locator("[data-testid=toast-body]"), "the message is (also) a toast over the header").to_have_count(0)
+    assert _raw_output(page) == ""
+    page.screenshot(path=str(SHOTS / "ask-error.png"), full_page=True)
+    question.fill("What is special about this image?")  # and the next run works
+    assert _run(page, "ask")["caption"]
+
+
+def test_an_empty_result_column_says_where_the_result_will_appear(page):
+    fresh = page.context.browser.new_context().new_page()  # a first look (this module's page ran every tab)
+    try:
+        fresh.goto(page.url)
+        fresh.get_by_role("tab", name="Phrase grounding", exact=True).click()
+        _expect()(fresh.locator("#ground-result .k2-notice")).to_contain_text("The result appears here",
+                                                                             timeout=RESULT_TIMEOUT_MS)
+    finally:
+        fresh.context.close()
+
+
 # ----------------------------------------------------------------------------- free prompt
 
 

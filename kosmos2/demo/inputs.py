@@ -56,7 +56,7 @@ def clean_text(text: str | None, what: str = "Text", max_chars: int = MAX_TEXT_C
     if not text:
         raise InputError(f"{what} contains only markup tags, which are not allowed: please type plain text.")
     if "<" in text:  # the output's clean-up would take it for the start of a tag and drop the text up to one
-        raise InputError(f"{what} contains '<', which the model's output would read as the start of a tag: "
+        raise InputError(f"{what} contains '<', which this demo cannot pass to the model as it is: "
                          "please write it in words (for example 'less than').")
     return text
 

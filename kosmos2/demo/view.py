@@ -112,3 +112,15 @@ def render(image_uri: str, result: TaskResult) -> str:
     return (f'<div id="{uid}" class="k2-view"><style>{css}</style>'
             f'<div class="k2-stage"><img src="{image_uri}" alt="input image">{_overlay_svg(result)}</div>'
             f'<div class="k2-caption">{_caption_html(result)}</div>{status}</div>')
+
+
+EMPTY_RESULT = "The result appears here: choose an example or an image, then press the button."
+
+
+def notice(text: str, error: bool = False) -> str:
+    """A line of text where a result goes: a failed run's message (``error``), or :data:`EMPTY_RESULT`."""
+    style = ("border:1px solid #d33;background:#fdecea;color:#8a1c1c" if error
+             else "border:1px dashed #bbb;color:#666")
+    icon = "⚠️ " if error else ""
+    return (f'<div class="k2-notice{" k2-error" if error else ""}" role="{"alert" if error else "status"}" '
+            f'style="{style};border-radius:8px;padding:1em;min-height:3em">{icon}{html.escape(text)}</div>')
