@@ -354,10 +354,10 @@ def _with_example(component: gr.components.Component, example: Any) -> gr.compon
     return component
 
 
-def _boxes_parameter(example: list[list[int]]) -> gr.components.Component:
-    """The API's boxes: pixel boxes as a list of [x1, y1, x2, y2] lists."""
+def _boxes_parameter(example: list[list[int]], required: bool) -> gr.components.Component:
+    """The API's boxes: pixel boxes as a list of [x1, y1, x2, y2] lists (default none, unless ``required``)."""
     box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
-    boxes = _with_example(gr.JSON(value=[], label="boxes"), example)
+    boxes = _with_example(gr.JSON(value=None if required else [], label="boxes"), example)
     boxes.api_info = lambda: {"type": "array", "items": box, "description": "pixel boxes [[x1, y1, x2, y2], ...]"}  # type: ignore[method-assign]
     return boxes
 
@@ -382,12 +382,12 @@ def _api_parameters(task: Task) -> dict[str, tuple[gr.components.Component, str]
     example = task.examples[0] if task.examples else Example("cat.jpg")
     image = _with_example(gr.File(type="binary", label="image"), handle_file(str(ASSETS / example.image)))
     parameters = {"image": (image, "the image: a file or URL")}
-    if task.text is not None:
+    if task.text is not None:  # required: no default, so that the API page shows the example, not ""
         name = task.text.lower()
-        parameters[name] = (_with_example(gr.Textbox(value="", label=name), example.text),
+        parameters[name] = (_with_example(gr.Textbox(value=None, label=name), example.text),
                             (task.text_info or task.text).rstrip("."))
     if task.boxes != "none":
-        parameters["boxes"] = (_boxes_parameter([list(b) for b in example.boxes]),
+        parameters["boxes"] = (_boxes_parameter([list(b) for b in example.boxes], required=task.boxes == "required"),
                                f"pixel boxes [[x1, y1, x2, y2], ...] ({task.boxes})")
     if task.grounding_option:
         parameters["grounding"] = (gr.Checkbox(value=True, label="grounding"),

@@ -82,6 +82,19 @@ def test_the_api_page_example_of_every_endpoint_runs_as_shown(extended):
         assert isinstance(caption, str) and isinstance(entities, list) and annotated, name
 
 
+def test_the_api_page_call_with_its_shown_defaults_runs_for_every_endpoint(extended):
+    """The "Use via API" page writes a parameter with a default as that default, the others as their example:
+    a required text or box list must therefore have no default (an empty one fails: "Phrases are empty")."""
+    _, client = extended
+    for name, info in client.view_api(print_info=False, return_format="dict")["named_endpoints"].items():
+        shown = {p["parameter_name"]: p["parameter_default"] if p["parameter_has_default"] else p["example_input"]
+                 for p in info["parameters"]}
+        assert all(v not in ("", []) for k, v in shown.items() if k in ("phrases", "question", "prompt")), (name, shown)
+        shown["image"] = handle_file(shown["image"]["path"] if isinstance(shown["image"], dict) else shown["image"])
+        caption, entities, annotated = client.predict(**shown, api_name=name)
+        assert isinstance(caption, str) and isinstance(entities, list) and annotated, name
+
+
 def test_a_setting_is_checked_on_the_server_with_its_own_label(extended):
     _, client = extended
     with pytest.raises(AppError, match="Number of beams must be between 1 and 8"):
