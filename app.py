@@ -105,7 +105,7 @@ class Runner:
         shown = None
         while (status := self.holder.status).stage != "ready":
             icon = "⚠️" if status.stage == "failed" else "⏳"
-            line = f'<div class="k2-loading">{icon} {html.escape(status.describe())}</div>'
+            line = _notice_line("k2-loading", f"{icon} {html.escape(status.describe())}")
             if line != shown:
                 yield gr.update(visible=True, value=line)
                 shown = line
@@ -119,7 +119,7 @@ class Runner:
         notes = [TINY_BANNER] * loaded.is_tiny + [INT8_BANNER] * (loaded.quantize == "int8")
         if not notes:
             return gr.update(visible=False)
-        return gr.update(visible=True, value="".join(f'<div class="k2-banner">{n}</div>' for n in notes))
+        return gr.update(visible=True, value="".join(_notice_line("k2-banner", n, alert=True) for n in notes))
 
     def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
                settings: Mapping[str, Any], quarter_turns: int = 0,
@@ -178,6 +178,13 @@ class Runner:
                 yield result.caption, result.entities_json(), self.outputs.save(draw.annotate(shown, result.annotations()))
             else:
                 yield gr.skip(), gr.skip(), gr.skip()
+
+
+def _notice_line(kind: str, inner_html: str, alert: bool = False) -> str:
+    """A one-line notice above the tabs, styled as an alert for ``alert`` (the banners), all of one height."""
+    colours = "background:#fff4e5;border:1px solid #f0a202" if alert else "background:#f4f6f8;border:1px solid #d0d7de"
+    return (f'<div class="{kind}" role="{"alert" if alert else "status"}" style="{colours};border-radius:8px;'
+            f'padding:.5em 1em;margin:0;line-height:1.5">{inner_html}</div>')
 
 
 def _tab_outputs(image_uri: str, result: TaskResult, png: Any) -> tuple:
@@ -445,7 +452,9 @@ def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TA
     with gr.Blocks(title="KOSMOS-2: grounded multimodal demo", delete_cache=cache) as demo:
         gr.Markdown("# KOSMOS-2: grounding language in images\nCaptions, phrase grounding, region descriptions "
                     "and questions with boxes, by Microsoft's KOSMOS-2. Hover a phrase or a box to see its partner.")
-        banner = gr.HTML(visible=False)
+        # shown from the start (the page's first status line comes with its first update): its space is
+        # kept, so the page does not move when the status line or the banner arrives
+        banner = gr.HTML(value=_notice_line("k2-loading", "⏳ Connecting…"), visible=True)
         settings = _settings_panel(SETTINGS, "Generation settings")
         tabs: dict[str, list[Task]] = {}
         for task in tasks.values():

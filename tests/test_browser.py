@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -443,6 +444,30 @@ def test_a_failed_run_shows_its_message_where_the_result_goes_and_clears_the_old
     page.screenshot(path=str(SHOTS / "ask-error.png"), full_page=True)
     question.fill("What is special about this image?")  # and the next run works
     assert _run(page, "ask")["caption"]
+
+
+def test_the_banner_is_a_styled_alert_whose_arrival_does_not_move_the_page(page):
+    context = page.context.browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        fresh = context.new_page()
+        held = []  # the page-load event's queue request, held until the page has been measured
+        fresh.route("**/gradio_api/queue/join*", lambda route: held.append(route))
+        fresh.goto(page.url)
+        tabs = fresh.get_by_role("tablist").first
+        tabs.wait_for(timeout=RESULT_TIMEOUT_MS)
+        deadline = time.monotonic() + RESULT_TIMEOUT_MS / 1000
+        while not held:
+            assert time.monotonic() < deadline, "the page sent no event to the queue"
+            fresh.wait_for_timeout(50)
+        before = tabs.bounding_box()["y"]
+        fresh.unroute("**/gradio_api/queue/join*")  # (lets the held requests go on)
+        banner = fresh.get_by_role("alert").filter(has_text="tiny checkpoint with random weights")
+        _expect()(banner).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        assert banner.evaluate("e => getComputedStyle(e).backgroundColor") != TRANSPARENT  # styled, not plain text
+        assert abs(tabs.bounding_box()["y"] - before) < 2, (before, tabs.bounding_box()["y"])
+        fresh.screenshot(path=str(SHOTS / "banner.png"))
+    finally:
+        context.close()
 
 
 def test_an_empty_result_column_says_where_the_result_will_appear(page):
