@@ -84,9 +84,10 @@ def test_a_server_launched_by_main_refuses_uploads_over_50_mb(monkeypatch, tmp_p
 
     def launch_in_the_background(self, **kwargs):
         launched.append(self)
-        return launch(self, **kwargs, prevent_thread_lock=True, quiet=True)
+        return launch(self, **{**kwargs, "prevent_thread_lock": True, "quiet": True})
 
     monkeypatch.setattr(gr.Blocks, "launch", launch_in_the_background)
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)  # main() returns once it is serving
     app.main(["--tiny"])  # main()'s own launch settings
     (demo,) = launched
     try:
