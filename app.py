@@ -504,15 +504,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_on_signals():
             try:
-                _, url, _ = served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES, mcp_server=args.mcp or None,
-                                          state_session_capacity=SESSIONS_KEPT, server_name=args.host,
-                                          server_port=args.port, prevent_thread_lock=True)
+                served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES, mcp_server=args.mcp or None,
+                              state_session_capacity=SESSIONS_KEPT, server_name=args.host, server_port=args.port,
+                              prevent_thread_lock=True)
             except OSError as e:  # the port is taken, or the address is not this machine's
                 print(f"error: cannot listen on {args.host or '127.0.0.1'}:{args.port or 'the default port'} "
                       f"({e}); choose another --port or --host", file=sys.stderr)
                 return 2
             if args.mcp:
-                print(f"* MCP server (streamable HTTP): {url.rstrip('/')}/gradio_api/mcp/", flush=True)
+                print(f"* MCP server (streamable HTTP): {served.local_url.rstrip('/')}/gradio_api/mcp/", flush=True)
             served.block_thread()
     except StopRequested:  # SIGTERM or Ctrl-C: Gradio's full shutdown (its cache), then the atexit clean-up
         served.close()
