@@ -15,6 +15,8 @@ from launch import ROOT, serve
 
 CAT = ROOT / "assets" / "cat.jpg"
 LONG = 512  # tokens a cancelled request asks for: far more than it gets to
+STEP_S = 0.005  # each decode step made this much slower: the tiny model runs 512 steps in ~0.4 s, before a
+# waiting test thread may even look, so a cancel could come after the end (seen with OMP_NUM_THREADS=1)
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +27,13 @@ def served():
 
 @pytest.fixture
 def steps(monkeypatch):
-    """Decode steps run so far (calls of the serving decoder), and the rows of each."""
+    """Decode steps run so far (calls of the serving decoder, each ``STEP_S`` slower), and the rows of each."""
     calls: list[int] = []
     call = RowDecoder.__call__
 
     def counted(self, sequences, attention_mask):
         calls.append(sequences.shape[0])
+        time.sleep(STEP_S)
         return call(self, sequences, attention_mask)
 
     monkeypatch.setattr(RowDecoder, "__call__", counted)
