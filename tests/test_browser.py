@@ -296,7 +296,7 @@ def test_draw_a_box_by_mouse_and_get_a_description(page):
     page.locator("#refer-image").screenshot(path=str(SHOTS / "refer-drawn.png"))
     result = _run(page, "refer")
     rows = result["rows"]
-    assert len(rows) == 2 and all(r.startswith("It is") for r in rows), rows
+    assert len(rows) == 2 and all(r.startswith(f"Box {k} It is") for k, r in enumerate(rows, 1)), rows  # numbered
 
     # the description is linked to its box: hovering the phrase highlights the box
     phrase = page.locator("#refer-result span.k2-ph").nth(1)
@@ -374,7 +374,7 @@ def test_a_box_drawn_on_an_exif_rotated_photo_is_where_it_was_drawn(page, tmp_pa
     page.locator("#refer-image").screenshot(path=str(SHOTS / "refer-exif-drawn.png"))
     result = _run(page, "refer")
     assert result["view_box"] == f"0 0 {width} {height}", "the model did not see the photo upright"
-    (box,) = result["boxes"]["It"]  # the drawn box, on the grid of 32 x 32 patches
+    (box,) = result["boxes"]["Box 1 · It"]  # the drawn box, on the grid of 32 x 32 patches
     assert _near(box, red, (width / 32 + 3, height / 32 + 3)), f"the box {box} is not where it was drawn: {red}"
     annotated = _png(page, result["png"]).convert("RGB")
     assert annotated.size == (width, height)
@@ -419,7 +419,7 @@ def test_ask_about_a_drawn_box(page):
     assert "Question" not in result["caption"], result["caption"]  # the answer alone
     assert result["raw"].startswith("<grounding> Question: What is<phrase> this animal</phrase><object><patch_index_"), \
         result["raw"]
-    (box,) = result["boxes"]["this animal"]
+    (box,) = result["boxes"]["Box 1 · this animal"]  # numbered as the box drawn
     assert _near(box, drawn, (451 / 32 + 4, 300 / 32 + 4)), f"the box {box} is not where it was drawn: {drawn}"
 
 
@@ -491,8 +491,10 @@ TOP_LEFT, BOTTOM_RIGHT = (20, 20, 160, 120), (280, 170, 430, 285)  # pixel boxes
 
 _ENTITIES = """(tab) => [...document.querySelectorAll(`#${tab}-result span.k2-ph`)].map(span => {
   const rect = document.querySelector(`#${tab}-result rect.k2-box[data-e="${span.dataset.e}"]`);
+  const badge = span.previousElementSibling;
   return {text: span.innerText, colour: span.style.getPropertyValue('--c').trim(),
-          stroke: rect && rect.getAttribute('stroke'),
+          number: badge && badge.classList.contains('k2-boxno') ? badge.innerText : null,
+          title: rect && rect.querySelector('title').textContent, stroke: rect && rect.getAttribute('stroke'),
           box: rect && ['x', 'y', 'width', 'height'].map(k => parseFloat(rect.getAttribute(k)))};
 })"""
 
@@ -523,6 +525,9 @@ def test_two_drawn_boxes_are_bound_to_the_brackets_in_the_order_drawn_in_their_c
     assert _near(first["box"], TOP_LEFT, CELL) and _near(second["box"], BOTTOM_RIGHT, CELL), (first, second)
     assert (first["colour"], first["stroke"]) == (FIRST_DRAWN, FIRST_DRAWN), first
     assert (second["colour"], second["stroke"]) == (SECOND_DRAWN, SECOND_DRAWN), second
+    # numbered as drawn, in the text and on the image
+    assert (first["number"], first["title"]) == ("Box 1", "Box 1 · first box"), first
+    assert (second["number"], second["title"]) == ("Box 2", "Box 2 · second box"), second
 
 
 def test_region_descriptions_come_in_the_order_the_boxes_were_drawn_in_their_colours(page):
@@ -535,6 +540,8 @@ def test_region_descriptions_come_in_the_order_the_boxes_were_drawn_in_their_col
     first, second = (e for e in _entities(page, "refer") if e["text"] == "It")
     assert _near(first["box"], TOP_LEFT, CELL) and _near(second["box"], BOTTOM_RIGHT, CELL), (first, second)
     assert (first["colour"], second["colour"]) == (FIRST_DRAWN, SECOND_DRAWN)
+    assert (first["number"], first["title"], second["number"], second["title"]) == (
+        "Box 1", "Box 1 · It", "Box 2", "Box 2 · It"), (first, second)
 
 
 

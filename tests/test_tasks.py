@@ -474,6 +474,21 @@ def test_the_page_shows_an_asked_questions_answer_alone_and_the_caption_keeps_th
     assert page.count('<rect class="k2-box"') == 2  # the question's box is still drawn
 
 
+def test_drawn_boxes_are_numbered_in_the_order_given_on_the_labels_and_in_the_text():
+    from kosmos2.demo import view
+
+    request = build_request("prompt", Image.new("RGB", (320, 240)), "[a cup] and [a spoon]",
+                            [[10, 10, 100, 80], [150, 60, 300, 200]])
+    text = ("<grounding><phrase> a cup</phrase><object><patch_index_0044><patch_index_0863></object> and<phrase> a "
+            "spoon</phrase><object><patch_index_0005><patch_index_0911></object> on<phrase> a table</phrase><object>"
+            "<patch_index_0000><patch_index_1023></object>")
+    result = demo_results.build_result(request, [text], post_process_generation, done=True)
+    assert [a.label for a in result.annotations()] == ["Box 1 · a cup", "Box 2 · a spoon", "a table"]
+    page = view.render("data:,", result)
+    assert page.count('class="k2-boxno"') == 2 and ">Box 1</span> <span class=\"k2-ph\" data-e=\"0\"" in page, page
+    assert result.entities_json()[0]["phrase"] == "a cup"  # the API's entities are unchanged
+
+
 def test_tiff_orientation_is_applied_like_pillow_does(tmp_path):
     path = tmp_path / "rotated.tif"
     exif = Image.Exif()

@@ -58,6 +58,7 @@ class TaskResult:
     first_token_s: float | None = None
     detection: Detection | None = None  # a detect run's candidates, to re-filter without the model
     shown_from: int = 0  # where the text the page shows begins in ``caption`` (an answer after its question)
+    box_numbers: dict[int, int] = field(default_factory=dict)  # entity index -> the number of the drawn box it is
     threshold: float | None = None  # detect: the box threshold it was filtered with
     refiltered: bool = False  # detect: filtered again from the candidates, without the model
 
@@ -77,9 +78,15 @@ class TaskResult:
             for e in self.entities
         ]
 
+    def label(self, i: int) -> str:
+        """Entity ``i``'s label on the image: its phrase, after its box's number for a drawn box
+        (``"Box 1 · this animal"``)."""
+        phrase = self.entities[i].phrase
+        return f"Box {self.box_numbers[i]} · {phrase}" if i in self.box_numbers else phrase
+
     def annotations(self) -> list[Annotation]:
         """What :func:`kosmos2.demo.draw.annotate` draws for this result."""
-        return [Annotation(e.phrase, e.colour, e.pixel_boxes, e.scores) for e in self.entities]
+        return [Annotation(self.label(i), e.colour, e.pixel_boxes, e.scores) for i, e in enumerate(self.entities)]
 
     def timing_text(self) -> str:
         """A one-line summary of the run's speed."""
@@ -147,11 +154,16 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
     for i, e in enumerate(entities):
         e.colour = row_colours[e.row] or colours[i]
     caption = "\n".join(caption_parts)
+    if request.colour_by_row:  # a region's description: its row's first phrase ("It") is the row's box
+        firsts = [next((i for i, e in enumerate(entities) if e.row == r), None) for r in range(request.drawn_boxes)]
+        numbers = {i: r + 1 for r, i in enumerate(firsts) if i is not None}
+    else:  # the [bracketed] words, in order
+        numbers = {i: i + 1 for i in range(min(request.drawn_boxes, len(entities)))}
     marker = caption.find(request.answer_after) if request.answer_after else -1
     shown_from = marker + len(request.answer_after) if marker >= 0 else 0
     return TaskResult(request.task, caption, entities, "\n".join(_after_image(t) for t in texts), row_spans,
                       row_colours, (width, height), done, colour_row_text=request.colour_row_text,
-                      shown_from=len(caption) - len(caption[shown_from:].lstrip()))
+                      shown_from=len(caption) - len(caption[shown_from:].lstrip()), box_numbers=numbers)
 
 
 def location_token_ids(processor: Any) -> list[int]:

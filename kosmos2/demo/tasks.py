@@ -100,6 +100,7 @@ class TaskRequest:
     box_colours: tuple[str, ...] = ()  # the colours the user's boxes were drawn with, in the order drawn
     colour_row_text: bool = False  # each row's text in its colour too
     answer_after: str = ""  # see Task.answer_after
+    drawn_boxes: int = 0  # how many boxes the user gave (numbered "Box 1", "Box 2" in the result)
 
 
 # --------------------------------------------------------------------------- prompt pieces
@@ -244,4 +245,4 @@ def build_request(task: str | Task, image: Any, text: str | None = None, boxes: 
     prompts = spec.prompts(Prompting(text, norm, bool(grounding_on)))
     box_colours = drawn_box_colours(boxes) if spec.boxes != "none" else ()
     return TaskRequest(spec.name, img, tuple(prompts), spec.colour_by_row, box_colours, spec.colour_row_text,
-                       spec.answer_after)
+                       spec.answer_after, len(pixel_boxes))

@@ -64,6 +64,9 @@ def _caption_html(result: TaskResult) -> str:
             if s < pos:  # overlaps the previous phrase, or is not shown: its boxes are still drawn
                 continue
             pieces.append(html.escape(result.caption[pos:s]))
+            if i in result.box_numbers:  # a drawn box's phrase: its number first, as on the image
+                pieces.append(f'<span class="k2-boxno" style="background:{e.colour};color:{text_colour_on(e.colour)};'
+                              f'border-radius:4px;padding:0 .3em;font-size:.8em">Box {result.box_numbers[i]}</span> ')
             pieces.append(f'<span class="k2-ph" data-e="{i}" style="--c:{e.colour}">'
                           f"{html.escape(result.caption[s:t])}</span>")
             pos = t
@@ -80,7 +83,7 @@ def _caption_html(result: TaskResult) -> str:
 def _overlay_svg(result: TaskResult) -> str:
     width, height = result.image_size
     font = max(10.0, max(width, height) / 34)
-    boxes = [(i, e, b, box_label(e.phrase, score))
+    boxes = [(i, e, b, box_label(result.label(i), score))
              for i, e in enumerate(result.entities)
              for b, score in zip(e.pixel_boxes, e.scores + [None] * (len(e.pixel_boxes) - len(e.scores)))]
     boxes.sort(key=lambda ieb: -(ieb[2][2] - ieb[2][0]) * (ieb[2][3] - ieb[2][1]))  # small boxes on top
