@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,50 @@ def test_long_labels_are_shortened_to_fit():
     assert out.size == image.size
     per_row = (np.asarray(out) == (230, 25, 75)).all(axis=-1).sum(axis=1)
     assert per_row.max() > 45  # the shortened label's background spans almost the whole width
+
+
+def test_labels_take_a_free_corner_of_their_box():
+    """Hand-placed: a label goes above its box's top-left corner unless that covers a label placed before
+    (smaller boxes first) or hides another box, and then to the next free corner."""
+    assert draw.place_labels([(10, 50, 100, 100)], [(50, 20)], 300, 300) == [(10, 30)]  # above
+    assert draw.place_labels([(10, 5, 100, 100)], [(50, 20)], 300, 300) == [(10, 5)]  # no room above: inside
+    # same top-left corner: the small box keeps the place above it, the big one's label goes above its right end
+    assert draw.place_labels([(10, 50, 200, 200), (10, 50, 60, 90)], [(80, 20), (80, 20)], 300, 300) == [
+        (120, 30), (10, 30)]
+    # a small box just above a big one: the big box's label goes inside it rather than over the small box
+    assert draw.place_labels([(0, 40, 300, 300), (0, 10, 40, 38)], [(100, 20), (30, 20)], 300, 300) == [
+        (0, 40), (0, 10)]
+
+
+def test_labels_of_boxes_at_one_corner_are_all_readable():
+    """Two boxes sharing a corner: both labels' backgrounds are drawn in full on the PNG (before, the
+    second covered the first), and the page's overlay puts no label over another."""
+    from kosmos2.demo import view
+
+    image = Image.new("RGB", (200, 200), "white")
+    colours, labels, boxes = ("#e6194b", "#3cb44b"), ("a big cup", "a spoon"), ((20, 60, 190, 190), (20, 60, 70, 100))
+
+    def pixels(with_labels: bool) -> np.ndarray:
+        drawn = draw.annotate(image, [draw.Annotation(label if with_labels else "", colour, [box])
+                                      for label, colour, box in zip(labels, colours, boxes)])
+        return np.asarray(drawn)
+
+    labelled, boxes_only = pixels(True), pixels(False)
+    font = draw.ImageFont.load_default(size=10)  # the size annotate uses on a 200x200 image (padding 2)
+    for colour, label in zip(colours, labels):
+        left, top, right, bottom = font.getbbox(label)
+        added = [int((img == draw.hex_to_rgb(colour)).all(axis=-1).sum()) for img in (labelled, boxes_only)]
+        # its background less the glyphs (drawn in white or black)
+        assert added[0] - added[1] >= 0.5 * (right - left + 4) * (bottom - top + 4), (label, added)
+
+    request = build_request("ground", Image.new("RGB", (320, 320)), "a big cup\na spoon", [])
+    rows = ["<grounding><phrase> a big cup</phrase><object><patch_index_0066><patch_index_1023></object>",
+            "<grounding><phrase> a spoon</phrase><object><patch_index_0066><patch_index_0330></object>"]
+    page = view.render("data:,", demo_results.build_result(request, rows, post_process_generation, done=True))
+    found = re.findall(r'<g class="k2-label"[^>]*><rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" '
+                       r'height="([\d.]+)"', page)
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = [tuple(map(float, f)) for f in found]
+    assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1, found
 
 
 def test_png_tempfiles_are_fresh(tmp_path):

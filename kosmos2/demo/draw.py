@@ -113,6 +113,39 @@ def readable_on_white(colour: str) -> str:
     return rgb_to_hex((round(r * 0.55), round(g * 0.55), round(b * 0.55)))
 
 
+Rect = tuple[float, float, float, float]  # x1, y1, x2, y2
+
+
+def _overlap(a: Rect, b: Rect) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], width: float,
+                 height: float) -> list[tuple[float, float]]:
+    """The top-left corner of each box's label (``sizes``: width, height), inside the image and at one of its
+    box's corners: above the top-left corner where nothing is in the way (inside it at the image's top).
+    Smaller boxes choose first; each label takes the corner that covers least of the labels already placed
+    and of the other boxes (as a share of each box, so that a small box is not hidden)."""
+    placed: list[Rect] = [(0.0, 0.0, 0.0, 0.0)] * len(boxes)
+    taken: list[Rect] = []
+    for i in sorted(range(len(boxes)), key=lambda j: (boxes[j][2] - boxes[j][0]) * (boxes[j][3] - boxes[j][1])):
+        (x1, y1, x2, y2), (w, h) = boxes[i], sizes[i]
+        corners = [(x1, y1 - h if y1 >= h else y1), (x1, y1), (x2 - w, y1 - h), (x1, y2), (x2 - w, y2 - h), (x2 - w, y2)]
+
+        def cost(corner: tuple[float, float]) -> float:
+            lx, ly = corner
+            rect = (lx, ly, lx + w, ly + h)
+            hidden = sum(_overlap(rect, b) / max((b[2] - b[0]) * (b[3] - b[1]), 1.0)
+                         for j, b in enumerate(boxes) if j != i)
+            return 10 * sum(_overlap(rect, t) for t in taken) / max(w * h, 1.0) + hidden
+
+        clamped = [(min(max(lx, 0.0), max(width - w, 0.0)), min(max(ly, 0.0), max(height - h, 0.0))) for lx, ly in corners]
+        lx, ly = min(clamped, key=cost)  # the first of equal ones
+        placed[i] = (lx, ly, lx + w, ly + h)
+        taken.append(placed[i])
+    return [(r[0], r[1]) for r in placed]
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
@@ -129,9 +162,9 @@ def _fit_label(draw: ImageDraw.ImageDraw, label: str, font, max_width: int) -> s
 def annotate(image: Image.Image, annotations: Sequence[Annotation]) -> Image.Image:
     """A copy of ``image`` (RGB) with every annotation's boxes and labels drawn on it.
 
-    Box outlines scale with the image; labels sit above a box's top-left corner when there is
-    room, inside the box otherwise, and are always kept inside the image on a filled background
-    of the box colour with black or white text.
+    Box outlines scale with the image; labels are drawn over every box, placed by :func:`place_labels`
+    (above a box's top-left corner unless that hides another label or box), on a filled background of
+    the box colour with black or white text.
     """
     out = image.convert("RGB")
     width, height = out.size
@@ -139,23 +172,23 @@ def annotate(image: Image.Image, annotations: Sequence[Annotation]) -> Image.Ima
     line = max(2, round(min(width, height) / 160))
     font = _font(max(10, round(min(width, height) / 32)))
     pad = max(1, line // 2 + 1)
+    drawn = []  # (box, colour, label, the label's text bounding box)
     for ann in annotations:
-        fill = hex_to_rgb(ann.colour)
         scores = list(ann.scores) + [None] * (len(ann.boxes) - len(ann.scores))
         for (x1, y1, x2, y2), score in zip(ann.boxes, scores):
             x1, x2 = sorted((min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)))
             y1, y2 = sorted((min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)))
-            draw.rectangle((x1, y1, x2, y2), outline=fill, width=line)
+            draw.rectangle((x1, y1, x2, y2), outline=hex_to_rgb(ann.colour), width=line)
             label = _fit_label(draw, box_label(ann.label, score) if ann.label else "", font, width - 2 * pad)
-            if not label:
-                continue
-            left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-            box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
-            lx = min(max(x1, 0), width - box_w)
-            ly = y1 - box_h if y1 - box_h >= 0 else y1
-            ly = min(max(ly, 0), height - box_h)
-            draw.rectangle((lx, ly, lx + box_w - 1, ly + box_h - 1), fill=fill)
-            draw.text((lx + pad - left, ly + pad - top), label, fill=text_colour_on(ann.colour), font=font)
+            drawn.append(((x1, y1, x2, y2), ann.colour, label, draw.textbbox((0, 0), label, font=font)))
+    sizes = [(right - left + 2 * pad, bottom - top + 2 * pad) if label else (0, 0)
+             for _, _, label, (left, top, right, bottom) in drawn]
+    corners = place_labels([box for box, *_ in drawn], sizes, width, height)
+    for (_, colour, label, (left, top, _, _)), (box_w, box_h), (lx, ly) in zip(drawn, sizes, corners):
+        if label:  # after every box, so that no outline crosses a label
+            lx, ly = round(lx), round(ly)
+            draw.rectangle((lx, ly, lx + box_w - 1, ly + box_h - 1), fill=hex_to_rgb(colour))
+            draw.text((lx + pad - left, ly + pad - top), label, fill=text_colour_on(colour), font=font)
     return out
 
 

@@ -14,7 +14,7 @@ import uuid
 
 from PIL import Image
 
-from .draw import box_label, readable_on_white, text_colour_on
+from .draw import box_label, place_labels, readable_on_white, text_colour_on
 from .results import TaskResult
 
 _CSS = """
@@ -87,16 +87,15 @@ def _overlay_svg(result: TaskResult) -> str:
              for i, e in enumerate(result.entities)
              for b, score in zip(e.pixel_boxes, e.scores + [None] * (len(e.pixel_boxes) - len(e.scores)))]
     boxes.sort(key=lambda ieb: -(ieb[2][2] - ieb[2][0]) * (ieb[2][3] - ieb[2][1]))  # small boxes on top
+    sizes = [(min(width, 0.6 * font * len(label) + font * 0.6), font * 1.3) for *_, label in boxes]
+    corners = place_labels([b for _, _, b, _ in boxes], sizes, width, height)
     rects, labels = [], []
-    for i, e, (x1, y1, x2, y2), label in boxes:
+    for (i, e, (x1, y1, x2, y2), label), (label_w, label_h), (lx, ly) in zip(boxes, sizes, corners):
         rects.append(f'<rect class="k2-box" data-e="{i}" x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" '
                      f'height="{y2 - y1:.1f}" stroke="{e.colour}" fill="{e.colour}"><title>'
                      f"{html.escape(label)}</title></rect>")
-        label_w = min(width, 0.6 * font * len(label) + font * 0.6)
-        lx = min(max(x1, 0), width - label_w)
-        ly = y1 - font * 1.3 if y1 - font * 1.3 >= 0 else y1
         labels.append(f'<g class="k2-label" data-e="{i}" pointer-events="none">'
-                      f'<rect x="{lx:.1f}" y="{ly:.1f}" width="{label_w:.1f}" height="{font * 1.3:.1f}" '
+                      f'<rect x="{lx:.1f}" y="{ly:.1f}" width="{label_w:.1f}" height="{label_h:.1f}" '
                       f'fill="{e.colour}"/><text x="{lx + font * 0.3:.1f}" y="{ly + font:.1f}" '
                       f'font-size="{font:.1f}" fill="{text_colour_on(e.colour)}" textLength="{label_w - font * 0.6:.1f}" '
                       f'lengthAdjust="spacingAndGlyphs">{html.escape(label)}</text></g>')
