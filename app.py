@@ -53,7 +53,8 @@ from gradio_image_annotation import image_annotator
 from kosmos2.demo import draw, view
 from kosmos2.demo.inputs import MAX_TEXT_CHARS, InputError
 from kosmos2.demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError
-from kosmos2.demo.process import StopRequested, drop_stray_gradio_prints, fix_mcp_tool_outputs, stop_on_signals
+from kosmos2.demo.process import (MCP_NOTE, StopRequested, drop_stray_gradio_prints, fix_mcp_tool_outputs,
+                                  stop_on_signals)
 from kosmos2.demo.detect import Detection
 from kosmos2.demo.execute import execute, task_settings
 from kosmos2.demo.results import TaskResult
@@ -78,6 +79,8 @@ SETTINGS_PER_ROW = 3
 FILTERS = ("threshold", "max_instances", "nms_iou")  # detect settings that re-filter the last result at once
 TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
                "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
+TINY_MCP_NOTE = ("Note: this server runs the built-in tiny checkpoint with random weights, so the answer above is "
+                 "random, not KOSMOS-2's.")
 INT8_BANNER = ("🧪 <b>Experimental int8 mode</b> (<code>KOSMOS2_QUANTIZE=int8</code>): faster on CPU, but its "
                "quality has not been verified against the full-precision model.")
 BOX_HELP = ("To draw a box: click ⬚ *Create box* under the image (or press C), then drag on the image. "
@@ -85,6 +88,19 @@ BOX_HELP = ("To draw a box: click ⬚ *Create box* under the image (or press C),
 # The uploaded file as it is (no conversion or re-encoding by Gradio): the demo's load_image checks and decodes it.
 IMAGE_INPUT = dict(type="filepath", image_mode=None, height=360)
 USER_ERROR = "Generation failed because of an internal error; please try again."
+# Gradio hides "Use via API" in the footer of narrow screens and puts the example tables' text on one line;
+# the page's own CSS shows the one and keeps the lines of the other
+PAGE_CSS = ("@media (width <= 640px) { footer .show-api, footer .show-api-divider { display: flex !important; } }"
+            ' td[data-testid^="dataset-cell"] div { white-space: pre-line !important; }')
+# On a narrow screen the result is under the inputs: bring it into view when the run starts (Gradio 6.31's own
+# scroll_to_output does not scroll: its status trackers are never told to)
+SCROLL_TO_RESULT = """() => {
+  const top = document.querySelector('RESULT')?.getBoundingClientRect().top;
+  if (top !== undefined && (top < 0 || top > window.innerHeight * 0.6)) window.scrollBy({top: top - 16, behavior: 'smooth'});
+}"""
+HEADER = ("<h1>KOSMOS-2: grounding language in images</h1><p>Captions, phrase grounding, region descriptions and "
+          "questions with boxes, by Microsoft's KOSMOS-2. Hover or tap a phrase or a box to see its partner.</p>"
+          f"<style>{PAGE_CSS}</style>")
 
 
 class Runner:
@@ -120,6 +136,11 @@ class Runner:
         if not notes:
             return gr.update(visible=False)
         return gr.update(visible=True, value="".join(_notice_line("k2-banner", n, alert=True) for n in notes))
+
+    def mcp_note(self) -> str | None:
+        """The line each MCP tool answer ends with: on the tiny checkpoint, that it is random (an MCP client
+        sees no banner)."""
+        return TINY_MCP_NOTE if self.holder.get().is_tiny else None
 
     def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
                settings: Mapping[str, Any], quarter_turns: int = 0,
@@ -258,10 +279,10 @@ def _annotator_value(value: dict | None) -> tuple[Any, list, int]:
 # --------------------------------------------------------------------------- tabs and endpoints
 
 
-def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Component], events: dict,
-         cache_examples: bool = False) -> None:
-    """One tab for ``tasks`` (several share a tab through a radio of their ``choice`` labels). With
-    ``cache_examples`` each example's result is computed once, on its first click (default settings)."""
+def _tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = False) -> None:
+    """One tab for ``tasks`` (several share a tab through a radio of their ``choice`` labels), with the
+    settings its tasks take. With ``cache_examples`` each example's result is computed once, on its first
+    click (default settings)."""
     first = tasks[0]
     for other in tasks[1:]:  # one set of inputs serves the whole tab
         if (other.text, other.boxes != "none", other.grounding_option) != (first.text, first.boxes != "none",
@@ -298,38 +319,42 @@ def _tab(runner: Runner, tasks: list[Task], settings: dict[str, gr.components.Co
                 if first.grounding_option:
                     inputs["grounding"] = gr.Checkbox(value=True, label="Ground the output (<grounding>)")
                 go = gr.Button(first.button, variant="primary", elem_id=f"{tab}-run")
-                controls, controls_extra = settings, {}
-                if first.detect:  # its own settings, the filters in the open
+                if first.detect:  # the filters in the open: they re-filter the last result at once
                     controls = _settings_panel(DETECTION_SETTINGS, "More detection settings", shown=FILTERS)
-                    controls_extra = _detect_extras()
+                else:
+                    controls = _settings_panel(SETTINGS, "Generation settings")
             with gr.Column():
+                controls_extra = _detect_extras() if first.detect else {}  # next to the image it changes
                 out = _outputs(tab)
         found = gr.State() if first.detect else None
         outputs = out + ([found, controls_extra["heat_for"]] if first.detect else [])
+        examples = [(task, example) for task in tasks for example in task.examples]
+        # the checkbox is left out of the table when every example has it ticked (its default): no "true" column
+        columns = [n for n in inputs if n != "grounding" or not all(example.grounding for _, example in examples)]
         rows = []
-        for task in tasks:
-            for example in task.examples:
-                row = {"image": _example_image(example, boxed), "choice": task.choice, "text": example.text,
-                       "grounding": example.grounding}
-                rows.append([row[name] for name in inputs])
+        for task, example in examples:
+            row = {"image": _example_image(example, boxed), "choice": task.choice, "text": example.text,
+                   "grounding": example.grounding}
+            rows.append([row[name] for name in columns])
         if rows and cache_examples:
             defaults = {name: s.default for name, s in first.settings.spec().items()}
 
             @on_gpu
             def example(*values: Any) -> tuple:
-                *_, last = run_tab({**dict(zip(inputs, values)), **defaults})
+                *_, last = run_tab({**dict(zip(columns, values)), **defaults})
                 return last
 
-            gr.Examples(rows, list(inputs.values()), outputs=outputs, fn=example, cache_examples=True,
+            gr.Examples(rows, [inputs[n] for n in columns], outputs=outputs, fn=example, cache_examples=True,
                         cache_mode="lazy")
         elif rows:
-            gr.Examples(rows, list(inputs.values()))
+            gr.Examples(rows, [inputs[n] for n in columns])
 
     @on_gpu
     def handle(**values: Any) -> Iterator[tuple]:
         yield from run_tab(values)
 
     go.click(handle, inputs_kwargs={**inputs, **controls}, outputs=outputs, api_visibility="private", **events)
+    go.click(None, js=SCROLL_TO_RESULT.replace("RESULT", f"#{tab}-result"))  # in the browser only
     if first.detect:
         _refilter_events(runner, found, controls, controls_extra, out)
 
@@ -357,50 +382,65 @@ def _refilter_events(runner: Runner, found: gr.State, controls: dict[str, gr.com
 
 def _with_example(component: gr.components.Component, example: Any) -> gr.components.Component:
     """``component`` with ``example`` as its value in the "Use via API" page's example call."""
-    component.example_payload = component.example_value = lambda: example  # type: ignore[method-assign]
+    component.example_payload = component.example_value = lambda: example  # type: ignore[method-assign]  # Gradio's hooks
     return component
 
 
-def _boxes_parameter(example: list[list[int]], required: bool) -> gr.components.Component:
-    """The API's boxes: pixel boxes as a list of [x1, y1, x2, y2] lists (default none, unless ``required``)."""
-    box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
-    boxes = _with_example(gr.JSON(value=None if required else [], label="boxes"), example)
-    boxes.api_info = lambda: {"type": "array", "items": box, "description": "pixel boxes [[x1, y1, x2, y2], ...]"}  # type: ignore[method-assign]
-    return boxes
+def _described(component: gr.components.Component, doc: str, schema: dict | None = None) -> gr.components.Component:
+    """``component`` as an API parameter described by ``doc`` on the "Use via API" page (and with the JSON
+    ``schema``, if given, instead of its component's)."""
+    info = schema or component.api_info()
+    component.api_info = lambda: {**info, "additional_description": doc}  # type: ignore[method-assign]  # Gradio's hook
+    return component
 
 
-def _api_setting(name: str, s: Setting) -> gr.components.Component:
+def example_image(image: str) -> str:
+    """The example ``image`` of ``assets/`` as the API page shows it: on Spaces the Space's own file, a URL
+    that any client can give (the server fetches it: huggingface.co passes Gradio's SSRF check); elsewhere
+    its path, which a client on this machine uploads (the server would refuse its own URL, a local address)."""
+    if ON_SPACES:
+        return f"https://huggingface.co/spaces/{os.environ['SPACE_ID']}/resolve/main/assets/{image}"
+    return str(ASSETS / image)
+
+
+def _api_setting(s: Setting) -> tuple[gr.components.Component, str]:
     """A setting as an API parameter of its own type (a choice, an integer or a number), its default as the
-    example; the range is checked by the setting itself, so that errors name it."""
+    example, and its description; the range is checked by the setting itself, so that errors name it."""
+    doc = f"{s.label}: {s.describe()}"
     if s.choices:  # one of its choices, checked by the setting (its message names it)
-        choice = _with_example(gr.Textbox(value=s.default, label=name), s.default)
-        choice.api_info = lambda: {"type": "string", "enum": list(s.choices)}  # type: ignore[method-assign]
-        return choice
-    number = _with_example(gr.Number(value=s.default, label=name), s.default)
-    if s.kind is int:  # typed an integer, but not rounded by Gradio (precision=0 would): 2.5 is refused by name
-        number.api_info = lambda: {"type": "integer"}  # type: ignore[method-assign]
-    return number
+        choice = _with_example(gr.Textbox(value=s.default, label=s.label), s.default)
+        return _described(choice, doc, {"type": "string", "enum": list(s.choices)}), doc
+    number = _with_example(gr.Number(value=s.default, label=s.label), s.default)
+    # typed an integer, but not rounded by Gradio (precision=0 would): 2.5 is refused by name
+    return _described(number, doc, {"type": "integer"} if s.kind is int else None), doc
 
 
 def _api_parameters(task: Task) -> dict[str, tuple[gr.components.Component, str]]:
-    """The endpoint parameters of ``task``, each with its one-line description (the MCP tool's): the image
-    (a file or URL, read by the demo's loader undecoded), its text (named after its label), boxes and
-    grounding if it takes them, then its settings. The examples on the API page are the task's first."""
+    """The endpoint parameters of ``task``, each with its one-line description (the MCP tool's and the API
+    page's): the image (a file or URL, read by the demo's loader undecoded), its text (named after its label),
+    boxes and grounding if it takes them, then its settings. The API page's examples are the task's first,
+    with an image a client can give (:func:`example_image`)."""
     example = task.examples[0] if task.examples else Example("cat.jpg")
-    image = _with_example(gr.File(type="binary", label="image"), handle_file(str(ASSETS / example.image)))
-    parameters = {"image": (image, "the image: a file or URL")}
+
+    def parameter(component: gr.components.Component, doc: str, schema: dict | None = None) -> tuple:
+        return _described(component, doc, schema), doc
+
+    image = _with_example(gr.File(type="binary", label=task.image_label),
+                          handle_file(example_image(example.image)))
+    parameters = {"image": parameter(image, "the image: a file or URL")}
     if task.text is not None:  # required: no default, so that the API page shows the example, not ""
-        name = task.text.lower()
-        parameters[name] = (_with_example(gr.Textbox(value=None, label=name), example.text),
-                            (task.text_info or task.text).rstrip("."))
+        text = _with_example(gr.Textbox(value=None, label=task.text), example.text)
+        parameters[task.text.lower()] = parameter(text, (task.text_info or task.text).rstrip("."))
     if task.boxes != "none":
-        parameters["boxes"] = (_boxes_parameter([list(b) for b in example.boxes], required=task.boxes == "required"),
-                               f"pixel boxes [[x1, y1, x2, y2], ...] ({task.boxes})")
+        boxes = _with_example(gr.JSON(value=None if task.boxes == "required" else [], label="Boxes"),
+                              [list(b) for b in example.boxes])
+        box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
+        parameters["boxes"] = parameter(boxes, f"pixel boxes [[x1, y1, x2, y2], ...] ({task.boxes})",
+                                        {"type": "array", "items": box})
     if task.grounding_option:
-        parameters["grounding"] = (gr.Checkbox(value=True, label="grounding"),
-                                   "start with the <grounding> tag, so that the output links phrases to boxes")
-    parameters.update({name: (_api_setting(name, s), f"{s.label}: {s.describe()}")
-                       for name, s in task.settings.spec().items()})
+        parameters["grounding"] = parameter(gr.Checkbox(value=True, label="Ground the output"),
+                                            "start with the <grounding> tag, so that the output links phrases to boxes")
+    parameters.update({name: _api_setting(s) for name, s in task.settings.spec().items()})
     return parameters
 
 
@@ -450,19 +490,19 @@ def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TA
     events = dict(concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="kosmos2")
     cache = (OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)
     with gr.Blocks(title="KOSMOS-2: grounded multimodal demo", delete_cache=cache) as demo:
-        gr.Markdown("# KOSMOS-2: grounding language in images\nCaptions, phrase grounding, region descriptions "
-                    "and questions with boxes, by Microsoft's KOSMOS-2. Hover a phrase or a box to see its partner.")
+        gr.HTML(HEADER)
         # shown from the start (the page's first status line comes with its first update): its space is
         # kept, so the page does not move when the status line or the banner arrives
         banner = gr.HTML(value=_notice_line("k2-loading", "⏳ Connecting…"), visible=True)
-        settings = _settings_panel(SETTINGS, "Generation settings")
         tabs: dict[str, list[Task]] = {}
         for task in tasks.values():
             tabs.setdefault(task.tab, []).append(task)
-        for group in tabs.values():
-            _tab(runner, group, settings, events, cache_examples)
+        with gr.Tabs(overflow_behavior="wrap"):  # every tab in sight on a phone, not behind a menu
+            for group in tabs.values():
+                _tab(runner, group, events, cache_examples)
         _api_endpoints(runner, events)
         demo.load(runner.notices, None, banner, api_visibility="private", concurrency_limit=None)
+    setattr(demo, MCP_NOTE, runner.mcp_note)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
 

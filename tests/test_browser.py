@@ -63,14 +63,25 @@ def _expect():
 
 
 def _open_tab(page, title: str):
-    """Fast, deterministic generation settings (greedy, at most ``MAX_NEW_TOKENS`` tokens), then the tab
-    ``title``; returns its panel."""
+    """The tab ``title``, with fast, deterministic generation settings where it has them (greedy, at most
+    ``MAX_NEW_TOKENS`` tokens); returns its panel."""
     expect = _expect()
-    slider = page.get_by_label("range slider for Max new tokens")
+    page.get_by_role("tab", name=title, exact=True).click()
+    panel = page.locator("[role=tabpanel]:visible")
+    expect(panel, f"the tab {title!r} did not open").to_have_count(1, timeout=UI_TIMEOUT_MS)
+    if panel.get_by_role("button", name="Generation settings").count():
+        _fast_generation(panel)
+    return panel
+
+
+def _fast_generation(panel) -> None:
+    """Greedy decoding of at most ``MAX_NEW_TOKENS`` tokens in the tab ``panel``'s generation settings."""
+    expect = _expect()
+    slider = panel.get_by_label("range slider for Max new tokens")
     if not slider.is_visible():
-        page.get_by_role("button", name="Generation settings").click()
+        panel.get_by_role("button", name="Generation settings").click()
     expect(slider, "the generation settings did not open").to_be_visible(timeout=UI_TIMEOUT_MS)
-    number = page.get_by_label("number input for Max new tokens")
+    number = panel.get_by_label("number input for Max new tokens")
     # the slider may still be mounting when the accordion opens and take its default back: type again
     for _attempt in range(5):
         number.fill(str(MAX_NEW_TOKENS))
@@ -84,13 +95,9 @@ def _open_tab(page, title: str):
     else:
         pytest.fail(f"max new tokens stays at {slider.input_value()!r} after setting it to {MAX_NEW_TOKENS} "
                     "five times", pytrace=False)
-    greedy = page.get_by_role("radio", name="greedy")
+    greedy = panel.get_by_role("radio", name="greedy")
     greedy.check()
     expect(greedy, "greedy decoding was not chosen").to_be_checked(timeout=UI_TIMEOUT_MS)
-    page.get_by_role("tab", name=title, exact=True).click()
-    panel = page.locator("[role=tabpanel]:visible")
-    expect(panel, f"the tab {title!r} did not open").to_have_count(1, timeout=UI_TIMEOUT_MS)
-    return panel
 
 
 def _upload(page, tab: str, path: Path) -> None:
@@ -481,6 +488,37 @@ def test_an_empty_result_column_says_where_the_result_will_appear(page):
         fresh.context.close()
 
 
+PHONE = dict(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2)
+TAB_TITLES = ("Caption", "Phrase grounding", "Detect", "Describe a region", "Ask", "Free prompt")
+
+
+def test_on_a_phone_every_tab_shows_the_result_comes_into_view_and_a_tap_highlights(page):
+    expect = _expect()
+    context = page.context.browser.new_context(**PHONE)
+    try:
+        phone = context.new_page()
+        phone.set_default_timeout(UI_TIMEOUT_MS)
+        phone.goto(page.url)
+        phone.get_by_text("tiny checkpoint with random weights").wait_for(timeout=RESULT_TIMEOUT_MS)
+        for title in TAB_TITLES:  # in sight, not behind a "more tabs" menu
+            expect(phone.get_by_role("tab", name=title, exact=True), f"the tab {title!r} is hidden").to_be_visible()
+        expect(phone.locator("footer").get_by_text("Use via API"), "no API link in the footer").to_be_visible()
+        panel = _open_tab(phone, "Describe a region")
+        panel.locator(".gallery button, table tbody tr, button.gallery").first.tap()  # the cat with one box
+        _canvas(phone, "refer")
+        phone.locator("#refer-run").tap()
+        result = phone.locator("#refer-result")
+        expect(result.locator(".k2-caption"), "no result").to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        expect(result.locator(".k2-stage"), "the result is not scrolled into view").to_be_in_viewport()
+        phrase = result.locator("span.k2-ph").first
+        box = result.locator(f'rect.k2-box[data-e="{phrase.get_attribute("data-e")}"]')
+        phrase.tap()
+        expect(box, "tapping a phrase does not highlight its box").to_have_css("stroke-width", "6px")
+        phone.screenshot(path=str(SHOTS / "phone.png"))
+    finally:
+        context.close()
+
+
 # ----------------------------------------------------------------------------- free prompt
 
 
@@ -566,6 +604,38 @@ def _set_number(page, label: str, value: str) -> None:
     number = page.get_by_label(f"number input for {label}")
     number.fill(value)
     number.press("Enter")
+
+
+def test_each_tab_shows_only_the_settings_its_task_takes(page):
+    expect = _expect()
+    for title in TAB_TITLES:
+        page.get_by_role("tab", name=title, exact=True).click()
+        panel = page.locator("[role=tabpanel]:visible")
+        expect(panel).to_have_count(1)
+        generation = panel.get_by_role("button", name="Generation settings")
+        detection = panel.get_by_label("number input for Box threshold")
+        if title == "Detect":  # its own settings only: the filters in the open
+            expect(generation, "generation settings shown on Detect").to_have_count(0)
+            expect(detection).to_be_visible()
+        else:
+            expect(generation, f"no generation settings on {title!r}").to_be_visible()
+            expect(detection, f"detection settings on {title!r}").to_have_count(0)
+    # the heat-map switch sits over the image it changes, in the result column
+    page.get_by_role("tab", name="Detect", exact=True).click()
+    switch, result = page.locator("#detect-heat").bounding_box(), page.locator("#detect-result").bounding_box()
+    assert abs(switch["x"] - result["x"]) < 40 and switch["y"] < result["y"], (switch, result)
+
+
+def test_example_tables_show_each_phrase_on_its_line_and_no_raw_true(page):
+    expect = _expect()
+    panel = _open_tab(page, "Detect")
+    cell = panel.locator('td[data-testid="dataset-cell-0-1"]')
+    expect(cell).to_be_visible()
+    assert cell.inner_text() == "a cup\na spoon", cell.inner_text()  # (as typed, not "a cup a spoon")
+    panel = _open_tab(page, "Free prompt")
+    row = panel.locator('tr:has(td[data-testid^="dataset-cell-0-"])')
+    expect(row).to_be_visible()
+    assert [c.inner_text().strip() for c in row.locator("td").all()][1:] == ["A black and white photo of"]  # no "true"
 
 
 def test_detect_then_the_threshold_slider_refilters_at_once(page):

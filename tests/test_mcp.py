@@ -73,6 +73,7 @@ def test_caption_and_detect_tools_answer_with_caption_entities_and_the_annotated
     caption, detect = _run(mcp_url, work)
     texts, images = _texts_and_images(caption)
     assert texts[0].startswith("An image of") and images and images[0].mimeType == "image/png"
+    assert "tiny checkpoint with random weights" in texts[-1], texts  # an MCP client sees no banner
     texts, images = _texts_and_images(detect)
     assert texts[0] == "a cat" and images
     (entity,) = ast.literal_eval(texts[1])  # Gradio writes a JSON output as Python text

@@ -72,10 +72,18 @@ def test_each_endpoint_takes_exactly_its_task_inputs_and_settings_with_real_type
 
 
 def test_the_api_page_example_of_every_endpoint_runs_as_shown(extended):
+    """Each endpoint's example is its task's first (its image a path on this machine off Spaces), and every
+    parameter has a description from the app, not only Gradio's words."""
     _, client = extended
+    tasks = {**TASKS, COUNT.name: COUNT}
     for name, info in client.view_api(print_info=False, return_format="dict")["named_endpoints"].items():
         example = {p["parameter_name"]: p["example_input"] for p in info["parameters"]}
-        example["image"] = handle_file(example["image"]["path"] if isinstance(example["image"], dict) else example["image"])
+        first = (tasks[name[1:]].examples or (Example("cat.jpg"),))[0]  # a task without examples: the cat
+        assert example["image"]["path"] == str(ROOT / "assets" / first.image), example
+        assert [example[k] for k in ("phrases", "question", "prompt") if k in example] in ([], [first.text])
+        assert example.get("boxes", [list(b) for b in first.boxes]) == [list(b) for b in first.boxes]
+        assert all(p["python_type"]["description"] for p in info["parameters"]), info["parameters"]
+        example["image"] = handle_file(example["image"]["path"])
         if "max_new_tokens" in example:
             example["max_new_tokens"] = 2  # the example's own value is 1..512; keep the test quick
         caption, entities, annotated = client.predict(**example, api_name=name)
@@ -110,3 +118,13 @@ def test_every_setting_is_a_cli_flag_and_a_ui_control():
     app = import_app()
     labels = {c["props"].get("label") for c in app.demo.config["components"]}
     assert {s.label for s in SETTINGS.values()} <= labels
+
+
+def test_on_spaces_the_api_page_examples_give_the_spaces_own_image_url(monkeypatch):
+    """On Spaces a client anywhere can run the example: the image is the Space's file on huggingface.co
+    (which the server may fetch), not a path on the server."""
+    app = import_app()
+    monkeypatch.setattr(app, "ON_SPACES", True)
+    monkeypatch.setenv("SPACE_ID", "someone/kosmos2")
+    image, _ = app._api_parameters(TASKS["refer"])["image"]
+    assert image.example_payload()["path"] == "https://huggingface.co/spaces/someone/kosmos2/resolve/main/assets/cat.jpg"

@@ -387,9 +387,9 @@ def test_view_links_phrases_and_boxes_and_escapes_text(image):
     assert result.caption.endswith("1 <img src=x onerror=alert(1)")
     assert "<img src=x" not in html and "1 &lt;img src=x" in html and "An &amp;" in html  # text is escaped
     for i, e in enumerate(result.entities):  # a phrase span and a box share each entity's data-e and colour
-        assert f'<span class="k2-ph" data-e="{i}" style="--c:{e.colour}">{e.phrase}</span>' in html
+        assert f'<span class="k2-ph" data-e="{i}" tabindex="0" style="--c:{e.colour}">{e.phrase}</span>' in html
         assert f'data-e="{i}"' in html.split("<svg", 1)[1]
-        assert f':has([data-e="{i}"]:hover) rect.k2-box[data-e="{i}"]' in html
+        assert f':has([data-e="{i}"]:is(:hover, :focus)) rect.k2-box[data-e="{i}"]' in html
     x1, y1, x2, y2 = result.entities[0].pixel_boxes[0]
     assert f'x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" height="{y2 - y1:.1f}"' in html
     assert 'viewBox="0 0 64 64"' in html and 'src="data:image/jpeg;base64,' in html

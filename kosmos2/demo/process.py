@@ -99,8 +99,12 @@ def drop_stray_gradio_prints() -> None:
         module.print = _print_unless_stray
 
 
+MCP_NOTE = "kosmos2_mcp_note"  # a Blocks attribute: () -> a line to end each MCP tool answer with, or None
+
+
 def fix_mcp_tool_outputs() -> None:
-    """Make Gradio's MCP server give a tool with several outputs one content item per output.
+    """Make Gradio's MCP server give a tool with several outputs one content item per output, and end each
+    answer with the served Blocks' note (its :data:`MCP_NOTE` attribute), if it has one.
 
     gradio 6.31, for a queued tool called without a progress token, wraps the client's list of outputs in
     one more list, so an MCP client gets a single text, the list's ``str`` (the annotated image as a
@@ -112,6 +116,7 @@ def fix_mcp_tool_outputs() -> None:
     original = GradioMCPServer.pop_returned_state
     if getattr(original, "_kosmos2_unwraps", False):
         return
+    original_content = GradioMCPServer.postprocess_output_data
 
     def pop_returned_state(components, data):
         if (len(components) > 1 and isinstance(data, list) and len(data) == 1
@@ -119,5 +124,12 @@ def fix_mcp_tool_outputs() -> None:
             data = list(data[0])
         return original(components, data)
 
+    def postprocess_output_data(self, data: Any, root_url: str) -> list:
+        content = original_content(self, data, root_url)
+        note = getattr(self.blocks, MCP_NOTE, None)
+        line = note() if note else None
+        return [*content, self.types.TextContent(type="text", text=line)] if line else content
+
     pop_returned_state._kosmos2_unwraps = True  # type: ignore[attr-defined]
     GradioMCPServer.pop_returned_state = staticmethod(pop_returned_state)  # type: ignore[method-assign]
+    GradioMCPServer.postprocess_output_data = postprocess_output_data  # type: ignore[method-assign]

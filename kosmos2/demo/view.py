@@ -1,6 +1,7 @@
 """The linked HTML view of a result: the image with an SVG overlay of boxes, and the caption with
 its phrases coloured like their boxes. Hovering a phrase or a box highlights its partner with
-pure CSS (``:has()``), so it works inside a Gradio ``HTML`` component, which runs no scripts.
+pure CSS (``:has()``), so it works inside a Gradio ``HTML`` component, which runs no scripts; so does a
+tap on a touch screen (or the keyboard), which focuses it: each one has a ``tabindex``.
 
 All text is escaped; the image is embedded as a base64 JPEG.
 """
@@ -29,14 +30,15 @@ _CSS = """
 #{uid} .k2-row {{ padding-left: .5em; border-left: 4px solid transparent; }}
 #{uid} .k2-ph {{ border-bottom: 3px solid var(--c); border-radius: 3px; padding: 0 2px; cursor: pointer;
   transition: background .1s; }}
-#{uid}:has([data-e]:hover) rect.k2-box {{ opacity: .35; }}
-#{uid}:has([data-e]:hover) g.k2-label {{ opacity: .35; }}
+#{uid} [data-e]:focus {{ outline: none; }}
+#{uid}:has([data-e]:is(:hover, :focus)) rect.k2-box {{ opacity: .35; }}
+#{uid}:has([data-e]:is(:hover, :focus)) g.k2-label {{ opacity: .35; }}
 """
 
 _CSS_ENTITY = """
-#{uid}:has([data-e="{i}"]:hover) rect.k2-box[data-e="{i}"] {{ opacity: 1; stroke-width: 6px; fill-opacity: .3; }}
-#{uid}:has([data-e="{i}"]:hover) g.k2-label[data-e="{i}"] {{ opacity: 1; }}
-#{uid}:has([data-e="{i}"]:hover) span.k2-ph[data-e="{i}"] {{ background: {c}; color: {fg}; }}
+#{uid}:has([data-e="{i}"]:is(:hover, :focus)) rect.k2-box[data-e="{i}"] {{ opacity: 1; stroke-width: 6px; fill-opacity: .3; }}
+#{uid}:has([data-e="{i}"]:is(:hover, :focus)) g.k2-label[data-e="{i}"] {{ opacity: 1; }}
+#{uid}:has([data-e="{i}"]:is(:hover, :focus)) span.k2-ph[data-e="{i}"] {{ background: {c}; color: {fg}; }}
 """
 
 
@@ -67,7 +69,7 @@ def _caption_html(result: TaskResult) -> str:
             if i in result.box_numbers:  # a drawn box's phrase: its number first, as on the image
                 pieces.append(f'<span class="k2-boxno" style="background:{e.colour};color:{text_colour_on(e.colour)};'
                               f'border-radius:4px;padding:0 .3em;font-size:.8em">Box {result.box_numbers[i]}</span> ')
-            pieces.append(f'<span class="k2-ph" data-e="{i}" style="--c:{e.colour}">'
+            pieces.append(f'<span class="k2-ph" data-e="{i}" tabindex="0" style="--c:{e.colour}">'
                           f"{html.escape(result.caption[s:t])}</span>")
             pos = t
         pieces.append(html.escape(result.caption[pos:end]))
@@ -91,7 +93,7 @@ def _overlay_svg(result: TaskResult) -> str:
     corners = place_labels([b for _, _, b, _ in boxes], sizes, width, height)
     rects, labels = [], []
     for (i, e, (x1, y1, x2, y2), label), (label_w, label_h), (lx, ly) in zip(boxes, sizes, corners):
-        rects.append(f'<rect class="k2-box" data-e="{i}" x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" '
+        rects.append(f'<rect class="k2-box" data-e="{i}" tabindex="0" x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" '
                      f'height="{y2 - y1:.1f}" stroke="{e.colour}" fill="{e.colour}"><title>'
                      f"{html.escape(label)}</title></rect>")
         labels.append(f'<g class="k2-label" data-e="{i}" pointer-events="none">'
