@@ -28,7 +28,7 @@ from benchmarks.run import ensure_checkpoint
 from benchmarks.worker import test_image
 from kosmos2.demo.loading import MAX_BATCH_SIZE, ModelHolder
 from kosmos2.demo.settings import DetectionSettings, GenerationSettings
-from kosmos2.label.work import Labeller, Plan, chunks, decode, label_files, load
+from kosmos2.cli.label.work import Labeller, Plan, chunks, decode, label_files, load
 
 CACHE = Path(__file__).resolve().parent / "cache"
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     labeller.label(chunk)
                 result[f"model_only_{name}_s_per_image"] = round((time.perf_counter() - start) / len(items), 3)
         if args.ray:
-            from kosmos2.label.ray_engine import Cluster, ModelSpec, label_with_ray
+            from kosmos2.cli.label.ray_engine import Cluster, ModelSpec, label_with_ray
 
             files = fresh(args.images)
             start = time.perf_counter()

@@ -34,14 +34,14 @@ def import_app() -> Any:
 
 @contextmanager
 def serve(holder: Any = None) -> Iterator[str]:
-    """Launch ``app.build_demo(holder)`` (default: the tiny checkpoint) in this process; yield its URL.
+    """Launch ``kosmos2.ui.server.build_demo(holder)`` (default: the tiny checkpoint) in this process; yield its URL.
 
     Gradio binds the first free port from 7860 up (trying the next one if a port is taken meanwhile)
     and returns the URL it bound, so there is no port to lose."""
-    app = import_app()
     from kosmos2.demo import loading
+    from kosmos2.ui.server import build_demo
 
-    demo = app.build_demo(holder or loading.ModelHolder(force_tiny=True))
+    demo = build_demo(holder or loading.ModelHolder(force_tiny=True))
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         yield url

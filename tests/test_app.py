@@ -130,12 +130,11 @@ def test_unreadable_and_enormous_images(client, tmp_path):
 
 
 def test_ui_handler_streams_partial_views_then_the_png(monkeypatch):
-    sys.path.insert(0, str(ROOT))
-    import app
     from kosmos2.demo import loading
+    from kosmos2.ui import runner as ui_runner
 
-    monkeypatch.setattr(app, "STREAM_INTERVAL_S", 0.0)
-    runner = app.Runner(loading.ModelHolder(force_tiny=True))
+    monkeypatch.setattr(ui_runner, "STREAM_INTERVAL_S", 0.0)
+    runner = ui_runner.Runner(loading.ModelHolder(force_tiny=True))
     settings = {"max_new_tokens": 12}
     *partials, final = runner.ui("refer", str(CAT), None, [[40, 30, 200, 150]], True, settings)
     assert len(partials) >= 2

@@ -90,7 +90,7 @@ def test_the_output_folder_prunes_the_servers_copies_of_its_files_too(tmp_path):
 
     from PIL import Image
 
-    from kosmos2.demo.draw import OutputFolder
+    from kosmos2.ui.outputs import OutputFolder
 
     cache = tmp_path / "cache"
     folder = OutputFolder(max_files=3, max_age_s=3600, copies=cache)

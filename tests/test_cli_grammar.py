@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from kosmos2.__main__ import main
-from kosmos2.label.cli import parser as label_parser
+from kosmos2.cli.main import main
+from kosmos2.cli.label.cli import parser as label_parser
 from launch import ROOT
 
 CAT, COFFEE = str(ROOT / "assets" / "cat.jpg"), str(ROOT / "assets" / "coffee.jpg")

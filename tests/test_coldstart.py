@@ -21,7 +21,8 @@ from fakehub import FakeHub
 from kosmos2.demo.loading import DEFAULT_CHECKPOINT, ModelHolder
 from kosmos2.hub import MODEL_FILES, PROCESSOR_FILES
 from kosmos2.tiny import write_tiny_checkpoint
-from launch import ROOT, import_app, serve_subprocess
+from kosmos2.ui import runner as ui_runner
+from launch import ROOT, serve_subprocess
 
 CHROMIUM = Path("/usr/bin/chromium")
 STANDINS = ROOT / "tests" / "standins"
@@ -161,11 +162,10 @@ def test_a_cold_start_in_the_browser_shows_the_download_and_answers_after_it(tmp
 
 
 def test_offline_the_page_shows_the_load_then_the_tiny_fallback_banner(tmp_path, monkeypatch):
-    app = import_app()
     monkeypatch.delenv("KOSMOS2_CHECKPOINT", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    runner = app.Runner(ModelHolder())
+    runner = ui_runner.Runner(ModelHolder())
 
     async def page_load() -> list[dict]:
         return [update async for update in runner.notices()]
@@ -192,9 +192,8 @@ def test_an_unexpected_load_error_shows_no_internals_in_the_page(tmp_path, tiny_
 
 
 def test_a_page_that_saw_the_load_fail_follows_the_next_attempt(tmp_path):
-    app = import_app()
     folder = tmp_path / "checkpoint"
-    runner = app.Runner(ModelHolder(str(folder)))  # not there yet: the page load's attempt fails
+    runner = ui_runner.Runner(ModelHolder(str(folder)))  # not there yet: the page load's attempt fails
 
     async def watch() -> list[dict]:
         updates = []

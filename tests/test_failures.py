@@ -10,13 +10,13 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from kosmos2.demo import loading
-from launch import ROOT, import_app, serve
+from kosmos2.ui import runner as ui_runner
+from launch import ROOT, serve
 
 CAT = ROOT / "assets" / "cat.jpg"
 
 
 def test_the_default_checkpoint_out_of_reach_at_start_serves_the_tiny_fallback_with_its_banner(tmp_path, monkeypatch):
-    app = import_app()
     monkeypatch.delenv("KOSMOS2_CHECKPOINT", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 at start
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -25,9 +25,9 @@ def test_the_default_checkpoint_out_of_reach_at_start_serves_the_tiny_fallback_w
         caption, _, _ = Client(url, verbose=False).predict(handle_file(str(CAT)), max_new_tokens=2, api_name="/plain")
     assert caption.startswith("An image of")
     assert holder.loaded.is_tiny and "microsoft/kosmos-2-patch14-224" in holder.loaded.note
-    banner = app.Runner(holder).banner()
+    banner = ui_runner.Runner(holder).banner()
     assert banner["visible"] is True and "tiny checkpoint with random weights" in banner["value"]
-    assert app.Runner(loading.ModelHolder(str(tmp_path / "nothing"), force_tiny=True)).banner()["visible"] is True
+    assert ui_runner.Runner(loading.ModelHolder(str(tmp_path / "nothing"), force_tiny=True)).banner()["visible"] is True
 
 
 @pytest.fixture
@@ -48,38 +48,35 @@ def failing_once(monkeypatch):
 
 
 def test_an_exception_inside_a_request_reaches_only_that_user_as_a_short_error(failing_once):
-    app = import_app()
     with serve(failing_once) as url:
         client = Client(url, verbose=False)
         with pytest.raises(AppError) as info:
             client.predict(handle_file(str(CAT)), max_new_tokens=2, api_name="/caption")
-        assert str(info.value) == app.USER_ERROR
+        assert str(info.value) == ui_runner.USER_ERROR
         caption, _, png = client.predict(handle_file(str(CAT)), max_new_tokens=2, api_name="/caption")
         assert caption.startswith("An image of") and png.endswith(".png")
 
 
 def test_the_streaming_ui_handler_fails_the_same_way(failing_once):
-    app = import_app()
-    runner = app.Runner(failing_once)
+    runner = ui_runner.Runner(failing_once)
     settings = {"max_new_tokens": 4}
     with pytest.raises(gr.Error) as info:
         list(runner.ui("caption", str(CAT), None, [], True, settings))
-    assert info.value.message == app.USER_ERROR
+    assert info.value.message == ui_runner.USER_ERROR
     *_, (page, timing, raw, entities, png, _) = runner.ui("caption", str(CAT), None, [], True, settings)
     assert "k2-caption" in page and "new tokens in" in timing
 
 
 def test_int8_mode_is_labelled_experimental_in_the_page(monkeypatch):
     monkeypatch.setenv("KOSMOS2_QUANTIZE", "int8")
-    app = import_app()
     holder = loading.ModelHolder(force_tiny=True)
     loaded = holder.get()
     assert loaded.quantize == "int8"
     assert type(loaded.model.text_model.lm_head).__name__ == "Int8Linear"
-    banner = app.Runner(holder).banner()
+    banner = ui_runner.Runner(holder).banner()
     assert banner["visible"] is True
     assert "Experimental int8 mode" in banner["value"] and "tiny checkpoint" in banner["value"]
-    *_, (caption, _, png) = app.Runner(holder).api("caption", str(CAT), None, [], True, {"max_new_tokens": 4})
+    *_, (caption, _, png) = ui_runner.Runner(holder).api("caption", str(CAT), None, [], True, {"max_new_tokens": 4})
     assert caption.startswith("An image of") and png.endswith(".png")
 
 
@@ -90,12 +87,11 @@ def test_unknown_quantize_mode_is_refused(monkeypatch):
 
 
 def test_a_bug_while_building_the_request_is_a_short_error_not_a_bare_one(monkeypatch):
-    app = import_app()
 
     def broken(*args, **kwargs):
         raise ValueError("an internal bug, not the user's input")
 
-    monkeypatch.setattr(app, "build_request", broken)
+    monkeypatch.setattr(ui_runner, "build_request", broken)
     with pytest.raises(gr.Error) as info:
-        list(app.Runner(loading.ModelHolder(force_tiny=True)).api("caption", str(CAT), None, [], True, {}))
-    assert info.value.message == app.USER_ERROR
+        list(ui_runner.Runner(loading.ModelHolder(force_tiny=True)).api("caption", str(CAT), None, [], True, {}))
+    assert info.value.message == ui_runner.USER_ERROR

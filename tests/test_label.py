@@ -25,8 +25,8 @@ import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 
-from kosmos2 import labels
-from kosmos2.label import main
+from kosmos2.cli.label import records as labels
+from kosmos2.cli.label import main
 from launch import ROOT
 from test_inputs import png_bomb
 
@@ -148,7 +148,7 @@ def test_find_images_sorted_by_extension_any_case(tmp_path):
 
 
 def test_the_formats_module_imports_no_torch():
-    code = "import sys, kosmos2.labels; assert 'torch' not in sys.modules, 'kosmos2.labels imported torch'"
+    code = "import sys, kosmos2.cli.label.records; assert 'torch' not in sys.modules, 'kosmos2.cli.label.records imported torch'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -390,8 +390,8 @@ def test_each_appended_line_is_readable_by_another_reader_at_once(tmp_path):
 # Nth append (N: argv 2): once the line is written, before append returns and the image counts as done.
 SIGNAL_IN_APPEND = """
 import os, signal, sys
-from kosmos2 import labels
-from kosmos2.label import main
+from kosmos2.cli.label import records as labels
+from kosmos2.cli.label import main
 
 append, appended = labels.JournalWriter.append, []
 
@@ -537,7 +537,7 @@ def test_offline_without_tiny_is_an_error_at_once_and_loads_no_random_weights(fo
 
 
 def test_ray_missing_is_one_line(folder, tmp_path):
-    code = ("import sys; sys.modules['ray'] = None; from kosmos2.label import main; "
+    code = ("import sys; sys.modules['ray'] = None; from kosmos2.cli.label import main; "
             f"sys.exit(main({[str(folder), *DETECT, '--engine', 'ray', '--out', str(tmp_path / 'l.json')]!r}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2

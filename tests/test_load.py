@@ -21,7 +21,9 @@ from PIL import Image
 
 from kosmos2.demo import loading
 from kosmos2.demo.tasks import TASKS
-from launch import import_app, serve
+from kosmos2.ui import server
+from kosmos2.ui.runner import Runner
+from launch import serve
 from test_label import split_scores
 
 CLIENTS, REQUESTS = 8, 10
@@ -71,9 +73,8 @@ def _pixels(png: str) -> np.ndarray:
 
 
 def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
-    app = import_app()
     requests = _requests(tmp_path)
-    lone = app.Runner(holder)  # each request alone, one after the other
+    lone = Runner(holder)  # each request alone, one after the other
     expected = []
     for task, image, text, boxes in requests:
         *_, (caption, entities, png) = lone.api(task, image, text, boxes, True, SETTINGS)
@@ -116,8 +117,7 @@ def _wait_until(job, state: str, timeout: float = WAIT_S) -> None:
 
 
 def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch):
-    app = import_app()
-    monkeypatch.setattr(app, "QUEUE_MAX_SIZE", 2)
+    monkeypatch.setattr(server, "QUEUE_MAX_SIZE", 2)
     decoder = holder.get().model.text_model.model
     release = threading.Event()
     original = decoder.forward
@@ -138,10 +138,10 @@ def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch):
         # one at a time: a burst would pass through the 2-place queue before the workers take it
         running, queued = [], []
         try:
-            for _ in range(app.CONCURRENCY_LIMIT):
+            for _ in range(server.CONCURRENCY_LIMIT):
                 running.append(submit())
                 _wait_until(running[-1], "ITERATING")  # the endpoints are generators (they can be stopped)
-            for _ in range(app.QUEUE_MAX_SIZE):
+            for _ in range(server.QUEUE_MAX_SIZE):
                 queued.append(submit())
                 _wait_until(queued[-1], "IN_QUEUE")
             turned_away = [submit() for _ in range(3)]

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from kosmos2.demo import inputs, process
+from kosmos2.demo import inputs
+from kosmos2.ui import patches as process
 from kosmos2.demo.loading import ModelHolder, SettingError, check_environment
 from kosmos2.image_processing import ImageError, open_image
 from kosmos2.tiny import main as tiny_main
@@ -215,7 +216,7 @@ def test_only_the_two_stray_lines_are_dropped(capsys):
 
 
 def test_cli_help_joins_tasks_and_texts_with_full_stops():
-    from kosmos2.__main__ import parser
+    from kosmos2.cli.task import parser
 
     text = " ".join(parser().format_help().split())
     assert ".;" not in text and ".)" not in text

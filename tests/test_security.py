@@ -19,6 +19,7 @@ from gradio_client import Client, handle_file
 from kosmos2 import AutoProcessor, Kosmos2ForConditionalGeneration
 from kosmos2.demo import loading
 from kosmos2.hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError
+from kosmos2.ui import server
 from launch import ROOT, import_app, serve
 
 CAT = ROOT / "assets" / "cat.jpg"
@@ -144,5 +145,5 @@ def test_no_public_link_unless_asked(monkeypatch):
     app.main([])
     app.main(["--tiny", "--share"])
     assert [k["share"] for k in launches] == [False, True]
-    assert all(k["max_file_size"] == app.MAX_UPLOAD_BYTES for k in launches)
+    assert all(k["max_file_size"] == server.MAX_UPLOAD_BYTES for k in launches)
     assert not any(k.get("show_error") for k in launches)  # unexpected errors are not shown verbatim

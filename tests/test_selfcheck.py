@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kosmos2.selfcheck import (
+from kosmos2.cli.selfcheck import (
     SCORE_SLICES,
     Agreement,
     Case,
@@ -346,7 +346,7 @@ def test_agreement_matches_entities_by_phrase():
 
 
 def test_unknown_case_names_are_a_usage_error():
-    from kosmos2.selfcheck import select_cases
+    from kosmos2.cli.selfcheck import select_cases
 
     cases = cases_from(json.loads(default_expectations().read_text(encoding="utf-8")))
     assert [c.name for c in select_cases(cases, "brief, grounded VQA")] == ["brief", "grounded VQA"]

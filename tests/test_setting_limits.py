@@ -12,7 +12,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from kosmos2.__main__ import main
+from kosmos2.cli.main import main
 from kosmos2.demo import loading
 from kosmos2.demo.settings import DETECTION_SETTINGS, SETTINGS
 from launch import ROOT, serve

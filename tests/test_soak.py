@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image
 
 from kosmos2.demo.tasks import TASKS as TASK_TABLE
-from launch import import_app, serve_subprocess
+from kosmos2.ui.runner import OUTPUT_MAX_FILES
+from kosmos2.ui.tabs import ASSETS
+from launch import serve_subprocess
 
 WARM_UP, TOTAL = 20, 200
 TASKS = [("caption", "", []), ("ground", "a thing\nthe sky", []), ("refer", "", [[2, 2, 30, 20]]),
@@ -57,7 +59,6 @@ def files_under(folder: Path) -> list[Path]:
 
 
 def test_two_hundred_requests_do_not_grow_memory_or_leave_temp_files(tmp_path):
-    app = import_app()
     rng = np.random.default_rng(0)
     uploads = []
     for k in range(10):  # a new image every few requests, as users bring their own
@@ -77,13 +78,13 @@ def test_two_hundred_requests_do_not_grow_memory_or_leave_temp_files(tmp_path):
             if i + 1 in (WARM_UP, TOTAL):
                 rss[i + 1] = rss_bytes(server.pid)
         (out_dir,) = (served / "tmp").glob("kosmos2-out-*")  # the app's own output folder, bounded
-        assert 0 < len(files_under(out_dir)) <= app.OUTPUT_MAX_FILES
+        assert 0 < len(files_under(out_dir)) <= OUTPUT_MAX_FILES
     assert server.returncode is not None
     assert rss[TOTAL] <= 1.10 * rss[WARM_UP], {n: f"{b / 2**20:.0f} MiB" for n, b in rss.items()}
 
     # stopped: the app's folders (outputs, tiny checkpoint) are gone; Gradio's cache keeps no upload
     # or result, only the copies of the example images it serves
     assert files_under(served / "tmp") == [], (served / "server.log").read_text(errors="replace")[-3000:]
-    examples = {p.name for p in (Path(app.ASSETS)).iterdir()}
+    examples = {p.name for p in ASSETS.iterdir()}
     left = [p for p in files_under(served / "gradio") if p.name not in examples]
     assert left == [], left

@@ -7,7 +7,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from kosmos2.__main__ import parser
+from kosmos2.cli.task import parser
 from kosmos2.demo.loading import ModelHolder
 from kosmos2.demo.settings import DETECTION_SETTINGS, SETTINGS
 from kosmos2.demo.tasks import TASKS, Example, Task
@@ -123,8 +123,9 @@ def test_every_setting_is_a_cli_flag_and_a_ui_control():
 def test_on_spaces_the_api_page_examples_give_the_spaces_own_image_url(monkeypatch):
     """On Spaces a client anywhere can run the example: the image is the Space's file on huggingface.co
     (which the server may fetch), not a path on the server."""
-    app = import_app()
-    monkeypatch.setattr(app, "ON_SPACES", True)
+    from kosmos2.ui import api, hosting
+
+    monkeypatch.setattr(hosting, "ON_SPACES", True)
     monkeypatch.setenv("SPACE_ID", "someone/kosmos2")
-    image, _ = app._api_parameters(TASKS["refer"])["image"]
+    image, _ = api._api_parameters(TASKS["refer"])["image"]
     assert image.example_payload()["path"] == "https://huggingface.co/spaces/someone/kosmos2/resolve/main/assets/cat.jpg"

@@ -271,7 +271,9 @@ def test_labels_of_boxes_at_one_corner_are_all_readable():
 
 def test_png_tempfiles_are_fresh(tmp_path):
     image = Image.new("RGB", (8, 8))
-    a, b = draw.save_png_tempfile(image), draw.save_png_tempfile(image)
+    from kosmos2.ui.outputs import save_png_tempfile
+
+    a, b = save_png_tempfile(image), save_png_tempfile(image)
     try:
         assert a != b and Image.open(a).format == "PNG"
     finally:

@@ -6,8 +6,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import labels
-from ..demo.results import count
+from . import records
+from ...demo.results import count
 from .work import Plan
 
 
@@ -44,8 +44,8 @@ class Outputs:
     def check(cls, format: str, out: Path, journal: Path | None = None) -> Outputs:
         """The outputs for ``--format``/``--out``/``--journal``, checked writable (nothing is left behind);
         :class:`OutputError` if not."""
-        if format not in labels.FORMATS:
-            raise OutputError(f"unknown format {format!r}; choose one of {', '.join(labels.FORMATS)}")
+        if format not in records.FORMATS:
+            raise OutputError(f"unknown format {format!r}; choose one of {', '.join(records.FORMATS)}")
         if format == "yolo":
             if out.exists() and not out.is_dir():
                 raise OutputError(f"cannot write the YOLO folder {out}: it is a file")
@@ -73,21 +73,21 @@ class Outputs:
     def write(self, files: list[str], plan: Plan, folder: Path) -> str:
         """Write the COCO file or the YOLO folder from the journal's records of ``files`` (atomically, file by
         file); returns what was written, in words."""
-        journal = labels.read_journal(self.journal)
-        records = [r for f in files if (r := journal.records.get(f)) is not None and "failed" not in r]
+        journal = records.read_journal(self.journal)
+        done = [r for f in files if (r := journal.records.get(f)) is not None and "failed" not in r]
         gone = len(set(journal.records) - set(files))
         note = f"; {gone} journal line(s) for files no longer in the folder left out" if gone else ""
         if self.format == "jsonl":
-            return f"journal {self.journal}: {len(records)} images labelled{note}"
+            return f"journal {self.journal}: {len(done)} images labelled{note}"
         if self.format == "coco":
-            data = labels.coco(records, plan.task, plan.phrases)
-            labels.write_atomically(self.out, labels.coco_text(data))
+            data = records.coco(done, plan.task, plan.phrases)
+            records.write_atomically(self.out, records.coco_text(data))
             counts = ", ".join(count(len(data[key]), one, many) for key, one, many in (
                 ("images", "image", "images"), ("annotations", "annotation", "annotations"),
                 ("categories", "category", "categories")))
             return f"wrote {self.out} (COCO: {counts}); journal {self.journal}{note}"
-        written = labels.yolo(records, plan.task, plan.phrases, folder)
+        written = records.yolo(done, plan.task, plan.phrases, folder)
         for name, text in written.items():
-            labels.write_atomically(self.out / name, text)
-        files = count(len(records), "label file", "label files")
+            records.write_atomically(self.out / name, text)
+        files = count(len(done), "label file", "label files")
         return f"wrote {self.out} (YOLO: {files}, classes.txt, data.yaml); journal {self.journal}{note}"

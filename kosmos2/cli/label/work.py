@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..demo.detect import detect_many
-from ..demo.inputs import InputError
-from ..demo.loading import LoadedModel
-from ..demo.results import TaskResult, run_to_end
-from ..demo.settings import DetectionSettings, GenerationSettings
-from ..demo.tasks import TaskRequest, build_request
-from ..labels import Record
+from ...demo.detect import detect_many
+from ...demo.inputs import InputError
+from ...demo.loading import LoadedModel
+from ...demo.results import TaskResult, run_to_end
+from ...demo.settings import DetectionSettings, GenerationSettings
+from ...demo.tasks import TaskRequest, build_request
+from .records import Record
 
 T = TypeVar("T")
 R = TypeVar("R")

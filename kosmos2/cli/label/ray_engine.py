@@ -3,7 +3,7 @@
 which writes the journal as in one process. Ray is imported only here (``requirements-ray.txt``).
 
 Each actor decodes its batch's files itself (the folder must be readable at the same path on every
-node) and labels them with :func:`kosmos2.label.work.label_files`, so several images share each decode
+node) and labels them with :func:`.work.label_files`, so several images share each decode
 step inside an actor too.
 """
 
@@ -55,7 +55,7 @@ class LabelActor:
     """One model per actor; labels a batch of file names (``{"file": [...]}``) into JSON records."""
 
     def __init__(self, plan: Plan, model: ModelSpec, folder: str) -> None:
-        from ..demo.loading import ModelHolder
+        from ...demo.loading import ModelHolder
         from .work import Labeller
 
         holder = ModelHolder(model.checkpoint, dtype=model.dtype, quantize=model.quantize, fallback=False)

@@ -39,10 +39,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import detection
-from .__main__ import OneLineParser, UsageError, program
-from .hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError, HubUnreachable, resolve_checkpoint
-from .image_processing import ImageError, open_image
+from .. import detection
+from .common import OneLineParser, UsageError, program
+from ..hub import MODEL_FILES, PROCESSOR_FILES, CheckpointError, HubUnreachable, resolve_checkpoint
+from ..image_processing import ImageError, open_image
 
 MAX_NEW_TOKENS = 128  # the recorded runs' setting
 ATOL = 1e-4
@@ -431,7 +431,7 @@ def run_mode(folder: Path, mode: Mode, device: str, cases: Sequence[Case], image
              processor: Any, log: Callable[[str], None]) -> ModeRun:
     """Load the checkpoint in ``mode`` and run every case (the score slices in float32 only, the mode that
     is compared with the record); the model is freed afterwards."""
-    from .model import Kosmos2ForConditionalGeneration
+    from ..model import Kosmos2ForConditionalGeneration
 
     log(f"{mode.name}: loading {folder}")
     start = time.perf_counter()
@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, image_repo, image_file = hub_sources(data)
         png = fetch_image(args.image, image_repo, image_file)
         folder = fetch_checkpoint(args.checkpoint or checkpoint)
-        from .processing import Kosmos2Processor
+        from ..processing import Kosmos2Processor
 
         processor = Kosmos2Processor.from_pretrained(folder)
     except HubUnavailable as e:

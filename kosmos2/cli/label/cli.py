@@ -18,16 +18,16 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from .. import labels
-from ..__main__ import (OneLineParser, UsageError, add_model_flags, add_phrase_flag, add_setting_flags,
+from . import records
+from ..common import (OneLineParser, UsageError, add_model_flags, add_phrase_flag, add_setting_flags,
                         model_holder, program, setting_flags)
-from ..demo.inputs import InputError, parse_phrases
-from ..demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError, progress
-from ..demo.process import SignalGuard, StopRequested, stop_on_signals
-from ..demo.settings import DETECTION_SETTINGS, SETTINGS
-from ..demo.tasks import TASKS
-from ..hub import CheckpointError
-from ..labels import FORMATS, JournalError, JournalWriter, Record
+from ...demo.inputs import InputError, parse_phrases
+from ...demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError, progress
+from ...demo.signals import SignalGuard, StopRequested, stop_on_signals
+from ...demo.settings import DETECTION_SETTINGS, SETTINGS
+from ...demo.tasks import TASKS
+from ...hub import CheckpointError
+from .records import FORMATS, JournalError, JournalWriter, Record
 from .outputs import OutputError, Outputs
 from .ray_engine import RayMissingError, import_ray
 from .work import Labeller, Plan, label_files
@@ -37,7 +37,7 @@ ENGINES = ("local", "ray")
 
 
 
-_EXTENSIONS = ", ".join(e.lstrip(".") for e in labels.IMAGE_EXTENSIONS)  # for messages
+_EXTENSIONS = ", ".join(e.lstrip(".") for e in records.IMAGE_EXTENSIONS)  # for messages
 
 
 def parser() -> argparse.ArgumentParser:
@@ -124,11 +124,11 @@ def prepare(args: argparse.Namespace) -> Job:
     if not folder.is_dir():
         raise UsageError(f"{args.folder} is not a folder")
     plan = _plan(args)
-    files = labels.find_images(folder, args.recursive)
+    files = records.find_images(folder, args.recursive)
     if not files:
         raise UsageError(f"no images ({_EXTENSIONS}) in {args.folder}"
                          + ("" if args.recursive else " (--recursive looks in sub-folders too)"))
-    if args.format == "yolo" and (pairs := labels.yolo_collisions(files)):
+    if args.format == "yolo" and (pairs := records.yolo_collisions(files)):
         raise UsageError(f"{pairs[0][0]} and {pairs[0][1]} would share one YOLO label file; rename one")
     if args.engine == "ray":
         import_ray()
@@ -139,8 +139,8 @@ def prepare(args: argparse.Namespace) -> Job:
     outputs = Outputs.check(args.format, args.out, args.journal)
     holder = model_holder(args, fallback=False)
     job = Job(folder, files, plan, outputs, holder, args)
-    labels.check_resumable(outputs.journal, job.params())
-    job.pending = labels.pending_files(files, labels.read_journal(outputs.journal))
+    records.check_resumable(outputs.journal, job.params())
+    job.pending = records.pending_files(files, records.read_journal(outputs.journal))
     return job
 
 
@@ -162,7 +162,7 @@ class Tally:
             self.failed.append(record)
         else:
             self.done += 1
-            self.boxes += len(labels.annotations_of(record, plan.task, plan.phrases))
+            self.boxes += len(records.annotations_of(record, plan.task, plan.phrases))
 
     def summary(self) -> str:
         wall = time.perf_counter() - self.start
@@ -205,8 +205,8 @@ class Records(Protocol):
     def stop(self) -> None: ...
 
 
-def _journal(records: Records, writer: JournalWriter, tally: Tally, bar: tqdm, plan: Plan, guard: SignalGuard) -> None:
-    for record in records:
+def _journal(stream: Records, writer: JournalWriter, tally: Tally, bar: tqdm, plan: Plan, guard: SignalGuard) -> None:
+    for record in stream:
         with guard.deferred():  # a record in the journal is in the summary
             writer.append(record)
             tally.add(record, plan)
@@ -237,22 +237,22 @@ def _run(job: Job, guard: SignalGuard) -> int:
     label = _engine(job) if job.pending else None
     job.outputs.prepare()
     with JournalWriter(job.outputs.journal, job.params()) as writer:
-        pending = labels.pending_files(job.files, writer.journal)
+        pending = records.pending_files(job.files, writer.journal)
         if writer.journal.dropped_partial_line:
             progress(f"dropped a partial last line of {job.outputs.journal} (an interrupted write): redoing it")
         tally = Tally(skipped=len(job.files) - len(pending))
         bar = tqdm(total=len(pending), unit="image", file=sys.stderr, dynamic_ncols=True, disable=None)
-        records = label(pending) if label and pending else None
+        stream = label(pending) if label and pending else None
         try:
-            if records is not None:
-                _journal(records, writer, tally, bar, job.plan, guard)
+            if stream is not None:
+                _journal(stream, writer, tally, bar, job.plan, guard)
         except StopRequested as stop:
             bar.clear()
             again = "Ctrl-C" if str(stop) == "SIGINT" else str(stop)
             progress(f"stopped ({stop}): finishing the images in progress ({again} again to quit at once)...")
             try:
-                records.stop()
-                _journal(records, writer, tally, bar, job.plan, guard)
+                stream.stop()
+                _journal(stream, writer, tally, bar, job.plan, guard)
             except StopRequested:  # quit now: every record so far is on disk, threads may be inside the model
                 progress(f"{tally.summary()}\n[kosmos2] {_resume_hint(job)}")
                 job.holder.remove_tiny_files()  # (os._exit skips the atexit clean-up)
