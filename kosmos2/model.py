@@ -243,6 +243,21 @@ class Kosmos2ForConditionalGeneration(_Kosmos2Base):
         out = Kosmos2ForConditionalGenerationModelOutput(loss=loss, logits=logits, **parts)
         return out if return_dict is None or return_dict else out.to_tuple()
 
+    def next_token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None = None,
+                          image_embeds: torch.Tensor | None = None,
+                          image_embeds_position_mask: torch.Tensor | None = None,
+                          position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, V) float32 logits for the token after the (N, new) ``input_ids``: the text decoder over
+        ``cache`` (extended in place; None: no cache), with ``image_embeds`` spliced in at
+        ``image_embeds_position_mask`` where given. Every decoding path (``generate``, the serving engine)
+        gets its logits here."""
+        hidden = self.text_model.model(
+            input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds,
+            image_embeds_position_mask=image_embeds_position_mask, past_key_values=cache, position_ids=position_ids,
+            use_cache=cache is not None,
+        ).last_hidden_state
+        return self.text_model.lm_head(hidden[:, -1]).float()
+
     generate = generate
 
     compute_transition_scores = staticmethod(compute_transition_scores)

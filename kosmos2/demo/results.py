@@ -7,17 +7,26 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import grounding
+from ..detection import Candidate
 from ..grounding import Box, PixelBox
 from .draw import Annotation, entity_colours, format_score
 from .loading import LoadedModel
 from .settings import GenerationSettings
 from .tasks import TaskRequest
 
-if TYPE_CHECKING:
-    from .detect import Detection
+
+class DetectRun(Protocol):
+    """What a detect result keeps of its run, to be filtered again without the model
+    (:class:`kosmos2.demo.detect.Detection` is one): its phrases and every candidate box per phrase."""
+
+    @property
+    def phrases(self) -> tuple[str, ...]: ...
+
+    @property
+    def candidates(self) -> tuple[tuple[Candidate, ...], ...]: ...
 
 
 @dataclass
@@ -56,7 +65,7 @@ class TaskResult:
     new_tokens: int = 0
     seconds: float = 0.0
     first_token_s: float | None = None
-    detection: Detection | None = None  # a detect run's candidates, to re-filter without the model
+    detection: DetectRun | None = None  # a detect run's candidates, to re-filter without the model
     shown_from: int = 0  # where the text the page shows begins in ``caption`` (an answer after its question)
     box_numbers: dict[int, int] = field(default_factory=dict)  # entity index -> the number of the drawn box it is
     threshold: float | None = None  # detect: the box threshold it was filtered with
