@@ -14,17 +14,14 @@ Run by ``benchmarks.run``; prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.worker import PROMPT, StepClock, load_ours, test_image
+from benchmarks.worker import PROMPT, StepClock, load_ours, report, test_image, worker_parser
 from kosmos2.serving import Batcher, Engine
 
 SECOND_PROMPT = "<grounding> Describe this image in detail:"
@@ -107,17 +104,10 @@ def measure_serving(folder: Path, dtype_name: str, new_tokens: int, repeats: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = worker_parser()
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    result = measure_serving(args.checkpoint, args.dtype, args.new_tokens, args.repeats, args.concurrency)
-    json.dump(result, sys.stdout)
-    print()
+    report(measure_serving, args.checkpoint, args.dtype, args.new_tokens, args.repeats, args.concurrency)
 
 
 if __name__ == "__main__":

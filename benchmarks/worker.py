@@ -132,18 +132,28 @@ def measure(impl: str, folder: Path, dtype_name: str, new_tokens: int, repeats: 
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def worker_parser() -> argparse.ArgumentParser:
+    """The flags every benchmark worker takes: the checkpoint, its dtype, the new tokens and the repeats."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--impl", choices=sorted(LOADERS), required=True)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def report(measure_fn: Callable[..., dict[str, Any]], *args: Any) -> None:
+    """Seed torch, run ``measure_fn(*args)`` and print its result as one JSON line (what run.py reads)."""
     torch.manual_seed(0)
-    result = measure(args.impl, args.checkpoint, args.dtype, args.new_tokens, args.repeats)
-    json.dump(result, sys.stdout)
+    json.dump(measure_fn(*args), sys.stdout)
     print()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = worker_parser()
+    parser.add_argument("--impl", choices=sorted(LOADERS), required=True)
+    args = parser.parse_args(argv)
+    report(measure, args.impl, args.checkpoint, args.dtype, args.new_tokens, args.repeats)
 
 
 if __name__ == "__main__":

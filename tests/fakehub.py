@@ -197,12 +197,20 @@ class _HubHandler(BaseHTTPRequestHandler):
                 return repo_id, self.hub._repos[repo_id], rest[len(repo_id):]
         return None
 
-    def _api(self, rest: str, head: bool) -> None:
+    def _parts(self, rest: str, head: bool) -> tuple | None:
+        """(repo id, repo, the kind of request, what follows it) for a path under a repo; else a 404 sent and None."""
         found = self._find_repo(rest)
         if found is None:
-            return self._error(404, "RepoNotFound", "Repository not found", head)
+            self._error(404, "RepoNotFound", "Repository not found", head)
+            return None
         repo_id, repo, tail = found
         kind, _, remainder = tail.lstrip("/").partition("/")
+        return repo_id, repo, kind, remainder
+
+    def _api(self, rest: str, head: bool) -> None:
+        if (parts := self._parts(rest, head)) is None:
+            return None
+        repo_id, repo, kind, remainder = parts
         if kind in ("", "revision"):  # repo info; the revision may itself contain "/" (e.g. refs/pr/1)
             if kind and remainder not in (*REVISIONS, repo.sha):
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {remainder}", head, repo.sha)
@@ -218,11 +226,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._error(404, None, "Not found", head)
 
     def _resolve(self, rest: str, head: bool) -> None:
-        found = self._find_repo(rest)
-        if found is None:
-            return self._error(404, "RepoNotFound", "Repository not found", head)
-        _, repo, tail = found
-        kind, _, remainder = tail.lstrip("/").partition("/")
+        if (parts := self._parts(rest, head)) is None:
+            return None
+        _, repo, kind, remainder = parts
         revision, _, filename = remainder.partition("/")
         if kind != "resolve" or not revision or not filename:
             return self._error(404, None, "Not found", head)
