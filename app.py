@@ -9,8 +9,8 @@ try:
 except ImportError:
     pass
 
-from kosmos2.ui.server import build_demo, main
 from kosmos2.ui.hosting import ON_SPACES
+from kosmos2.ui.server import build_demo, main
 
 if __name__ == "__main__":
     sys.exit(main())

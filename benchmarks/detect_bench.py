@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
 from benchmarks.run import ensure_checkpoint, machine
-from kosmos2.demo.detect import detect_many
+from kosmos2.demo.execute import run_tasks
 from kosmos2.demo.loading import ModelHolder
-from kosmos2.demo.results import run_to_end
 from kosmos2.demo.settings import DetectionSettings, GenerationSettings
-from kosmos2.demo.tasks import build_request
+from kosmos2.demo.tasks import TASKS, build_request
 
 TARGET = 1.5
 
@@ -42,14 +42,15 @@ def main() -> None:
     args = p.parse_args()
     holder = ModelHolder(str(ensure_checkpoint(args.cache, args.size)), dtype=args.dtype)
     loaded = holder.get()
+
+    def case(task: str, text: str, settings: GenerationSettings | DetectionSettings) -> Callable[[Image.Image], object]:
+        return lambda im: run_tasks(loaded, TASKS[task], [build_request(task, im, text)], settings)
+
     cases = {
-        "ground, 1 phrase, 4 new tokens (one box)": lambda im: run_to_end(
-            loaded, build_request("ground", im, "a cup"), GenerationSettings(max_new_tokens=4)),
-        "ground, 1 phrase, 128 new tokens (default)": lambda im: run_to_end(
-            loaded, build_request("ground", im, "a cup"), GenerationSettings()),
-        "detect, 1 phrase": lambda im: detect_many(loaded, [build_request("detect", im, "a cup")], DetectionSettings()),
-        "detect, 3 phrases": lambda im: detect_many(
-            loaded, [build_request("detect", im, "a cup\na spoon\na table")], DetectionSettings()),
+        "ground, 1 phrase, 4 new tokens (one box)": case("ground", "a cup", GenerationSettings(max_new_tokens=4)),
+        "ground, 1 phrase, 128 new tokens (default)": case("ground", "a cup", GenerationSettings()),
+        "detect, 1 phrase": case("detect", "a cup", DetectionSettings()),
+        "detect, 3 phrases": case("detect", "a cup\na spoon\na table", DetectionSettings()),
     }
     cases[next(iter(cases))](_image(0))  # warm-up
     times: dict[str, list[float]] = {name: [] for name in cases}

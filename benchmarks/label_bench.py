@@ -27,17 +27,11 @@ from pathlib import Path
 from benchmarks.run import ensure_checkpoint
 from benchmarks.worker import test_image
 from kosmos2.demo.loading import MAX_BATCH_SIZE, ModelHolder
-from kosmos2.demo.settings import DetectionSettings, GenerationSettings
-from kosmos2.cli.label.work import Labeller, Plan, chunks, decode, label_files, load
+from kosmos2.demo.settings import GenerationSettings
+from kosmos2.cli.label.work import LABEL_TASKS, Labeller, Plan, chunks, decode, label_files
+from kosmos2.demo.tasks import TASKS
 
 CACHE = Path(__file__).resolve().parent / "cache"
-
-
-def _plan(task: str, phrases: list[str], new_tokens: int) -> Plan:
-    if task == "detect":
-        return Plan("detect", tuple(phrases), detection=DetectionSettings())
-    return Plan(task, tuple(phrases) if task == "ground" else (),
-                generation=GenerationSettings(max_new_tokens=new_tokens))
 
 
 def _rate(labeller: Labeller, folder: Path, files: list[str]) -> float:
@@ -56,16 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: ModelHolder's)")
     p.add_argument("--images", type=int, default=16)
-    p.add_argument("--task", choices=("detect", "ground", "caption"), default="detect")
+    p.add_argument("--task", choices=LABEL_TASKS, default="detect")
     p.add_argument("--phrases", action="append", default=None, help="default: one phrase, 'a dog'")
     p.add_argument("--new-tokens", type=int, default=32, help="max new tokens for ground and caption")
     p.add_argument("--ray", action="store_true", help="also time the Ray engine with one actor")
     args = p.parse_args(argv)
 
     checkpoint = args.checkpoint or ensure_checkpoint(args.cache, args.size)
-    plan = _plan(args.task, args.phrases or ["a dog"], args.new_tokens)
+    task = TASKS[args.task]
+    settings = GenerationSettings(max_new_tokens=args.new_tokens) if task.settings is GenerationSettings else task.settings()
+    plan = Plan.make(args.task, [] if args.task == "caption" else args.phrases or ["a dog"], settings)
     holder = ModelHolder(str(checkpoint), dtype=args.dtype)
-    loaded = load(holder)
+    loaded = holder.get()  # (a named checkpoint: an error, never the tiny fallback)
     result: dict[str, object] = {"checkpoint": str(checkpoint), "dtype": str(holder.dtype), "task": args.task,
                                  "phrases": list(plan.phrases), "images": args.images}
     with tempfile.TemporaryDirectory(prefix="kosmos2-label-bench-") as tmp:
@@ -85,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         batched = _rate(batching, folder, fresh(args.images))
         result.update(one_at_a_time_images_per_s=round(one, 3), batched_images_per_s=round(batched, 3),
                       batched_over_one=round(batched / one, 2))
-        if plan.task == "detect":  # the other tasks label one image per call in both modes
+        if task.mode.batches_images:  # the other tasks label one image per call in both modes
             for name, labeller in (("one_per_call", one_by_one), ("batched", batching)):
                 items = [decode(folder, f, plan) for f in fresh(args.images)]
                 start = time.perf_counter()

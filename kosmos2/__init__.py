@@ -42,6 +42,7 @@ _EXPORTS = {
     "AutoProcessor": "processing",
     "Kosmos2Model": "model",
     "Kosmos2ForConditionalGeneration": "model",
+    "UserError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -71,7 +71,7 @@ class MultiHeadAttention(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        cache: "KVCache | None" = None,
+        cache: KVCache | None = None,
         layer_idx: int = 0,
         head_mask: torch.Tensor | None = None,
         need_weights: bool = False,

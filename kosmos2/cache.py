@@ -38,7 +38,7 @@ class KVCache:
         capacity: int,
         dtype: torch.dtype,
         device: torch.device | str,
-    ) -> "KVCache":
+    ) -> KVCache:
         """An empty cache for a text decoder of ``config``."""
         heads = config.attention_heads
         return cls(config.layers, batch_size, heads, config.embed_dim // heads, capacity, dtype, device)
@@ -79,7 +79,7 @@ class KVCache:
         """Mark ``new_tokens`` more positions as filled (after every layer has been updated)."""
         self.length += new_tokens
 
-    def selected(self, index: torch.Tensor) -> "KVCache":
+    def selected(self, index: torch.Tensor) -> KVCache:
         """A new cache of the rows ``index`` (repeats allowed), with room for one more position; this one
         is unchanged."""
         out = KVCache.__new__(KVCache)

@@ -51,7 +51,7 @@ class Kosmos2TextConfig:
         return self.layers
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Kosmos2TextConfig":
+    def from_dict(cls, data: dict[str, Any]) -> Kosmos2TextConfig:
         return cls(**_known_fields(cls, data))
 
 
@@ -74,7 +74,7 @@ class Kosmos2VisionConfig:
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Kosmos2VisionConfig":
+    def from_dict(cls, data: dict[str, Any]) -> Kosmos2VisionConfig:
         return cls(**_known_fields(cls, data))
 
 
@@ -102,12 +102,12 @@ class Kosmos2Config:
             self.vision_config = Kosmos2VisionConfig.from_dict(self.vision_config)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Kosmos2Config":
+    def from_dict(cls, data: dict[str, Any]) -> Kosmos2Config:
         """Build a config from a ``config.json`` dict, ignoring keys this implementation does not use."""
         return cls(**_known_fields(cls, data))
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "Kosmos2Config":
+    def from_json_file(cls, path: str | Path) -> Kosmos2Config:
         """Read a ``config.json`` file."""
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Sequence
-from typing import Union
+from collections.abc import Collection, Iterator, Sequence
+from typing import Literal, overload
 
 TAG_TOKENS = (
     "</doc>",
@@ -33,10 +33,11 @@ GRID = 32  # cells per side: sqrt(NUM_PATCH_INDEX_TOKENS)
 Box = tuple[float, float, float, float]
 PixelBox = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels of the image
 PatchPair = tuple[int, int]
-BoxInput = Union[Box, PatchPair]
+BoxInput = Box | PatchPair
 # One entry per <phrase>: nothing, one box, or several boxes.
-PhraseBoxes = Union[None, BoxInput, list[BoxInput]]
+PhraseBoxes = None | BoxInput | list[BoxInput]
 Entity = tuple[str, tuple[int, int], list[Box]]
+_Part = tuple[str, tuple[int, int], list[PatchPair], int]  # see _entity_parts
 
 _PHRASE = re.compile(r"<phrase>.+?</phrase>")
 _ANY_TAG = re.compile(r"<.*?>")
@@ -182,7 +183,7 @@ def _tagless_length(text: str) -> int:
     return len(_ANY_TAG.sub("", text))
 
 
-def _entity_parts(raw: str):
+def _entity_parts(raw: str) -> Iterator[_Part]:
     """Per entity of ``raw``, in order: (name, span of the name in ``raw``, cell pairs, index of its first
     patch-index token among those of ``raw``)."""
     for match in _ENTITY.finditer(raw):
@@ -206,11 +207,15 @@ def extract_entities(text: str, grid: int = GRID) -> tuple[str, list[Entity]]:
     phrase gives one entity per box, named after its pair (``<patch_index_44><patch_index_863>``)
     with an empty span at the object's place.
     """
-    raw = text
+    return _entities_of(text, list(_entity_parts(text)), grid)
+
+
+def _entities_of(raw: str, parts: Sequence[_Part],
+                 grid: int) -> tuple[str, list[Entity]]:
     caption_unstripped = _ANY_TAG.sub("", raw)
     lead = len(caption_unstripped) - len(caption_unstripped.lstrip())
     entities: list[Entity] = []
-    for name, (start, end), cells, _ in _entity_parts(raw):
+    for name, (start, end), cells, _ in parts:
         start = _tagless_length(raw[:start]) - lead + len(name) - len(name.lstrip())
         end = _tagless_length(raw[:end]) - lead - (len(name) - len(name.rstrip()))
         entities.append((name.strip(), (start, end), [_cells_to_box(a, b, grid) for a, b in cells]))
@@ -233,11 +238,27 @@ def box_scores(text: str, patch_logprobs: Sequence[float | None]) -> list[list[f
     p(first cell) * p(second cell | first cell), from the log-probabilities of the text's patch-index
     tokens in order (:func:`location_logprobs`). A box whose tokens were not both generated (given in
     the prompt) scores None."""
+    return _scores_of(text, list(_entity_parts(text)), patch_logprobs)
+
+
+def scored_entities(text: str, patch_logprobs: Sequence[float | None] | None = None,
+                    grid: int = GRID) -> tuple[str, list[Entity], list[list[float | None]]]:
+    """:func:`extract_entities` and :func:`box_scores` of ``text`` from one parse (without
+    ``patch_logprobs`` every box scores None)."""
+    parts = list(_entity_parts(text))
+    caption, entities = _entities_of(text, parts, grid)
+    if patch_logprobs is None:
+        return caption, entities, [[None] * len(boxes) for _, _, boxes in entities]
+    return caption, entities, _scores_of(text, parts, patch_logprobs)
+
+
+def _scores_of(text: str, parts: Sequence[_Part],
+               patch_logprobs: Sequence[float | None]) -> list[list[float | None]]:
     if text.count("<patch_index_") != len(patch_logprobs):
         raise ValueError(f"the text has {text.count('<patch_index_')} patch-index tokens but "
                          f"{len(patch_logprobs)} log-probabilities were given")
     scores = []
-    for _, _, cells, first in _entity_parts(text):
+    for _, _, cells, first in parts:
         entity = []
         for k in range(len(cells)):
             a, b = patch_logprobs[first + 2 * k], patch_logprobs[first + 2 * k + 1]
@@ -246,6 +267,12 @@ def box_scores(text: str, patch_logprobs: Sequence[float | None]) -> list[list[f
     return scores
 
 
+@overload
+def post_process_generation(text: str, cleanup_and_extract: Literal[True] = True) -> tuple[str, list[Entity]]: ...
+@overload
+def post_process_generation(text: str, cleanup_and_extract: Literal[False]) -> str: ...
+@overload
+def post_process_generation(text: str, cleanup_and_extract: bool) -> str | tuple[str, list[Entity]]: ...
 def post_process_generation(text: str, cleanup_and_extract: bool = True) -> str | tuple[str, list[Entity]]:
     """Keep the text after the last ``</image>``; with ``cleanup_and_extract`` return
     ``(caption, entities)`` as :func:`extract_entities` does, else that raw text."""

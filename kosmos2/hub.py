@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .errors import UserError
+
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json")
 PROCESSOR_FILES = (
     "tokenizer.json",
@@ -21,7 +23,7 @@ DOWNLOAD_BAR = "huggingface_hub.snapshot_download"  # the name of snapshot_downl
 ByteProgress = Callable[[int, int], None]  # (bytes just written, bytes in all so far known; 0: not yet)
 
 
-class CheckpointError(OSError):
+class CheckpointError(UserError, OSError):
     """A checkpoint folder or hub repository is missing, unreachable or incomplete."""
 
 

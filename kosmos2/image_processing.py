@@ -10,17 +10,18 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .batch import BatchFeature, as_tensor_type
+from .errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-ImageInput = Union[Image.Image, np.ndarray, str, Path]
+ImageInput = Image.Image | np.ndarray | str | Path
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _size_from(size: Any, use_square_size: bool) -> tuple[int, int]:
     )
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image that cannot be used. ``kind`` says why: ``"missing"`` (no such file), ``"folder"`` (the path
     is a folder), ``"unreadable"`` (no permission, or not a regular file), ``"unsupported"``, ``"damaged"``,
     ``"too_large"`` (then ``size`` and ``limit`` are set) or ``"empty"``."""
@@ -103,7 +104,7 @@ class ImageError(ValueError):
 
 
 _ORIENTATION = 0x0112  # the EXIF orientation tag
-ImageSource = Union[str, Path, bytes, BinaryIO]
+ImageSource = str | Path | bytes | BinaryIO
 
 
 def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
@@ -161,7 +162,7 @@ def check_pixel_count(size: tuple[int, int], limit: int | None = None) -> None:
     if limit is not None and width * height > limit:
         error = Image.DecompressionBombError(
             f"{width}×{height} = {width * height} pixels is more than the limit of {limit} pixels")
-        error.size, error.limit = size, limit
+        error.size, error.limit = size, limit  # type: ignore[attr-defined]  # pillow's error declares no fields
         raise error
 
 
@@ -212,7 +213,7 @@ def to_rgb(image: ImageInput, as_displayed: bool = False) -> Image.Image:
 def preprocess_image(image: ImageInput, config: ImageProcessorConfig) -> np.ndarray:
     """One image as float32 ``(3, height, width)`` pixel values."""
     resized = to_rgb(image).resize((config.width, config.height), resample=config.resample)
-    pixels = np.asarray(resized, dtype=np.float32)  # (H, W, 3)
+    pixels: np.ndarray = np.asarray(resized, dtype=np.float32)  # (H, W, 3)
     if config.do_rescale:
         pixels = pixels * np.float32(config.rescale_factor)
     if config.do_normalize:

@@ -173,9 +173,12 @@ class TextTransformer(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> TextModelOutput:
-        if (input_ids is None) == (inputs_embeds is None):
+        if input_ids is not None and inputs_embeds is None:
+            batch, new_len = input_ids.shape
+        elif input_ids is None and inputs_embeds is not None:
+            batch, new_len = inputs_embeds.shape[:2]
+        else:
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        batch, new_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         if new_len == 0:
             raise ValueError("the input sequence is empty")
         cache = past_key_values
@@ -193,7 +196,8 @@ class TextTransformer(nn.Module):
             image_embeds = image_embeds_position_mask = None
 
         x = self.embed(input_ids, inputs_embeds, image_embeds, image_embeds_position_mask, position_ids, past_length)
-        if head_mask is None and not output_attentions and not needs_explicit_mask(attention_mask, new_len, past_length):
+        if (head_mask is None and not output_attentions
+                and not needs_explicit_mask(attention_mask, new_len, past_length)):
             mask, causal = None, new_len > 1
         else:
             mask, causal = decoder_attention_mask(attention_mask, new_len, past_length, x.dtype, x.device), False
@@ -202,7 +206,7 @@ class TextTransformer(nn.Module):
             cache.reserve(new_len)
 
         hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
+        attentions: list[torch.Tensor] | None = [] if output_attentions else None
         for layer, layer_head_mask in zip(self.layers, head_masks):
             x, weights = layer(x, mask, cache, layer_head_mask, output_attentions, causal)
             if hidden_states is not None:

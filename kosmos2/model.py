@@ -209,6 +209,7 @@ class Kosmos2Model(_Kosmos2Base):
 class Kosmos2ForConditionalGeneration(_Kosmos2Base):
     """KOSMOS-2 with the (tied) language-model head: logits, loss and ``generate``."""
 
+    text_model: Kosmos2TextForCausalLM
     _text_class = Kosmos2TextForCausalLM
 
     def forward(

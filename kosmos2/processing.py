@@ -52,7 +52,8 @@ def _resolve_lengths(padding: bool | str, truncation: bool | str | None, max_len
     implicit_truncation = max_length is not None and truncation is None and (pad is None or with_image)
     truncate = truncation in _TRUNCATE or implicit_truncation
     if verbose and pad == "longest" and max_length is not None and not truncate:
-        warnings.warn("max_length is ignored when padding=True and truncation is off; use padding='max_length'.")
+        warnings.warn("max_length is ignored when padding=True and truncation is off; use padding='max_length'.",
+                      stacklevel=1)
     length = max_length if max_length is not None else model_max_length
     if pad == "max_length" and length is None:
         pad = None  # no limit known: nothing to pad to
@@ -68,7 +69,7 @@ def _resolve_lengths(padding: bool | str, truncation: bool | str | None, max_len
 def _padded_length(lengths: list[int], settings: _Lengths, with_image: bool) -> int:
     if settings.pad is None:
         return 0
-    target = max(lengths) if settings.pad == "longest" else settings.pad_length
+    target = max(lengths) if settings.pad_length is None else settings.pad_length  # set iff pad is "max_length"
     if settings.multiple:
         target = -(-target // settings.multiple) * settings.multiple
     # With an image a row longer than max_length sets the length for the whole batch.
@@ -137,7 +138,7 @@ class Kosmos2Processor:
 
     def __call__(
         self,
-        images: ImageInput | Sequence[ImageInput] | None = None,
+        images: ImageInput | list[ImageInput] | tuple[ImageInput, ...] | None = None,
         text: str | Sequence[str] | None = None,
         bboxes: Any = None,
         num_image_tokens: int = 64,
@@ -185,7 +186,7 @@ class Kosmos2Processor:
             return batch
 
         batched = not isinstance(text, str)
-        texts = list(text) if batched else [text]
+        texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("text must be a string or a non-empty list of strings.")
         if image_list is not None and len(image_list) != len(texts):
@@ -199,7 +200,7 @@ class Kosmos2Processor:
             for t, b in zip(texts, _boxes_per_prompt(bboxes, len(texts), batched))
         ]
         self._warn_if_too_long(ids, lengths, verbose)
-        rows = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+        rows: dict[str, list[Any]] = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
         if with_image:
             first = self.tokenizer.unk_token_id + 1 if first_image_token_id is None else first_image_token_id
             if not isinstance(first, int) or first < 0 or first + num_image_tokens > len(self.tokenizer):
@@ -228,7 +229,7 @@ class Kosmos2Processor:
         limit = self.tokenizer.model_max_length
         longest = max(len(row) for row in ids)
         if verbose and lengths.truncate_length is None and limit is not None and longest > limit:
-            warnings.warn(f"A sequence has {longest} tokens, more than the model's maximum ({limit}).")
+            warnings.warn(f"A sequence has {longest} tokens, more than the model's maximum ({limit}).", stacklevel=1)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of one sequence of ids; ``skip_special_tokens`` drops ``<s> <pad> </s> <unk> <mask>`` only."""

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -158,15 +159,15 @@ def build_tokenizer(with_tags: bool = True) -> Tokenizer:
     return tok
 
 
-def tiny_config(vocab_size: int, **overrides: object) -> Kosmos2Config:
+def tiny_config(vocab_size: int, **overrides: Any) -> Kosmos2Config:
     """A small configuration; ``overrides`` may set ``text``/``vision`` dicts and top-level fields."""
     text = Kosmos2TextConfig(vocab_size=vocab_size, embed_dim=32, layers=2, ffn_dim=64, attention_heads=4)
     vision = Kosmos2VisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
     )
-    text = replace(text, **overrides.pop("text", {}))  # type: ignore[arg-type]
-    vision = replace(vision, **overrides.pop("vision", {}))  # type: ignore[arg-type]
-    return Kosmos2Config(text_config=text, vision_config=vision, **overrides)  # type: ignore[arg-type]
+    text = replace(text, **overrides.pop("text", {}))
+    vision = replace(vision, **overrides.pop("vision", {}))
+    return Kosmos2Config(text_config=text, vision_config=vision, **overrides)
 
 
 def write_tiny_checkpoint(
@@ -191,7 +192,7 @@ def write_tiny_checkpoint(
     tok = build_tokenizer(with_tags=tokenizer_with_tags)
     tok.save(str(folder / "tokenizer.json"))
     # The model's vocabulary always covers the tags and patch tokens, as the processor adds them.
-    base = tok.get_vocab_size() if tokenizer_with_tags else tok.get_vocab_size() + len(TAG_TOKENS) + NUM_PATCH_INDEX_TOKENS
+    base = tok.get_vocab_size() + (0 if tokenizer_with_tags else len(TAG_TOKENS) + NUM_PATCH_INDEX_TOKENS)
     if config is None:
         config = tiny_config(base)
     else:

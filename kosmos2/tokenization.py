@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from tokenizers import AddedToken, Tokenizer
 
@@ -99,6 +99,10 @@ class Kosmos2Tokenizer:
     def unk_token_id(self) -> int:
         return self._special_id("unk_token")
 
+    @overload
+    def convert_tokens_to_ids(self, tokens: str) -> int: ...  # type: ignore[overload-overlap]  # a str picks this first
+    @overload
+    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]: ...
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         """The id of a token (or a list of ids); unknown tokens raise ``ValueError``."""
         if not isinstance(tokens, str):
@@ -108,6 +112,10 @@ class Kosmos2Tokenizer:
             raise ValueError(f"Token {tokens!r} is not in the vocabulary.")
         return index
 
+    @overload
+    def convert_ids_to_tokens(self, ids: int) -> str: ...
+    @overload
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]: ...
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
         """The token of an id (or a list of tokens)."""
         if not isinstance(ids, int):

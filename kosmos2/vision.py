@@ -86,7 +86,7 @@ class VisionTransformer(nn.Module):
     ) -> VisionModelOutput:
         x = self.pre_layrnorm(self.embeddings(pixel_values))  # (B, 1+P, h)
         hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
+        attentions: list[torch.Tensor] | None = [] if output_attentions else None
         for layer in self.encoder.layers:
             x, weights = layer(x, need_weights=output_attentions)
             if hidden_states is not None:

@@ -17,7 +17,8 @@ from kosmos2.demo import draw, view
 from kosmos2.demo.detect import Detection, detect_many
 from kosmos2.demo.inputs import InputError
 from kosmos2.demo.loading import ModelHolder
-from kosmos2.demo.results import build_result, run_to_end
+from kosmos2.demo.generate import generate_each
+from kosmos2.demo.results import build_result
 from kosmos2.demo.settings import DetectionSettings, GenerationSettings
 from kosmos2.demo.tasks import build_request
 from kosmos2.serving import Engine
@@ -156,7 +157,7 @@ def test_scores_travel_with_the_entities_to_json_page_and_png():
     image = Image.new("RGB", (64, 64), (200, 200, 200))
     request = build_request("ground", image, "a snowman")
     text = "<grounding><phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>"
-    result = build_result(request, [text], grounding.post_process_generation, done=True,
+    result = build_result(request, [text], done=True,
                           patch_logprobs=[[math.log(0.5), math.log(0.8)]])
     (entity,) = result.entities
     assert entity.scores == [pytest.approx(0.4)] and result.entities_json()[0]["score"] == pytest.approx(0.4)
@@ -266,7 +267,7 @@ def test_one_batch_for_several_images_equals_each_alone(loaded):
 
 def test_generated_boxes_get_scores_in_every_task(loaded):
     image = Image.new("RGB", (64, 64), (120, 140, 160))
-    result = run_to_end(loaded, build_request("caption", image), GenerationSettings(max_new_tokens=8))
+    result = generate_each(loaded, [build_request("caption", image)], GenerationSettings(max_new_tokens=8))[0]
     assert all(len(e.scores) == len(e.boxes) for e in result.entities)
 
 
@@ -301,7 +302,7 @@ def test_cli_detect_prints_scored_boxes_as_json():
 
 
 def test_the_phrase_of_a_detect_prompt():
-    from kosmos2.demo.tasks import detect_phrase
+    from kosmos2.demo.detect import detect_phrase
 
     assert detect_phrase("<grounding><phrase> a red cup</phrase><object>") == "a red cup"
     with pytest.raises(ValueError, match="not a detect prompt"):

@@ -255,6 +255,33 @@ def test_yolo_from_the_same_journal_without_relabelling(detect_coco, folder, tmp
     assert data["names"] == list(PHRASES) and data["nc"] == 2 and Path(data["path"]) == folder.resolve()
 
 
+def test_a_run_reads_its_journal_once_and_writes_from_what_it_appended(folder, tmp_path, monkeypatch,
+                                                                      tiny_checkpoint):
+    reads = []
+    real = labels.read_journal
+    monkeypatch.setattr(labels, "read_journal", lambda path: reads.append(path) or real(path))
+    out, journal = tmp_path / "labels.json", tmp_path / "journal.jsonl"
+    assert label(folder, *DETECT, "--format", "coco", "--out", out, "--journal", journal,
+                 "--checkpoint", tiny_checkpoint) == 0
+    assert reads == [journal]  # read once before the model loads; the writer and the COCO file reuse it
+    labelled = [r for r in journal_lines(journal) if "failed" not in r]
+    assert len(json.loads(out.read_text())["images"]) == len(labelled) > 0  # every image appended is in the file
+
+
+def test_the_writer_reads_a_journal_again_that_changed_since_it_was_read(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    labels.JournalWriter(path, {"task": "detect"}).close()  # the run's parameters beside it
+    path.write_text('{"file":"a.png","failed":"x"}\n')
+    known = labels.read_journal(path)
+    with path.open("a") as f:  # another process, between the check and the lock
+        f.write('{"file":"b.png","failed":"y"}\n')
+    with labels.JournalWriter(path, {"task": "detect"}, known=known) as writer:
+        assert sorted(writer.journal.records) == ["a.png", "b.png"]
+    with labels.JournalWriter(path, {"task": "detect"}, known=labels.read_journal(path)) as writer:
+        writer.append({"file": "c.png", "failed": "z"})
+        assert sorted(writer.journal.records) == ["a.png", "b.png", "c.png"]
+
+
 def test_outputs_get_the_usual_permissions_and_counts_read_in_the_singular(tmp_path, capsys, tiny_checkpoint):
     folder = tmp_path / "images"
     folder.mkdir()

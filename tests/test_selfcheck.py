@@ -22,21 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-from kosmos2.cli.selfcheck import (
-    SCORE_SLICES,
-    Agreement,
-    Case,
-    Produced,
-    UsageError,
-    agreement,
-    box_iou,
-    cases_from,
-    compare,
-    compare_case,
-    default_expectations,
-    jpeg_round_trip,
-    main,
-)
+from kosmos2.cli.common import UsageError
+from kosmos2.cli.selfcheck import main
+from kosmos2.cli.selfcheck.command import jpeg_round_trip
+from kosmos2.cli.selfcheck.compare import Agreement, Produced, agreement, box_iou, compare, compare_case
+from kosmos2.cli.selfcheck.expectations import SCORE_SLICES, Case, cases_from, default_expectations
 from reference import reference_processor
 from reference_model import reference_model
 
@@ -346,7 +336,7 @@ def test_agreement_matches_entities_by_phrase():
 
 
 def test_unknown_case_names_are_a_usage_error():
-    from kosmos2.cli.selfcheck import select_cases
+    from kosmos2.cli.selfcheck.expectations import select_cases
 
     cases = cases_from(json.loads(default_expectations().read_text(encoding="utf-8")))
     assert [c.name for c in select_cases(cases, "brief, grounded VQA")] == ["brief", "grounded VQA"]

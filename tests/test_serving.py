@@ -386,3 +386,14 @@ def test_a_row_stream_ends_once():
     stream._put(6, -0.5)
     stream._finish(RuntimeError("late"))
     assert list(stream) == [5] and stream.result(timeout=1) == [5]
+
+
+@pytest.mark.parametrize("decoding", [{}, {"do_sample": True}, {"num_beams": 2}], ids=["greedy", "sampling", "beam"])
+def test_every_decoding_stops_after_the_step_at_which_it_is_asked_to(env, decoding):
+    model, processor, _, images = env
+    engine = Engine(model)
+    asked = []
+    settings = DecodingSettings(max_new_tokens=12, min_new_tokens=12, **decoding)  # (no end before the 12th)
+    inputs = _batch(processor, images) if "num_beams" not in decoding else _inputs(processor, PROMPTS[0], images[0])
+    out = engine.run(engine.rows(**inputs), settings, stop=lambda: asked.append(1) or len(asked) >= 3)
+    assert len(asked) == 3 and out.sequences.shape[1] == 3

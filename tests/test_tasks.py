@@ -16,8 +16,8 @@ from PIL import Image, ImageOps
 
 from kosmos2.demo import draw, inputs, loading, tasks
 from kosmos2.demo import results as demo_results
+from kosmos2.demo.generate import generate_each, stream_generation
 from kosmos2.demo import settings as demo_settings
-from kosmos2.grounding import post_process_generation
 from kosmos2.demo.inputs import InputError
 from kosmos2.demo.tasks import build_request
 from kosmos2.hub import CheckpointError
@@ -262,7 +262,7 @@ def test_labels_of_boxes_at_one_corner_are_all_readable():
     request = build_request("ground", Image.new("RGB", (320, 320)), "a big cup\na spoon", [])
     rows = ["<grounding><phrase> a big cup</phrase><object><patch_index_0066><patch_index_1023></object>",
             "<grounding><phrase> a spoon</phrase><object><patch_index_0066><patch_index_0330></object>"]
-    page = view.render("data:,", demo_results.build_result(request, rows, post_process_generation, done=True))
+    page = view.render("data:,", demo_results.build_result(request, rows, done=True))
     found = re.findall(r'<g class="k2-label"[^>]*><rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" '
                        r'height="([\d.]+)"', page)
     (x1, y1, w1, h1), (x2, y2, w2, h2) = [tuple(map(float, f)) for f in found]
@@ -320,13 +320,12 @@ def test_cli_reports_bad_input(tmp_path):
 
 def test_entities_appear_when_their_object_closes(image):
     """Partial texts: an object still open gives no entity; once closed, SPEC.md's snowman box."""
-    from kosmos2.grounding import post_process_generation
 
     request = build_request("caption", image)
     head = "<image>x</image><grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044>"
-    partial = demo_results.build_result(request, [head], post_process_generation)
+    partial = demo_results.build_result(request, [head])
     assert partial.caption == "An image of a snowman" and partial.entities == []
-    final = demo_results.build_result(request, [head + "<patch_index_0863></object> warming"], post_process_generation,
+    final = demo_results.build_result(request, [head + "<patch_index_0863></object> warming"],
                                done=True)
     (e,) = final.entities
     assert (e.phrase, e.span, e.boxes) == ("a snowman", (12, 21), [(0.390625, 0.046875, 0.984375, 0.828125)])
@@ -336,12 +335,11 @@ def test_entities_appear_when_their_object_closes(image):
 
 
 def test_rows_are_merged_with_one_colour_per_row(image):
-    from kosmos2.grounding import post_process_generation
 
     request = build_request("ground", image, "a snowman\na fire")
     texts = ["</image><grounding><phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>",
              "</image><grounding><phrase> a fire</phrase><object><patch_index_0005><patch_index_0911></object>"]
-    result = demo_results.build_result(request, texts, post_process_generation, done=True)
+    result = demo_results.build_result(request, texts, done=True)
     assert result.caption == "a snowman\na fire"
     assert [(e.phrase, e.span) for e in result.entities] == [("a snowman", (0, 9)), ("a fire", (10, 16))]
     assert [e.colour for e in result.entities] == draw.entity_colours(2)
@@ -351,12 +349,32 @@ def test_runner_streams_then_finishes(tiny_checkpoint, image):
     loaded = loading.ModelHolder(str(tiny_checkpoint), device="cpu").get()
     assert not loaded.is_tiny  # a folder was given: no fallback
     settings = demo_settings.GenerationSettings.from_user(max_new_tokens=8)
-    results = list(demo_results.run(loaded, build_request("refer", image, boxes=[SNOWMAN_BOX]), settings, min_interval_s=0))
+    results = list(stream_generation(loaded, build_request("refer", image, boxes=[SNOWMAN_BOX]), settings, min_interval_s=0))
     *partials, final = results
     assert partials and not any(r.done for r in partials) and final.done
     assert [r.new_tokens for r in partials] == list(range(1, len(partials) + 1))
     assert final.raw.startswith("<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is")
     assert final.first_token_s is not None and final.seconds >= final.first_token_s
+
+
+def test_each_row_is_decoded_and_parsed_once_per_new_token_and_not_at_all_without_partial_results(
+        tiny_checkpoint, image, monkeypatch):
+    from kosmos2.demo import generate
+    from kosmos2.demo.execute import run_task
+
+    loaded = loading.ModelHolder(str(tiny_checkpoint), device="cpu").get()
+    parsed: list[str] = []
+    real = generate.parse_row
+    monkeypatch.setattr(generate, "parse_row", lambda text, *a: parsed.append(text) or real(text, *a))
+    settings = demo_settings.GenerationSettings.from_user(max_new_tokens=8)
+    request = build_request("ground", image, "a snowman\na fire")  # two rows
+    *ticks, final = run_task(loaded, tasks.TASKS["ground"], request, settings, min_interval_s=0, partial=False)
+    assert ticks and all(t is None for t in ticks) and final.done
+    assert len(parsed) == 2  # the final result's two rows, once each
+    parsed.clear()
+    *partials, again = run_task(loaded, tasks.TASKS["ground"], request, settings, min_interval_s=0)
+    assert again.raw == final.raw
+    assert len(parsed) == len(set(parsed))  # a row that did not grow is not parsed again (the final result included)
 
 
 def test_a_named_checkpoint_that_is_missing_is_an_error_not_a_fallback(tmp_path):
@@ -378,13 +396,12 @@ def test_rotated_image_boxes_are_in_the_rotated_frame():
 
 def test_view_links_phrases_and_boxes_and_escapes_text(image):
     from kosmos2.demo import view
-    from kosmos2.grounding import post_process_generation
 
     request = build_request("caption", image)
     text = ("</image><grounding> An &<phrase> a snowman</phrase><object><patch_index_0044>"
             "<patch_index_0863></object> by<phrase> a fire</phrase><object><patch_index_0005><patch_index_0911>"
             "</object> 1 <img src=x onerror=alert(1)")
-    result = demo_results.build_result(request, [text], post_process_generation, done=True)
+    result = demo_results.build_result(request, [text], done=True)
     html = view.render(view.image_data_uri(image), result)
     assert result.caption.endswith("1 <img src=x onerror=alert(1)")
     assert "<img src=x" not in html and "1 &lt;img src=x" in html and "An &amp;" in html  # text is escaped
@@ -413,12 +430,13 @@ def test_closing_a_run_stops_generation(tiny_checkpoint, image, monkeypatch):
 
     monkeypatch.setattr(engine, "run", spy)
     settings = demo_settings.GenerationSettings.from_user(max_new_tokens=512)
-    stream = demo_results.run(loaded, build_request("caption", image), settings, min_interval_s=0)
+    stream = stream_generation(loaded, build_request("caption", image), settings, min_interval_s=0)
     first = next(stream)
     assert not first.done and first.new_tokens == 1
     stream.close()  # what Gradio does when the browser goes away
     loaded.batcher.close()  # waits for the batch to end
-    assert "ids" not in ended and type(ended["error"]).__name__ == "_AllRowsDone"
+    # the decoding loop was asked to stop (DecodeJob.stop) and ended early, without an error
+    assert "error" not in ended and ended["ids"].sequences.shape[1] < 512
 
 
 def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoint, image):
@@ -428,7 +446,7 @@ def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoin
     settings = demo_settings.GenerationSettings.from_user(max_new_tokens=6)
     requests = [build_request("caption", image), build_request("ground", image, "a snowman\na fire"),
                 build_request("ask", image.rotate(90, expand=True), "What is this?")]
-    alone = [demo_results.run_to_end(loaded, r, settings).raw for r in requests]
+    alone = [generate_each(loaded, [r], settings)[0].raw for r in requests]
     batcher, wait_s = loaded.batcher, 120  # only a hang reaches the deadline, however loaded the machine
     before = len(batcher.batch_sizes)
     together: dict[int, str] = {}
@@ -436,7 +454,7 @@ def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoin
 
     def user(i: int) -> None:
         try:
-            together[i] = demo_results.run_to_end(loaded, requests[i], settings).raw
+            together[i] = generate_each(loaded, [requests[i]], settings)[0].raw
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
@@ -496,12 +514,12 @@ def test_region_descriptions_take_the_colours_the_boxes_were_drawn_with():
     assert request.box_colours == ("#e6194b", "#3cb44b")  # hex of the drawn RGB triples
     texts = ["<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is red",
              "<grounding><phrase> It</phrase><object><patch_index_0005><patch_index_0911></object> is green"]
-    result = demo_results.build_result(request, texts, post_process_generation)
+    result = demo_results.build_result(request, texts)
     assert [e.colour for e in result.entities] == ["#e6194b", "#3cb44b"]
     # Without colours on the boxes (API pixel lists) the palette is used, one colour per row.
     plain = tasks.build_request("refer", Image.new("RGB", (320, 240)), boxes=[[10, 10, 100, 80], [150, 60, 300, 200]])
     assert plain.box_colours == ()
-    colours = [e.colour for e in demo_results.build_result(plain, texts, post_process_generation).entities]
+    colours = [e.colour for e in demo_results.build_result(plain, texts).entities]
     assert colours == draw.entity_colours(2)
 
 
@@ -512,7 +530,7 @@ def test_the_page_shows_an_asked_questions_answer_alone_and_the_caption_keeps_th
     request = build_request("ask", Image.new("RGB", (320, 240)), "What is [this] doing?", drawn)
     text = ("<grounding> Question: What is<phrase> this</phrase><object><patch_index_0044><patch_index_0863></object> "
             "doing? Answer: It is<phrase> sleeping</phrase><object><patch_index_0005><patch_index_0911></object>.")
-    result = demo_results.build_result(request, [text], post_process_generation, done=True)
+    result = demo_results.build_result(request, [text], done=True)
     assert result.caption == "Question: What is this doing? Answer: It is sleeping."  # the API's caption
     page = view.render("data:,", result)
     shown = page.split('<div class="k2-caption">')[1]
@@ -529,7 +547,7 @@ def test_drawn_boxes_are_numbered_in_the_order_given_on_the_labels_and_in_the_te
     text = ("<grounding><phrase> a cup</phrase><object><patch_index_0044><patch_index_0863></object> and<phrase> a "
             "spoon</phrase><object><patch_index_0005><patch_index_0911></object> on<phrase> a table</phrase><object>"
             "<patch_index_0000><patch_index_1023></object>")
-    result = demo_results.build_result(request, [text], post_process_generation, done=True)
+    result = demo_results.build_result(request, [text], done=True)
     assert [a.label for a in result.annotations()] == ["Box 1 · a cup", "Box 2 · a spoon", "a table"]
     page = view.render("data:,", result)
     assert page.count('class="k2-boxno"') == 2 and ">Box 1</span> <span class=\"k2-ph\" data-e=\"0\"" in page, page

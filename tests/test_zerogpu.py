@@ -12,7 +12,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from kosmos2.demo.loading import ModelHolder
-from kosmos2.demo.results import run_to_end
+from kosmos2.demo.generate import generate_each
 from kosmos2.demo.settings import GenerationSettings
 from kosmos2.demo.tasks import build_request
 from launch import ROOT, serve_subprocess
@@ -32,8 +32,8 @@ def zero(tmp_path_factory):
 
 def _expected(task: str, text: str | None = None, boxes=None, max_new_tokens: int = 6) -> str:
     loaded = ModelHolder(force_tiny=True).get()  # the same built-in tiny checkpoint (seed 0)
-    return run_to_end(loaded, build_request(task, str(CAT), text, boxes),
-                      GenerationSettings(max_new_tokens=max_new_tokens)).caption
+    return generate_each(loaded, [build_request(task, str(CAT), text, boxes)],
+                         GenerationSettings(max_new_tokens=max_new_tokens))[0].caption
 
 
 def test_api_calls_run_in_forked_children_on_the_model_loaded_once_at_start(zero):

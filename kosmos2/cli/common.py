@@ -10,13 +10,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..demo.inputs import InputError
+from ..errors import UserError
 from ..demo.loading import DTYPES, ModelHolder
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS, Setting
 from ..demo.tasks import Task
 from ..precision import INT8_MODES
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A bad command line (or a file it names); the message is one line for the user: an ``error:`` line,
     exit status 2."""
 

@@ -12,12 +12,10 @@ import json
 import sys
 
 from ..demo.draw import annotate
-from ..demo.execute import execute_to_end
-from ..demo.inputs import InputError
-from ..demo.loading import SettingError
+from ..demo.execute import run_tasks
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS
 from ..demo.tasks import TASKS, Task, build_request
-from ..hub import CheckpointError
+from ..errors import UserError
 from .common import (OneLineParser, UsageError, add_model_flags, add_phrase_flag, add_setting_flags,
                      model_holder, program, refuse, setting_flags)
 
@@ -63,12 +61,12 @@ def main(argv: list[str]) -> int:
         holder = model_holder(args)
         request = build_request(args.task, args.image, text, ";".join(args.box), not args.no_grounding)
         loaded = holder.get()  # an explicitly named checkpoint that cannot be loaded is an error, not a fallback
-    except (UsageError, InputError, SettingError, CheckpointError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if loaded.is_tiny:  # (why, when it is the offline fallback, is said once by the loading line above)
         print("warning: tiny checkpoint with random weights: outputs are random", file=sys.stderr)
-    result = execute_to_end(loaded, task, request, settings)
+    [result] = run_tasks(loaded, task, [request], settings)
     holder.close()
     if args.out:
         annotate(request.image, result.annotations()).save(args.out, format="PNG")

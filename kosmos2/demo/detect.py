@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,9 +13,24 @@ import torch
 from .. import detection, grounding
 from ..detection import Candidate
 from .loading import LoadedModel
-from .results import TaskResult, build_result, location_token_ids
+from .mode import Mode
+from .request import TaskRequest
+from .results import TaskResult, build_result
 from .settings import DetectionSettings
-from .tasks import TaskRequest, detect_phrase
+
+_HEAD, _TAIL = "<grounding><phrase> ", "</phrase><object>"  # around the phrase of a detect prompt
+
+
+def detect_prompt(phrase: str) -> str:
+    """The prompt that asks where ``phrase`` is: the model's next two tokens are a box."""
+    return f"{_HEAD}{phrase}{_TAIL}"
+
+
+def detect_phrase(prompt: str) -> str:
+    """The phrase of a :func:`detect_prompt`."""
+    if not (prompt.startswith(_HEAD) and prompt.endswith(_TAIL)):
+        raise ValueError(f"not a detect prompt: {prompt!r}")
+    return prompt[len(_HEAD):-len(_TAIL)]
 
 
 @dataclass(frozen=True)
@@ -37,7 +52,7 @@ class Detection:
             markup = grounding.object_markup([(c.first, c.second) for c in kept]) if kept else ""
             texts.append(f"<grounding><phrase> {phrase}</phrase>{markup}")
             logprobs.append([lp for c in kept for lp in (math.log(c.p_first), math.log(c.p_second))])
-        out = build_result(self.request, texts, grounding.post_process_generation, done=True, patch_logprobs=logprobs)
+        out = build_result(self.request, texts, done=True, patch_logprobs=logprobs)
         out.detection, out.seconds, out.threshold, out.refiltered = self, self.seconds, settings.threshold, refiltered
         return out
 
@@ -58,7 +73,7 @@ def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: 
         rows.extend(engine.rows(batch["pixel_values"], batch["input_ids"], batch["image_embeds_position_mask"],
                                 batch["attention_mask"]))
         phrases.append(tuple(detect_phrase(p) for p in request.prompts))
-    location_ids = torch.tensor(location_token_ids(processor))
+    location_ids = torch.tensor(loaded.location_ids)
     located = engine.locate(rows, location_ids, settings.candidates, detection.FIRST_CELL_FLOOR)
     seconds = time.perf_counter() - start
     out, at = [], 0
@@ -71,3 +86,11 @@ def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: 
         at += len(names)
         out.append(Detection(request, names, tuple(per_phrase), seconds).result(settings))
     return out
+
+
+def _detect_one(loaded: LoadedModel, request: TaskRequest, settings: DetectionSettings,
+                min_interval_s: float, partial: bool) -> Iterator[TaskResult | None]:
+    yield from detect_many(loaded, [request], settings)  # (one step: no partial results)
+
+
+DETECT = Mode("detect", DetectionSettings, stream=_detect_one, many=detect_many, batches_images=True, refilters=True)

@@ -1,33 +1,34 @@
-"""Running any task of the table: generation (streamed) or detection, with the task's own settings."""
+"""The one way to run a task of the table, for the app, the CLI, ``label`` and the benchmarks: the task's
+:class:`~kosmos2.demo.mode.Mode` decides how (generation, streamed, or detection)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .detect import detect_many
 from .loading import LoadedModel
-from .results import TaskResult, run, run_to_end
-from .settings import DetectionSettings, GenerationSettings
-from .tasks import Task, TaskRequest
+from .mode import Settings
+from .request import TaskRequest
+from .results import TaskResult
+from .tasks import Task
 
 
-def task_settings(task: Task, values: Mapping[str, Any]) -> GenerationSettings | DetectionSettings:
+def task_settings(task: Task, values: Mapping[str, Any]) -> Settings:
     """``values`` (by name, from an untrusted source) checked as the task's settings group."""
     return task.settings.from_user(**values)
 
 
-def execute(loaded: LoadedModel, task: Task, request: TaskRequest, settings: GenerationSettings | DetectionSettings,
-            min_interval_s: float = 0.05) -> Iterator[TaskResult]:
-    """Partial results while a generating task runs (at most every ``min_interval_s``), the final one last;
-    a detect task yields its final result only."""
-    if task.detect:
-        yield from detect_many(loaded, [request], settings)
-    else:
-        yield from run(loaded, request, settings, min_interval_s)
+def run_task(loaded: LoadedModel, task: Task, request: TaskRequest, settings: Settings,
+             min_interval_s: float = math.inf, partial: bool = True) -> Iterator[TaskResult | None]:
+    """Run ``task`` on a validated ``request`` (see :func:`~kosmos2.demo.tasks.build_request`) with the
+    task's ``settings``: partial results while it runs (at most every ``min_interval_s``; none by
+    default), the final one last. Without ``partial`` a None stands for each partial result (nothing is
+    built: the caller only wants to keep control while it waits). Closing the iterator early stops the
+    request's work."""
+    return task.mode.stream(loaded, request, settings, min_interval_s, partial)
 
 
-def execute_to_end(loaded: LoadedModel, task: Task, request: TaskRequest,
-                   settings: GenerationSettings | DetectionSettings) -> TaskResult:
-    """The final result of :func:`execute`."""
-    return detect_many(loaded, [request], settings)[0] if task.detect else run_to_end(loaded, request, settings)
+def run_tasks(loaded: LoadedModel, task: Task, requests: Sequence[TaskRequest], settings: Settings) -> list[TaskResult]:
+    """The final result of each of ``requests`` for ``task`` (detection runs them in one batch)."""
+    return task.mode.many(loaded, requests, settings)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
 from ..grounding import Box, PixelBox
 from ..image_processing import ImageError, check_pixel_count, open_image, to_rgb
 from .draw import rgb_to_hex
@@ -27,7 +28,7 @@ MAX_PHRASES = 8
 MAX_IMAGE_PIXELS = 40_000_000
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A problem with the user's input; the message is meant for the user."""
 
 

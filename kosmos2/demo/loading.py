@@ -14,11 +14,14 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from .. import grounding
+from ..errors import UserError
 from ..hub import MODEL_FILES, CheckpointError, resolve_checkpoint
 from ..precision import INT8_MODES, check_quantize, resolve_dtype
 from ..processing import AutoProcessor, Kosmos2Processor
@@ -38,7 +41,7 @@ DOWNLOAD_LINE_S = 10.0  # a terminal line on the download's progress this often
 ENVIRONMENT = ("KOSMOS2_CHECKPOINT", "KOSMOS2_DTYPE", "KOSMOS2_QUANTIZE")  # every KOSMOS2_* setting
 
 
-class SettingError(ValueError):
+class SettingError(UserError, ValueError):
     """A bad setting (a ``KOSMOS2_*`` variable or the argument standing for it); the message, one line,
     names it and what it accepts."""
 
@@ -102,6 +105,12 @@ class LoadedModel:
     is_tiny: bool
     note: str = ""  # why the tiny checkpoint is in use, for the UI's banner
     quantize: str | None = None  # "int8": the experimental int8 text decoder
+
+    @cached_property
+    def location_ids(self) -> tuple[int, ...]:
+        """The ids of the location tokens ``<patch_index_0000>`` ... in cell order (looked up once)."""
+        return tuple(self.processor.tokenizer.convert_tokens_to_ids(
+            [grounding.patch_index_token(i) for i in range(grounding.NUM_PATCH_INDEX_TOKENS)]))
 
 
 class ModelHolder:

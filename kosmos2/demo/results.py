@@ -1,11 +1,8 @@
-"""Running a request: the streaming runner and the :class:`TaskResult` it yields."""
+"""What a run gives: the :class:`TaskResult`, built from the decoded rows of one batch, each parsed once."""
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -13,9 +10,7 @@ from .. import grounding
 from ..detection import Candidate
 from ..grounding import Box, PixelBox
 from .draw import Annotation, entity_colours, format_score
-from .loading import LoadedModel
-from .settings import GenerationSettings
-from .tasks import TaskRequest
+from .request import TaskRequest
 
 
 class DetectRun(Protocol):
@@ -126,43 +121,60 @@ def count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-def _after_image(text: str) -> str:
-    return text.rsplit("</image>", 1)[-1].strip()
+@dataclass(frozen=True)
+class ParsedRow:
+    """One decoded batch row, parsed once: the text after its image (``raw``), its caption, its entities
+    (phrase, span in the caption, normalised boxes), their boxes in pixels and each box's score (None for a
+    box given in the prompt, or when no scores were given)."""
+
+    raw: str
+    caption: str
+    entities: list[grounding.Entity]
+    pixel_boxes: list[list[PixelBox]]
+    scores: list[list[float | None]]
 
 
-def build_result(request: TaskRequest, texts: Sequence[str], post_process: Callable[[str], tuple],
-                 done: bool = False, patch_logprobs: Sequence[Sequence[float | None]] | None = None) -> TaskResult:
-    """Merge the decoded rows of one batch into a single result (captions joined by newlines).
+def parse_row(text: str, size: tuple[int, int], patch_logprobs: Sequence[float | None] | None = None) -> ParsedRow:
+    """Parse a decoded row (its whole text; only the part after the last ``</image>`` counts) for an image
+    of ``size`` (width, height); ``patch_logprobs`` (see :func:`kosmos2.grounding.location_logprobs`) give
+    the boxes their scores."""
+    after = grounding.post_process_generation(text, cleanup_and_extract=False)
+    caption, entities, scores = grounding.scored_entities(after, patch_logprobs)
+    pixel = grounding.entities_to_pixel_boxes(entities, *size)
+    return ParsedRow(after.strip(), caption, entities, [[tuple(b) for b in boxes] for _, _, boxes in pixel], scores)
 
-    ``patch_logprobs`` (per row, see :func:`kosmos2.grounding.location_logprobs`) give the boxes their
-    scores; without them boxes have no score."""
-    width, height = request.image.size
+
+def build_result(request: TaskRequest, texts: Sequence[str], done: bool = False,
+                 patch_logprobs: Sequence[Sequence[float | None]] | None = None) -> TaskResult:
+    """Merge the decoded rows of one batch into a single result (captions joined by newlines); see
+    :func:`parse_row` for ``patch_logprobs`` (per row)."""
+    size = request.image.size
+    return merge_rows(request, [parse_row(t, size, None if patch_logprobs is None else patch_logprobs[row])
+                                for row, t in enumerate(texts)], done)
+
+
+def merge_rows(request: TaskRequest, rows: Sequence[ParsedRow], done: bool = False) -> TaskResult:
+    """The result of a batch's parsed rows (see :func:`build_result`)."""
     if not request.colour_by_row:
-        row_colours: list[str | None] = [None] * len(texts)
+        row_colours: list[str | None] = [None] * len(rows)
     else:
-        row_colours = list(request.box_colours) or entity_colours(len(texts))
-    caption_parts: list[str] = []
+        row_colours = list(request.box_colours) or entity_colours(len(rows))
     entities: list[ResultEntity] = []
     row_spans = []
     offset = 0
-    for row, text in enumerate(texts):
-        caption, row_entities = post_process(text)
-        pixel = grounding.entities_to_pixel_boxes(row_entities, width, height)
-        scores = (grounding.box_scores(grounding.post_process_generation(text, cleanup_and_extract=False),
-                                       patch_logprobs[row]) if patch_logprobs is not None
-                  else [[None] * len(boxes) for _, _, boxes in row_entities])
-        for (phrase, (start, end), boxes), (_, _, pixel_boxes), box_scores in zip(row_entities, pixel, scores):
+    for row, parsed in enumerate(rows):
+        for (phrase, (start, end), boxes), pixel_boxes, box_scores in zip(parsed.entities, parsed.pixel_boxes,
+                                                                          parsed.scores):
             entities.append(ResultEntity(phrase, (start + offset, end + offset), [tuple(b) for b in boxes],
-                                         [tuple(b) for b in pixel_boxes], "", row, box_scores))
-        caption_parts.append(caption)
-        row_spans.append((offset, offset + len(caption)))
-        offset += len(caption) + 1
+                                         list(pixel_boxes), "", row, list(box_scores)))
+        row_spans.append((offset, offset + len(parsed.caption)))
+        offset += len(parsed.caption) + 1
     # one row: its first entities are the [bracketed] words of the prompt, the i-th bound to the i-th box
     bound = [] if request.colour_by_row else list(request.box_colours[:len(entities)])
     colours = bound + entity_colours(len(entities) - len(bound))
     for i, e in enumerate(entities):
         e.colour = row_colours[e.row] or colours[i]
-    caption = "\n".join(caption_parts)
+    caption = "\n".join(r.caption for r in rows)
     if request.colour_by_row:  # a region's description: its row's first phrase ("It") is the row's box
         firsts = [next((i for i, e in enumerate(entities) if e.row == r), None) for r in range(request.drawn_boxes)]
         numbers = {i: r + 1 for r, i in enumerate(firsts) if i is not None}
@@ -170,64 +182,7 @@ def build_result(request: TaskRequest, texts: Sequence[str], post_process: Calla
         numbers = {i: i + 1 for i in range(min(request.drawn_boxes, len(entities)))}
     marker = caption.find(request.answer_after) if request.answer_after else -1
     shown_from = marker + len(request.answer_after) if marker >= 0 else 0
-    return TaskResult(request.task, caption, entities, "\n".join(_after_image(t) for t in texts), row_spans,
+    width, height = request.image.size
+    return TaskResult(request.task, caption, entities, "\n".join(r.raw for r in rows), row_spans,
                       row_colours, (width, height), done, colour_row_text=request.colour_row_text,
                       shown_from=len(caption) - len(caption[shown_from:].lstrip()), box_numbers=numbers)
-
-
-def location_token_ids(processor: Any) -> list[int]:
-    """The ids of the location tokens ``<patch_index_0000>`` ... in cell order."""
-    return processor.tokenizer.convert_tokens_to_ids(
-        [grounding.patch_index_token(i) for i in range(grounding.NUM_PATCH_INDEX_TOKENS)])
-
-
-def run(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
-        min_interval_s: float = 0.05) -> Iterator[TaskResult]:
-    """Generate for ``request``, yielding partial results while tokens arrive and the final one last.
-
-    The rows go to the model's batcher (decoded together with other users' waiting rows, the image
-    prefix cached); partial results are yielded every ``min_interval_s`` seconds at most, and (for a
-    positive, finite ``min_interval_s``) at least, while tokens are awaited, as with beam search, which
-    gives its tokens at the end. A generation
-    error is raised here. Closing the iterator early (a client that went away) drops the rows from
-    their batch at its next step (beam search stops too).
-    """
-    from ..serving import follow  # model code loads with the model, not with the app (see ModelHolder._from)
-
-    processor = loaded.processor
-    n = len(request.prompts)
-    batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
-    prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    locations = set(location_token_ids(processor))
-    image_end = processor.tokenizer.convert_tokens_to_ids("</image>")
-
-    def result(new_ids: list[list[int]], seconds: float, first: float | None, done: bool) -> TaskResult:
-        ids = [p + q for p, q in zip(prompt_ids, new_ids)]
-        texts = processor.batch_decode(ids, skip_special_tokens=True)
-        logprobs = [grounding.location_logprobs(row, [None] * len(p) + stream.logprobs[:len(q)], locations, image_end)
-                    for row, p, q, stream in zip(ids, prompt_ids, new_ids, streams)]
-        out = build_result(request, texts, processor.post_process_generation, done=done, patch_logprobs=logprobs)
-        out.new_tokens, out.seconds, out.first_token_s = max(map(len, new_ids)), seconds, first
-        return out
-
-    start = time.perf_counter()
-    first: float | None = None
-    new_ids: list[list[int]] = [[] for _ in range(n)]
-    last_yield = 0.0
-    tick = min_interval_s if 0 < min_interval_s < math.inf else None  # partial results even without new tokens
-    streams = loaded.batcher.submit_batch(**batch, **settings.generate_kwargs())
-    with closing(follow(streams, tick)) as steps:
-        for new_ids in steps:
-            now = time.perf_counter()
-            if first is None and settings.streams and any(new_ids):
-                first = now - start
-            if now - last_yield >= min_interval_s:
-                last_yield = now
-                yield result(new_ids, now - start, first, done=False)
-    yield result(new_ids, time.perf_counter() - start, first, done=True)
-
-
-def run_to_end(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings) -> TaskResult:
-    """Run without streaming updates; return the final result."""
-    *_, final = run(loaded, request, settings, min_interval_s=math.inf)
-    return final

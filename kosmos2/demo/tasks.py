@@ -12,10 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
 
 from .. import grounding
 from ..grounding import Box
+from .detect import DETECT, detect_prompt
+from .generate import GENERATE
+from .mode import Mode
+from .request import TaskRequest
 from .settings import DetectionSettings, GenerationSettings
 from .inputs import (
     InputError,
@@ -58,8 +61,9 @@ class Task:
     ``text`` the label of its text field (None: no text); ``boxes`` "none", "optional" or
     "required"; ``grounding_option`` adds a "ground the output" checkbox; ``colour_by_row`` gives
     each batch row one colour (one row per phrase or box), and ``colour_row_text`` writes each row's text
-    in it too (a description of the box drawn in that colour); ``detect`` finds every instance of each
-    phrase with scores (``kosmos2.demo.detect``, settings ``DetectionSettings``) instead of generating text;
+    in it too (a description of the box drawn in that colour); ``mode`` is how it runs: generating text
+    (:data:`~kosmos2.demo.generate.GENERATE`) or finding every instance of each phrase with scores
+    (:data:`~kosmos2.demo.detect.DETECT`), with the settings group of its mode;
     ``answer_after``: the page shows the text after it (the answer, not the prompt's scaffold around the
     question), the caption and the raw output keep the whole.
     """
@@ -80,27 +84,13 @@ class Task:
     colour_by_row: bool = False
     colour_row_text: bool = False
     examples: tuple[Example, ...] = ()
-    detect: bool = False  # runs kosmos2.demo.detect with DetectionSettings instead of generating
+    mode: Mode = GENERATE
     answer_after: str = ""
 
     @property
     def settings(self) -> type[GenerationSettings] | type[DetectionSettings]:
         """The settings group the task takes."""
-        return DetectionSettings if self.detect else GenerationSettings
-
-
-@dataclass(frozen=True)
-class TaskRequest:
-    """A validated request: the image (RGB, as the model sees it) and one prompt per batch row."""
-
-    task: str
-    image: Image.Image
-    prompts: tuple[str, ...]
-    colour_by_row: bool = False  # one colour per row (phrase grounding, region description)
-    box_colours: tuple[str, ...] = ()  # the colours the user's boxes were drawn with, in the order drawn
-    colour_row_text: bool = False  # each row's text in its colour too
-    answer_after: str = ""  # see Task.answer_after
-    drawn_boxes: int = 0  # how many boxes the user gave (numbered "Box 1", "Box 2" in the result)
+        return self.mode.settings
 
 
 # --------------------------------------------------------------------------- prompt pieces
@@ -146,21 +136,6 @@ def _ground_prompts(p: Prompting) -> list[str]:
     return [f"<grounding><phrase> {phrase}</phrase>" for phrase in parse_phrases(p.text)]
 
 
-_DETECT_HEAD, _DETECT_TAIL = "<grounding><phrase> ", "</phrase><object>"  # around the phrase of a detect prompt
-
-
-def detect_prompt(phrase: str) -> str:
-    """The prompt that asks where ``phrase`` is: the model's next two tokens are a box."""
-    return f"{_DETECT_HEAD}{phrase}{_DETECT_TAIL}"
-
-
-def detect_phrase(prompt: str) -> str:
-    """The phrase of a :func:`detect_prompt`."""
-    if not (prompt.startswith(_DETECT_HEAD) and prompt.endswith(_DETECT_TAIL)):
-        raise ValueError(f"not a detect prompt: {prompt!r}")
-    return prompt[len(_DETECT_HEAD):-len(_DETECT_TAIL)]
-
-
 def _detect_prompts(p: Prompting) -> list[str]:
     return [detect_prompt(phrase) for phrase in parse_phrases(p.text)]
 
@@ -196,7 +171,7 @@ TASKS: dict[str, Task] = {
              examples=(Example("astronaut.jpg", "a woman\nthe flag"), Example("coffee.jpg", "a cup of coffee\na spoon"))),
         Task("detect", "Detect every instance", "Find every instance of each phrase (one per line), each box with "
              "its score.", _detect_prompts, tab="Detect", button="Detect", text="Phrases", text_lines=3,
-             text_info="One phrase per line; all are searched in one batch.", colour_by_row=True, detect=True,
+             text_info="One phrase per line; all are searched in one batch.", colour_by_row=True, mode=DETECT,
              examples=(Example("coffee.jpg", "a cup\na spoon"), Example("astronaut.jpg", "a flag"))),
         Task("refer", "Describe a region", "Draw one or more boxes; the model describes each.",
              _refer_prompts, tab="Describe a region", button="Describe the boxes", image_label="Image: draw boxes",

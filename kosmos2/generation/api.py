@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ..cache import KVCache
-from ..outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
-from .settings import DecodingSettings, GenerationConfig, Streamer
+from ..outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput, VisionModelOutput
 from .loop import DecodeJob, check_prompt_shapes, check_streaming, decode, eos_id_list, left_padding
+from .settings import DecodingSettings, GenerationConfig, Streamer
 
 
 class GenerativeModel(Protocol):
@@ -28,10 +28,13 @@ class GenerativeModel(Protocol):
     @property
     def dtype(self) -> torch.dtype: ...
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+    def get_image_features(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, VisionModelOutput]: ...
 
     def next_token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None = None,
-                          image_embeds: torch.Tensor | None = None, image_embeds_position_mask: torch.Tensor | None = None,
+                          image_embeds: torch.Tensor | None = None,
+                          image_embeds_position_mask: torch.Tensor | None = None,
                           position_ids: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
@@ -113,7 +116,8 @@ def generate(
     """
     try:
         settings = DecodingSettings(
-            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,  # type: ignore[arg-type]
+            max_new_tokens=max_new_tokens,  # type: ignore[arg-type]  # None: DecodingSettings raises, saying why
+            min_new_tokens=min_new_tokens, do_sample=do_sample,
             temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams, length_penalty=length_penalty,
             early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
             repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
@@ -168,6 +172,7 @@ def _prepare_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Check shapes and batch sizes; compute the image embeddings; default the attention mask."""
     check_prompt_shapes(input_ids, image_mask, attention_mask)
+    assert input_ids is not None and image_mask is not None  # check_prompt_shapes raised otherwise
     device = model.device
     input_ids = input_ids.to(device)
     batch = input_ids.shape[0]

@@ -35,7 +35,7 @@ class BeamState:
     improvable: torch.Tensor  # (B, 1) bool: a running beam may still beat the finished ones
 
     @classmethod
-    def start(cls, prompts: torch.Tensor, num_beams: int, max_len: int, pad_id: int) -> "BeamState":
+    def start(cls, prompts: torch.Tensor, num_beams: int, max_len: int, pad_id: int) -> BeamState:
         """``prompts`` (B*K, T), each prompt repeated ``num_beams`` times; only beam 0 starts live."""
         total, length = prompts.shape
         b = total // num_beams

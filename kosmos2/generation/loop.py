@@ -68,8 +68,9 @@ class DecodeJob:
     ``ignored`` (N, L) marks prompt positions that penalties and n-gram bans do not see (padding);
     ``generator`` makes sampling reproducible; ``keep_scores`` / ``keep_logits`` keep every step's
     processed scores / raw logits in the result; ``on_step`` (greedy and sampling) is called after each
-    step with the (N,) new ids and their (N,) raw log-probabilities; ``stop`` is asked after each step of
-    beam search whether to end now (the request was abandoned: the result is then incomplete).
+    step with the (N,) new ids and their (N,) raw log-probabilities; ``stop`` is asked after each step
+    (greedy, sampling and beam search) whether to end now (nobody wants more tokens: the result is then
+    incomplete).
     """
 
     decoder: Decoder
@@ -160,9 +161,13 @@ def sample(job: DecodeJob, streamer: Streamer | None = None) -> Decoded:
         if job.on_step is not None:
             job.on_step(tokens, logprobs[:, step])
         unfinished &= ~torch.isin(tokens, eos_ids)
-        if not bool(unfinished.any()):
+        if not bool(unfinished.any()) or _asked_to_stop(job):
             return log.result(ids[:, : length + step + 1].clone(), logprobs[:, : step + 1].clone())
     return log.result(ids, logprobs)
+
+
+def _asked_to_stop(job: DecodeJob) -> bool:
+    return job.stop is not None and job.stop()
 
 
 def beam_search(job: DecodeJob) -> Decoded:
@@ -185,7 +190,7 @@ def beam_search(job: DecodeJob) -> Decoded:
                                           job.generator)
         decoder.reorder(parents)
         attention_mask = F.pad(attention_mask, (0, 1), value=1)
-        if beam_search_done(state, stops, settings.early_stopping) or (job.stop is not None and job.stop()):
+        if beam_search_done(state, stops, settings.early_stopping) or _asked_to_stop(job):
             break
     n = settings.num_return_sequences
     new = int(state.finished_lengths[:, :n].max())

@@ -86,10 +86,6 @@ class RowStream:
         return list(self.tokens)
 
 
-class _AllRowsDone(Exception):
-    """Ends a batch's decoding loop once no row takes tokens any more."""
-
-
 class _FanOut:
     """An ``on_step`` callback that gives each row's tokens to its own :class:`RowStream` and ends rows on
     EOS or their own token limit."""
@@ -106,8 +102,10 @@ class _FanOut:
             stream._put(token, logprob)
             if token in self.eos_ids or len(stream.tokens) >= limit:
                 stream._finish()
-        if all(s.done.is_set() for s in self.streams):
-            raise _AllRowsDone
+
+    def all_done(self) -> bool:
+        """No row takes tokens any more (each ended or was cancelled): the batch can stop."""
+        return all(s.done.is_set() for s in self.streams)
 
 
 @dataclass(eq=False)
@@ -284,10 +282,9 @@ class Batcher:
                                       stop=streams[0].cancelled.is_set)
                 _deliver(streams[0], new.sequences[0].tolist(), new.token_logprobs[0].tolist(), eos_ids)
             else:
-                self.engine.run([r.row for r in batch], settings, generator=batch[0].generator,
-                                on_step=_FanOut(streams, limits, eos_ids))
-        except _AllRowsDone:
-            pass
+                fan_out = _FanOut(streams, limits, eos_ids)
+                self.engine.run([r.row for r in batch], settings, generator=batch[0].generator, on_step=fan_out,
+                                stop=fan_out.all_done)
         except Exception as e:  # every row of the batch gets the error, raised in its consumer's thread
             for stream in streams:
                 stream._finish(e)

@@ -109,7 +109,8 @@ def _api_fn(runner: Runner, task: Task, docs: Mapping[str, str]) -> Callable:
         yield from runner.api(task.name, image, text, boxes, grounding_on, values)
 
     fn.__name__ = task.name
-    fn.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in docs])
+    signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in docs])
+    fn.__signature__ = signature  # type: ignore[attr-defined]  # inspect.signature (so Gradio) reads it
     fn.__doc__ = (f"{task.title}: {task.description}\n\nArgs:\n" + "".join(f"    {n}: {d}\n" for n, d in docs.items())
                   + "\nReturns:\n    the caption, the entities (phrase, span, boxes, scores) and the annotated image")
     return fn

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from PIL import Image
 
-
 OUTPUT_PREFIX = "kosmos2-"  # the annotated PNGs' names start with it
 
 
@@ -32,7 +31,8 @@ class OutputFolder:
     before each save: files older than ``max_age_s`` go, then the oldest until fewer than ``max_files``
     remain. ``copies`` (optional) is a folder where a server keeps copies of these files under their names,
     one sub-folder each (Gradio's cache): the copies of this folder's files older than ``max_age_s`` are
-    removed before each save, and all of them at exit. Thread-safe; a forked child (ZeroGPU) writes here too but removes nothing at its exit."""
+    removed before each save, and all of them at exit. Thread-safe; a forked child (ZeroGPU) writes here
+    too but removes nothing at its exit."""
 
     def __init__(self, max_files: int, max_age_s: float, copies: str | Path | None = None) -> None:
         self.max_files = max_files

@@ -25,7 +25,8 @@ def is_stray_gradio_line(text: str) -> bool:
 def _print_unless_stray(*values: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None,
                         flush: bool = False) -> None:
     """``print``, except that a stray line printed to stdout is dropped."""
-    if (file is None or file is sys.stdout) and is_stray_gradio_line((" " if sep is None else sep).join(map(str, values))):
+    to_stdout = file is None or file is sys.stdout
+    if to_stdout and is_stray_gradio_line((" " if sep is None else sep).join(map(str, values))):
         return
     builtins.print(*values, sep=sep, end=end, file=file, flush=flush)
 
@@ -37,7 +38,7 @@ def drop_stray_gradio_prints() -> None:
     import gradio.routes
 
     for module in (gradio.blocks, gradio.routes):
-        module.print = _print_unless_stray
+        module.print = _print_unless_stray  # type: ignore[attr-defined]  # a module global shadowing the builtin
 
 
 MCP_NOTE = "kosmos2_mcp_note"  # a Blocks attribute: () -> a line to end each MCP tool answer with, or None
@@ -71,6 +72,6 @@ def fix_mcp_tool_outputs() -> None:
         line = note() if note else None
         return [*content, self.types.TextContent(type="text", text=line)] if line else content
 
-    pop_returned_state._kosmos2_unwraps = True  # type: ignore[attr-defined]
-    GradioMCPServer.pop_returned_state = staticmethod(pop_returned_state)  # type: ignore[method-assign]
-    GradioMCPServer.postprocess_output_data = postprocess_output_data  # type: ignore[method-assign]
+    pop_returned_state._kosmos2_unwraps = True  # type: ignore[attr-defined]  # the marker that the patch is in
+    GradioMCPServer.pop_returned_state = staticmethod(pop_returned_state)  # type: ignore[method-assign]  # the patch
+    GradioMCPServer.postprocess_output_data = postprocess_output_data  # type: ignore[method-assign]  # the patch

@@ -14,12 +14,12 @@ from gradio.utils import get_upload_folder
 
 from ..demo import draw, view
 from ..demo.detect import Detection
-from ..demo.execute import execute, task_settings
-from ..demo.inputs import InputError
+from ..demo.execute import run_task, task_settings
 from ..demo.loading import ModelHolder
 from ..demo.results import TaskResult
 from ..demo.settings import DetectionSettings
 from ..demo.tasks import TASKS, Task, build_request, find_task
+from ..errors import UserError
 from .outputs import OutputFolder
 
 log = logging.getLogger("kosmos2.app")
@@ -77,20 +77,21 @@ class Runner:
         return TINY_MCP_NOTE if self.holder.get().is_tiny else None
 
     def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-               settings: Mapping[str, Any], quarter_turns: int = 0,
-               min_interval_s: float | None = None) -> Iterator[tuple[Any, TaskResult]]:
+               settings: Mapping[str, Any], quarter_turns: int = 0, min_interval_s: float | None = None,
+               partial: bool = True) -> Iterator[tuple[Any, TaskResult | None]]:
         """Validated run yielding (RGB image, result), partial results at most every ``min_interval_s``
-        (default ``STREAM_INTERVAL_S``); ``settings`` by name, the task's group. User errors become
-        ``gr.Error`` with their message only, other errors a generic one (details go to the server log)."""
+        (default ``STREAM_INTERVAL_S``; None in their place without ``partial``); ``settings`` by name, the
+        task's group. User errors become ``gr.Error`` with their message only, other errors a generic one
+        (details go to the server log)."""
         try:
             spec = find_task(task, self.tasks)
             request = build_request(spec, image, text, boxes, grounding_on, quarter_turns)
             chosen = task_settings(spec, settings)
             loaded = self.holder.get()
             interval = STREAM_INTERVAL_S if min_interval_s is None else min_interval_s
-            for result in execute(loaded, spec, request, chosen, min_interval_s=interval):
+            for result in run_task(loaded, spec, request, chosen, interval, partial):
                 yield request.image, result
-        except InputError as e:
+        except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
         except Exception:
             log.exception("task %s failed", task)
@@ -102,6 +103,7 @@ class Runner:
         the result."""
         uri = None
         for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, quarter_turns):
+            assert result is not None  # (partial results asked for)
             uri = uri or view.image_data_uri(shown)
             png = self.outputs.save(draw.annotate(shown, result.annotations())) if result.done else gr.update()
             yield *_tab_outputs(uri, result, png), result
@@ -113,7 +115,7 @@ class Runner:
             return (gr.update(),) * 5
         try:
             result = found.result(DetectionSettings.from_user(**settings), refiltered=True)
-        except InputError as e:
+        except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
         shown = found.request.image
         if heat_for in found.phrases:
@@ -128,11 +130,12 @@ class Runner:
         away: closing this generator drops the request's rows from their batch at the next step. The first
         "no change" comes before any work: Gradio can close a generator only once it has yielded."""
         yield gr.skip(), gr.skip(), gr.skip()
-        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, min_interval_s=API_POLL_S):
-            if result.done:
-                yield result.caption, result.entities_json(), self.outputs.save(draw.annotate(shown, result.annotations()))
-            else:
+        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, min_interval_s=API_POLL_S,
+                                         partial=False):
+            if result is None:
                 yield gr.skip(), gr.skip(), gr.skip()
+            else:
+                yield result.caption, result.entities_json(), self.outputs.save(draw.annotate(shown, result.annotations()))
 
 
 def notice_line(kind: str, inner_html: str, alert: bool = False) -> str:

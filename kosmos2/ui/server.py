@@ -9,10 +9,10 @@ from collections.abc import Mapping
 
 import gradio as gr
 
-from ..demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError
+from ..demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder
 from ..demo.signals import StopRequested, stop_on_signals
 from ..demo.tasks import TASKS, Task
-from ..hub import CheckpointError
+from ..errors import UserError
 from .api import api_endpoints
 from .hosting import ON_SPACES, ZERO_GPU
 from .patches import MCP_NOTE, drop_stray_gradio_prints, fix_mcp_tool_outputs
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         holder = ModelHolder(args.checkpoint, force_tiny=args.tiny)
         if holder.explicit and holder.checkpoint != TINY_CHECKPOINT:
             holder.get()
-    except (SettingError, CheckpointError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     served = build_demo(holder, cache_examples=args.cache_examples or ON_SPACES, preload=args.preload or ON_SPACES)
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({e}); choose another --port or --host", file=sys.stderr)
                 return 2
             if args.mcp:
+                assert served.local_url is not None  # launch() has set it
                 print(f"* MCP server (streamable HTTP): {served.local_url.rstrip('/')}/gradio_api/mcp/", flush=True)
             served.block_thread()
     except StopRequested:  # SIGTERM or Ctrl-C: Gradio's full shutdown (its cache), then the atexit clean-up

@@ -24,26 +24,29 @@ FILTERS = ("threshold", "max_instances", "nms_iou")  # detect settings that re-f
 BOX_HELP = ("To draw a box: click ⬚ *Create box* under the image (or press C), then drag on the image. "
             "Select a box and press Delete to remove it.")
 # The uploaded file as it is (no conversion or re-encoding by Gradio): the demo's load_image checks and decodes it.
-IMAGE_INPUT = dict(type="filepath", image_mode=None, height=360)
+IMAGE_INPUT: dict[str, Any] = dict(type="filepath", image_mode=None, height=360)
 # On a narrow screen the result is under the inputs: bring it into view when the run starts (Gradio 6.31's own
 # scroll_to_output does not scroll: its status trackers are never told to)
 SCROLL_TO_RESULT = """() => {
   const top = document.querySelector('RESULT')?.getBoundingClientRect().top;
-  if (top !== undefined && (top < 0 || top > window.innerHeight * 0.6)) window.scrollBy({top: top - 16, behavior: 'smooth'});
+  if (top !== undefined && (top < 0 || top > window.innerHeight * 0.6))
+    window.scrollBy({top: top - 16, behavior: 'smooth'});
 }"""
 
 
-def _setting_input(s: Setting) -> gr.components.Component:
+def _setting_input(s: Setting) -> gr.Radio | gr.Slider:
     """The UI control of one setting."""
     if s.choices:
         return gr.Radio(list(s.choices), value=s.default, label=s.label, info=s.help)
+    assert s.minimum is not None and s.maximum is not None  # a setting without choices is a number with a range
     return gr.Slider(s.minimum, s.maximum, value=s.default, step=s.step, label=s.label, info=s.help)
 
 
-def _settings_panel(spec: Mapping[str, Setting], title: str, shown: Sequence[str] = ()) -> dict[str, gr.components.Component]:
+def _settings_panel(spec: Mapping[str, Setting], title: str,
+                    shown: Sequence[str] = ()) -> dict[str, gr.Radio | gr.Slider]:
     """Controls for the settings of ``spec``: those named in ``shown`` in the open, the others in a
     collapsed accordion ``title``."""
-    controls: dict[str, gr.components.Component] = {name: _setting_input(spec[name]) for name in shown}
+    controls = {name: _setting_input(spec[name]) for name in shown}
     names = [name for name in spec if name not in shown]
     with gr.Accordion(title, open=False):
         for start in range(0, len(names), SETTINGS_PER_ROW):
@@ -111,14 +114,14 @@ def tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = 
         text, grounding_on = values.pop("text", None), values.pop("grounding", True)
         try:
             for *shown, result in runner.ui(task, image, text, boxes, grounding_on, values, turns):
-                if first.detect:  # the candidates, kept for the filters and the heat map
+                if first.mode.refilters:  # the candidates, kept for the filters and the heat map
                     phrases = list(result.detection.phrases)
                     yield (*shown, result.detection, gr.update(choices=phrases, value=phrases[0] if phrases else None))
                 else:
                     yield tuple(shown)
         except gr.Error as e:  # the message where the result goes; the last result's outputs are cleared
             cleared = (view.notice(e.message, error=True), "", "", None, None)
-            yield cleared + ((None, gr.update(choices=[], value=None)) if first.detect else ())
+            yield cleared + ((None, gr.update(choices=[], value=None)) if first.mode.refilters else ())
 
     with gr.Tab(first.tab, id=tab):
         with gr.Row():
@@ -132,22 +135,22 @@ def tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = 
                 if first.grounding_option:
                     inputs["grounding"] = gr.Checkbox(value=True, label="Ground the output (<grounding>)")
                 go = gr.Button(first.button, variant="primary", elem_id=f"{tab}-run")
-                if first.detect:  # the filters in the open: they re-filter the last result at once
+                if first.mode.refilters:  # the filters in the open: they re-filter the last result at once
                     controls = _settings_panel(DETECTION_SETTINGS, "More detection settings", shown=FILTERS)
                 else:
                     controls = _settings_panel(SETTINGS, "Generation settings")
             with gr.Column():
-                controls_extra = _detect_extras() if first.detect else {}  # next to the image it changes
+                controls_extra = _detect_extras() if first.mode.refilters else {}  # next to the image it changes
                 out = _outputs(tab)
-        found = gr.State() if first.detect else None
-        outputs = out + ([found, controls_extra["heat_for"]] if first.detect else [])
+        found = gr.State() if first.mode.refilters else None
+        outputs = out + ([found, controls_extra["heat_for"]] if found is not None else [])
         examples = [(task, example) for task in tasks for example in task.examples]
         # the checkbox is left out of the table when every example has it ticked (its default): no "true" column
         columns = [n for n in inputs if n != "grounding" or not all(example.grounding for _, example in examples)]
         rows = []
-        for task, example in examples:
-            row = {"image": _example_image(example, boxed), "choice": task.choice, "text": example.text,
-                   "grounding": example.grounding}
+        for task, entry in examples:
+            row = {"image": _example_image(entry, boxed), "choice": task.choice, "text": entry.text,
+                   "grounding": entry.grounding}
             rows.append([row[name] for name in columns])
         if rows and cache_examples:
             defaults = {name: s.default for name, s in first.settings.spec().items()}
@@ -168,24 +171,25 @@ def tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = 
 
     go.click(handle, inputs_kwargs={**inputs, **controls}, outputs=outputs, api_visibility="private", **events)
     go.click(None, js=SCROLL_TO_RESULT.replace("RESULT", f"#{tab}-result"))  # in the browser only
-    if first.detect:
+    if found is not None:  # first.mode.refilters
         _refilter_events(runner, found, controls, controls_extra, out)
 
 
-def _detect_extras() -> dict[str, gr.components.Component]:
+def _detect_extras() -> dict[str, gr.Checkbox | gr.Dropdown]:
     """The detect tab's heat-map controls."""
     show = gr.Checkbox(value=False, label="Show where the model looks", elem_id="detect-heat")
     heat_for = gr.Dropdown(choices=[], label="for the phrase", elem_id="detect-heat-phrase")
     return {"show": show, "heat_for": heat_for}
 
 
-def _refilter_events(runner: Runner, found: gr.State, controls: dict[str, gr.components.Component],
-                     extras: dict[str, gr.components.Component], out: list[gr.components.Component]) -> None:
+def _refilter_events(runner: Runner, found: gr.State, controls: dict[str, gr.Radio | gr.Slider],
+                     extras: dict[str, gr.Checkbox | gr.Dropdown], out: list[gr.components.Component]) -> None:
     """The filter sliders and the heat-map controls redraw the last detect result without the model."""
     def redraw(found: Detection | None, show: bool, heat_for: str | None, **values: Any) -> tuple:
         return runner.refilter(found, heat_for if show else None, values)
 
-    inputs = {"found": found, "show": extras["show"], "heat_for": extras["heat_for"], **controls}
+    inputs: dict[str, gr.blocks.Block] = {"found": found, "show": extras["show"], "heat_for": extras["heat_for"],
+                                          **controls}
     for name in FILTERS:
         controls[name].input(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private",
                              trigger_mode="always_last", queue=False)

@@ -21,18 +21,17 @@ from tqdm import tqdm
 from . import records
 from ..common import (OneLineParser, UsageError, add_model_flags, add_phrase_flag, add_setting_flags,
                         model_holder, program, setting_flags)
-from ...demo.inputs import InputError, parse_phrases
-from ...demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, SettingError, progress
+from ...demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, progress
 from ...demo.signals import SignalGuard, StopRequested, stop_on_signals
 from ...demo.settings import DETECTION_SETTINGS, SETTINGS
 from ...demo.tasks import TASKS
+from ...errors import UserError
 from ...hub import CheckpointError
-from .records import FORMATS, JournalError, JournalWriter, Record
-from .outputs import OutputError, Outputs
-from .ray_engine import RayMissingError, import_ray
-from .work import Labeller, Plan, label_files
+from .records import FORMATS, JournalWriter, Record
+from .outputs import Outputs
+from .ray_engine import import_ray
+from .work import LABEL_TASKS, Labeller, Plan, label_files
 
-TASK_CHOICES = ("detect", "ground", "caption")
 ENGINES = ("local", "ray")
 
 
@@ -47,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
                             "command to resume an interrupted run.")
     p.add_argument("folder", type=Path, help=f"folder of images ({_EXTENSIONS})")
     add_phrase_flag(p, "a phrase to find (repeatable; one category each, in this order); for detect and ground")
-    p.add_argument("--task", choices=TASK_CHOICES, default="detect",
+    p.add_argument("--task", choices=LABEL_TASKS, default="detect",
                    help="detect: every instance of each phrase, scored; ground: one box per phrase; caption: a "
                         "grounded caption and its phrases' boxes (default detect)")
     p.add_argument("--format", choices=FORMATS, default="coco",
@@ -83,6 +82,7 @@ class Job:
     outputs: Outputs
     holder: ModelHolder
     args: argparse.Namespace
+    journal: records.Journal = field(default_factory=records.Journal)  # as read by prepare()
     pending: list[str] = field(default_factory=list)
 
     def params(self) -> dict[str, Any]:
@@ -97,33 +97,13 @@ class Job:
         return self.args.dtype or os.environ.get("KOSMOS2_DTYPE") or None
 
 
-def _plan(args: argparse.Namespace) -> Plan:
-    task = TASKS[args.task]
-    settings = setting_flags(args, task)
-    if args.task == "caption":
-        if args.phrases:
-            raise UsageError("--phrase does not apply to --task caption (its phrases come from the captions)")
-        return Plan("caption", (), generation=settings)
-    if not args.phrases:
-        raise UsageError(f"--task {args.task} needs at least one --phrase")
-    phrases = parse_phrases("\n".join(args.phrases))
-    if len(phrases) != len(args.phrases):
-        raise UsageError("each --phrase must be one line of text")
-    if len(set(phrases)) != len(phrases):
-        raise UsageError(f"a phrase is given twice: {next(p for p in phrases if phrases.count(p) > 1)!r}")
-    if args.task == "detect":
-        return Plan("detect", tuple(phrases), detection=settings)
-    return Plan("ground", tuple(phrases), generation=settings)
-
-
 def prepare(args: argparse.Namespace) -> Job:
-    """Check the command (nothing is written or loaded); :class:`UsageError`, :class:`InputError`,
-    :class:`OutputError`, :class:`JournalError`, :class:`RayMissingError` or :class:`SettingError` say what
-    is wrong."""
+    """Check the command (nothing is written or loaded); a :class:`~kosmos2.errors.UserError` says what is
+    wrong."""
     folder = args.folder.resolve()
     if not folder.is_dir():
         raise UsageError(f"{args.folder} is not a folder")
-    plan = _plan(args)
+    plan = Plan.make(args.task, args.phrases, setting_flags(args, TASKS[args.task]))
     files = records.find_images(folder, args.recursive)
     if not files:
         raise UsageError(f"no images ({_EXTENSIONS}) in {args.folder}"
@@ -140,7 +120,8 @@ def prepare(args: argparse.Namespace) -> Job:
     holder = model_holder(args, fallback=False)
     job = Job(folder, files, plan, outputs, holder, args)
     records.check_resumable(outputs.journal, job.params())
-    job.pending = records.pending_files(files, records.read_journal(outputs.journal))
+    job.journal = records.read_journal(outputs.journal)
+    job.pending = records.pending_files(files, job.journal)
     return job
 
 
@@ -236,8 +217,10 @@ def _resume_hint(job: Job) -> str:
 def _run(job: Job, guard: SignalGuard) -> int:
     label = _engine(job) if job.pending else None
     job.outputs.prepare()
-    with JournalWriter(job.outputs.journal, job.params()) as writer:
+    with JournalWriter(job.outputs.journal, job.params(), known=job.journal) as writer:
         pending = records.pending_files(job.files, writer.journal)
+        wanted = set(job.files)
+        earlier = [r for r in writer.journal.failed if r["file"] in wanted]
         if writer.journal.dropped_partial_line:
             progress(f"dropped a partial last line of {job.outputs.journal} (an interrupted write): redoing it")
         tally = Tally(skipped=len(job.files) - len(pending))
@@ -262,11 +245,9 @@ def _run(job: Job, guard: SignalGuard) -> int:
             return stop.exit_status
         bar.close()
     progress(tally.summary())
-    wanted = set(job.files)
-    earlier = [r for r in writer.journal.failed if r["file"] in wanted]
     if earlier:
         progress(f"{len(earlier)} file(s) failed in an earlier run: the 'failed' lines of {job.outputs.journal}")
-    progress(job.outputs.write(job.files, job.plan, job.folder))
+    progress(job.outputs.write(job.files, job.plan, job.folder, writer.journal))
     return 0
 
 
@@ -275,6 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = prepare(parser().parse_args(sys.argv[1:] if argv is None else argv))
         return run(job)
-    except (UsageError, InputError, OutputError, JournalError, RayMissingError, SettingError, CheckpointError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

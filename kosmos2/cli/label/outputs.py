@@ -8,10 +8,11 @@ from pathlib import Path
 
 from . import records
 from ...demo.results import count
+from ...errors import UserError
 from .work import Plan
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     """An output path that cannot be written; the message is one line for the user."""
 
 
@@ -70,10 +71,9 @@ class Outputs:
         if self.format == "yolo":
             self.out.mkdir(exist_ok=True)
 
-    def write(self, files: list[str], plan: Plan, folder: Path) -> str:
-        """Write the COCO file or the YOLO folder from the journal's records of ``files`` (atomically, file by
-        file); returns what was written, in words."""
-        journal = records.read_journal(self.journal)
+    def write(self, files: list[str], plan: Plan, folder: Path, journal: records.Journal) -> str:
+        """Write the COCO file or the YOLO folder from the ``journal``'s records of ``files`` (atomically, file
+        by file); returns what was written, in words."""
         done = [r for f in files if (r := journal.records.get(f)) is not None and "failed" not in r]
         gone = len(set(journal.records) - set(files))
         note = f"; {gone} journal line(s) for files no longer in the folder left out" if gone else ""

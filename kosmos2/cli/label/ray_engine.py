@@ -20,12 +20,13 @@ from typing import Any
 
 import kosmos2
 
+from ...errors import UserError
 from .work import Plan
 
 RAY_MISSING = "--engine ray needs Ray: pip install -r requirements-ray.txt"
 
 
-class RayMissingError(ImportError):
+class RayMissingError(UserError, ImportError):
     """Ray (with Ray Data) is not installed."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tiff", ".tif")
 FORMATS = ("coco", "yolo", "jsonl")
 SCORE_DIGITS = 4  # scores in the COCO file: enough for a probability, and stable across batch layouts
@@ -32,7 +34,7 @@ YOLO_DIGITS = 6
 Record = dict[str, Any]
 
 
-class JournalError(ValueError):
+class JournalError(UserError, ValueError):
     """A journal that cannot be resumed (written by another command, damaged, or listing a file twice)."""
 
 
@@ -77,6 +79,7 @@ class Journal:
     records: dict[str, Record] = field(default_factory=dict)
     dropped_partial_line: bool = False  # the last line was cut by a kill: it is dropped and redone
     complete_bytes: int = 0  # the length of the file up to its partial last line
+    stamp: tuple[int, int] | None = None  # the file's (size, mtime in ns) when read; None: no file
 
     @property
     def failed(self) -> list[Record]:
@@ -93,6 +96,7 @@ def read_journal(path: Path) -> Journal:
     journal = Journal()
     if not path.exists():
         return journal
+    journal.stamp = _stamp(path)
     data = path.read_bytes()
     journal.complete_bytes = data.rfind(b"\n") + 1
     journal.dropped_partial_line = journal.complete_bytes < len(data)
@@ -110,6 +114,11 @@ def read_journal(path: Path) -> Journal:
             raise JournalError(f"{path} lists {record['file']} twice (line {number}): were two runs writing to it?")
         journal.records[record["file"]] = record
     return journal
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 def record_line(record: Record) -> str:
@@ -147,10 +156,11 @@ class JournalWriter:
 
     Opening takes an exclusive lock on the journal (a second run on it fails at once instead of writing
     the same images twice), cuts a partial last line left by a kill, and writes the run's parameters
-    beside it. :attr:`journal` is what the file held when it was opened.
+    beside it. :attr:`journal` is what the file holds: what it held when it was opened (``known``, read
+    before, when the file has not changed since, else read again), and each record appended since.
     """
 
-    def __init__(self, path: Path, run: Mapping[str, Any]) -> None:
+    def __init__(self, path: Path, run: Mapping[str, Any], known: Journal | None = None) -> None:
         import fcntl  # POSIX; imported here so that reading journals needs nothing of the kind
 
         self.path = path
@@ -162,7 +172,8 @@ class JournalWriter:
             raise JournalError(f"another labelling run is writing to {path}; wait for it to finish") from e
         try:
             check_resumable(path, run)
-            self.journal = read_journal(path)
+            unchanged = known is not None and known.stamp == (_stamp(path) if path.stat().st_size else None)
+            self.journal = known if unchanged and known is not None else read_journal(path)
             self._file.truncate(self.journal.complete_bytes)
             write_atomically(run_file(path), json.dumps(dict(run), ensure_ascii=False, indent=1) + "\n")
         except BaseException:
@@ -174,6 +185,7 @@ class JournalWriter:
         self._file.write(record_line(record).encode("utf-8"))
         self._file.flush()
         os.fsync(self._file.fileno())
+        self.journal.records[record["file"]] = record
 
     def close(self) -> None:
         """Release the journal (and its lock)."""

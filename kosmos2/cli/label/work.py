@@ -14,27 +14,53 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ...demo.detect import detect_many
-from ...demo.inputs import InputError
+from ...demo.execute import run_tasks
+from ...demo.inputs import InputError, parse_phrases
 from ...demo.loading import LoadedModel
-from ...demo.results import TaskResult, run_to_end
+from ...demo.request import TaskRequest
+from ...demo.results import TaskResult
 from ...demo.settings import DetectionSettings, GenerationSettings
-from ...demo.tasks import TaskRequest, build_request
+from ...demo.tasks import TASKS, Task, build_request
+from ..common import UsageError
 from .records import Record
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
+LABEL_TASKS = ("detect", "ground", "caption")  # the tasks that label a folder
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What a labelling run does to each image: the task, its phrases and its settings (``detection`` for
-    ``detect``, ``generation`` for ``ground`` and ``caption``)."""
+    """What a labelling run does to each image: the task (one of :data:`LABEL_TASKS`), its phrases and its
+    settings (the task's group)."""
 
     task: str
     phrases: tuple[str, ...]
-    generation: GenerationSettings | None = None
-    detection: DetectionSettings | None = None
+    settings: GenerationSettings | DetectionSettings
+
+    @classmethod
+    def make(cls, task: str, phrases: Sequence[str], settings: GenerationSettings | DetectionSettings) -> Plan:
+        """The plan, checked: ``caption`` takes no phrases (they come from the captions), the others at
+        least one, each one line and none twice (:class:`UsageError`, naming ``--phrase``)."""
+        if task == "caption":
+            if phrases:
+                raise UsageError("--phrase does not apply to --task caption (its phrases come from the captions)")
+            return cls(task, (), settings)
+        if not phrases:
+            raise UsageError(f"--task {task} needs at least one --phrase")
+        parsed = parse_phrases("\n".join(phrases))
+        if len(parsed) != len(phrases):
+            raise UsageError("each --phrase must be one line of text")
+        if len(set(parsed)) != len(parsed):
+            raise UsageError(f"a phrase is given twice: {next(p for p in parsed if parsed.count(p) > 1)!r}")
+        return cls(task, tuple(parsed), settings)
+
+    @property
+    def spec(self) -> Task:
+        """The task's record in the task table."""
+        return TASKS[self.task]
 
     def request(self, path: Path) -> TaskRequest:
         """The request for the image at ``path`` (decodes it; :class:`InputError` for an unusable file)."""
@@ -42,8 +68,7 @@ class Plan:
 
     def params(self) -> dict[str, Any]:
         """The plan as JSON-able parameters (kept beside the journal; a resumed run must have the same)."""
-        settings = self.detection if self.task == "detect" else self.generation
-        return {"task": self.task, "phrases": list(self.phrases), "settings": asdict(settings)}
+        return {"task": self.task, "phrases": list(self.phrases), "settings": asdict(self.settings)}
 
 
 @dataclass(frozen=True)
@@ -74,17 +99,18 @@ def record_of(file: str, result: TaskResult) -> Record:
 class Labeller:
     """Labels decoded items with ``loaded``, sharing the model's batches between images.
 
-    ``detect`` labels :attr:`images_per_call` images per call (one batched ``detect_many``); ``ground`` and
-    ``caption`` label one image per call, and :attr:`calls_in_flight` calls at once feed the batcher, which
-    decodes their rows together. ``one_at_a_time`` labels image after image instead (the benchmark's baseline).
+    A task whose mode batches images (``detect``) labels :attr:`images_per_call` images per call; the others
+    (``ground``, ``caption``) label one image per call, and :attr:`calls_in_flight` calls at once feed the
+    batcher, which decodes their rows together. ``one_at_a_time`` labels image after image instead (the benchmark's baseline).
     """
 
     def __init__(self, loaded: LoadedModel, plan: Plan, one_at_a_time: bool = False) -> None:
         self.loaded = loaded
         self.plan = plan
         batch = 1 if one_at_a_time else loaded.batcher.max_batch_size
-        self.images_per_call = batch if plan.task == "detect" else 1
-        self.calls_in_flight = 1 if plan.task == "detect" else batch
+        batches_images = plan.spec.mode.batches_images
+        self.images_per_call = batch if batches_images else 1
+        self.calls_in_flight = 1 if batches_images else batch
 
     def label(self, items: Sequence[Item]) -> list[Record]:
         """The records of ``items`` (failed ones as ``{"file", "failed"}``), in order."""
@@ -95,10 +121,7 @@ class Labeller:
     def _results(self, ready: Sequence[Item]) -> list[Record]:
         if not ready:
             return []
-        if self.plan.task == "detect":
-            results = detect_many(self.loaded, [i.request for i in ready], self.plan.detection)
-        else:
-            results = [run_to_end(self.loaded, i.request, self.plan.generation) for i in ready]
+        results = run_tasks(self.loaded, self.plan.spec, [i.request for i in ready], self.plan.settings)
         return [record_of(i.file, r) for i, r in zip(ready, results)]
 
 
