@@ -159,7 +159,7 @@ def cpu_features(flags: set[str]) -> str:
 
 def machine() -> str:
     """One line: the CPU and its kernel-deciding features, cores, torch, MKL's reproducibility mode (see the
-    README's "Same numbers on every engine"; both implementations' processes inherit it) and Python."""
+    docs/labelling.md's "Same numbers on every engine"; both implementations' processes inherit it) and Python."""
     cpu, flags = None, set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():

@@ -98,3 +98,28 @@ def test_the_demo_layer_imports_without_gradio():
             "print('ok', len(sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
+
+
+def test_every_error_the_package_defines_is_a_user_error_and_the_entry_points_catch_that_one_type():
+    import importlib
+    import inspect
+
+    from kosmos2.errors import UserError
+
+    defined = {}
+    for name in modules():
+        if name.endswith(("ray_engine", "__main__")) or name.startswith("kosmos2.ui"):
+            continue  # (need Ray / Gradio at import: checked by their own tests)
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == name:
+                defined[f"{name}.{attr}"] = value
+    assert "kosmos2.demo.inputs.InputError" in defined and "kosmos2.hub.CheckpointError" in defined
+    assert [n for n, cls in defined.items() if not issubclass(cls, UserError) and n != "kosmos2.errors.UserError"] == []
+    for entry in ("kosmos2/cli/task.py", "kosmos2/cli/label/cli.py", "kosmos2/cli/selfcheck/command.py",
+                  "kosmos2/ui/server.py", "kosmos2/ui/runner.py"):
+        caught = [node.type for node in ast.walk(ast.parse((ROOT / entry).read_text()))
+                  if isinstance(node, ast.ExceptHandler) and node.type is not None]
+        names = {ast.unparse(t) for t in caught}
+        assert "UserError" in names, entry
+        assert not names & {"InputError", "SettingError", "UsageError", "JournalError", "OutputError"}, entry

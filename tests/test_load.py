@@ -99,7 +99,7 @@ def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
     got = [r for results in per_client for r in results]
     assert len(got) == CLIENTS * REQUESTS
     for (caption, entities, png), (want_caption, want_entities, want_pixels) in zip(got, expected):
-        # batched with other users' rows: scores within the README's promise ("Same numbers on every engine")
+        # batched with other users' rows: scores within the promise of docs/labelling.md ("Same numbers on every engine")
         (entities, scores), (want_entities, want_scores) = split_scores(entities), split_scores(want_entities)
         assert caption == want_caption and entities == want_entities
         assert scores == pytest.approx(want_scores, rel=1e-5, abs=0)

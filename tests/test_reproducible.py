@@ -1,4 +1,4 @@
-"""What the product promises about float results (README, "Same numbers on every engine"): for the same
+"""What the product promises about float results (docs/labelling.md, "Same numbers on every engine"): for the same
 images grouped in the same batches, the scores are the same bits whatever the number of threads, so a
 Ray worker (one thread) and a one-process run (all cores) write the same journal.
 

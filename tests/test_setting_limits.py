@@ -2,7 +2,7 @@
 name and range, through the API (the served app, called with gradio_client) and the command line; of a
 setting with choices, each choice is accepted and another value refused.
 
-The limits are written out here by hand, from the documented ranges (README, "Settings"), and checked
+The limits are written out here by hand, from the documented ranges (docs/command-line.md, "Settings"), and checked
 against the settings spec first, so that a changed range is a visible decision.
 """
 

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..demo.inputs import InputError
-from ..errors import UserError
 from ..demo.loading import DTYPES, ModelHolder
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS, Setting
 from ..demo.tasks import Task
+from ..errors import UserError
 from ..precision import INT8_MODES
 
 

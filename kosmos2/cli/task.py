@@ -16,9 +16,17 @@ from ..demo.execute import run_tasks
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS
 from ..demo.tasks import TASKS, Task, build_request
 from ..errors import UserError
-from .common import (OneLineParser, UsageError, add_model_flags, add_phrase_flag, add_setting_flags,
-                     model_holder, program, refuse, setting_flags)
-
+from .common import (
+    OneLineParser,
+    UsageError,
+    add_model_flags,
+    add_phrase_flag,
+    add_setting_flags,
+    model_holder,
+    program,
+    refuse,
+    setting_flags,
+)
 
 PHRASE_TASKS = tuple(name for name, t in TASKS.items() if t.text == "Phrases")  # their text: a phrase a line
 

@@ -122,16 +122,18 @@ def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], wi
     taken: list[Rect] = []
     for i in sorted(range(len(boxes)), key=lambda j: (boxes[j][2] - boxes[j][0]) * (boxes[j][3] - boxes[j][1])):
         (x1, y1, x2, y2), (w, h) = boxes[i], sizes[i]
-        corners = [(x1, y1 - h if y1 >= h else y1), (x1, y1), (x2 - w, y1 - h), (x1, y2), (x2 - w, y2 - h), (x2 - w, y2)]
+        corners = [(x1, y1 - h if y1 >= h else y1), (x1, y1), (x2 - w, y1 - h), (x1, y2), (x2 - w, y2 - h),
+                   (x2 - w, y2)]
 
-        def cost(corner: tuple[float, float]) -> float:
+        def cost(corner: tuple[float, float], i: int = i, w: float = w, h: float = h) -> float:
             lx, ly = corner
             rect = (lx, ly, lx + w, ly + h)
             hidden = sum(_overlap(rect, b) / max((b[2] - b[0]) * (b[3] - b[1]), 1.0)
                          for j, b in enumerate(boxes) if j != i)
             return 10 * sum(_overlap(rect, t) for t in taken) / max(w * h, 1.0) + hidden
 
-        clamped = [(min(max(lx, 0.0), max(width - w, 0.0)), min(max(ly, 0.0), max(height - h, 0.0))) for lx, ly in corners]
+        clamped = [(min(max(lx, 0.0), max(width - w, 0.0)), min(max(ly, 0.0), max(height - h, 0.0)))
+                   for lx, ly in corners]
         lx, ly = min(clamped, key=cost)  # the first of equal ones
         placed[i] = (lx, ly, lx + w, ly + h)
         taken.append(placed[i])

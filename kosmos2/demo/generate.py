@@ -68,7 +68,8 @@ def stream_generation(loaded: LoadedModel, request: TaskRequest, settings: Gener
     yield result(new_ids, time.perf_counter() - start, first, done=True)
 
 
-def generate_each(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: GenerationSettings) -> list[TaskResult]:
+def generate_each(loaded: LoadedModel, requests: Sequence[TaskRequest],
+                  settings: GenerationSettings) -> list[TaskResult]:
     """The final result of each request, one after another (without partial results)."""
     return [_last(stream_generation(loaded, r, settings, math.inf, partial=False)) for r in requests]
 

@@ -174,7 +174,8 @@ class ModelHolder:
                     self._loaded = self._load()
                 except Exception as e:
                     # a checkpoint's message is one line written for users; anything else stays in the log
-                    why = str(e).rstrip(".") if isinstance(e, CheckpointError) else "an internal error (see the server log)"
+                    internal = "an internal error (see the server log)"
+                    why = str(e).rstrip(".") if isinstance(e, CheckpointError) else internal
                     self._status = replace(self._status, stage="failed", error=why)
                     raise
                 self._status = LoadStatus("ready", self.checkpoint)
@@ -213,7 +214,8 @@ class ModelHolder:
     def _load(self) -> LoadedModel:
         if self.checkpoint == TINY_CHECKPOINT:
             return self._tiny("the tiny checkpoint was requested")
-        progress(f"Loading KOSMOS-2 from {self.checkpoint} on {self.device} (once per process; this can take a while)...")
+        progress(f"Loading KOSMOS-2 from {self.checkpoint} on {self.device} "
+                 "(once per process; this can take a while)...")
         try:
             self._status, self._last_line = LoadStatus("downloading", self.checkpoint), time.monotonic()
             processor = AutoProcessor.from_pretrained(self.checkpoint)  # small, and a repo without it fails here

@@ -12,14 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 from .. import grounding
 from ..grounding import Box
 from .detect import DETECT, detect_prompt
 from .generate import GENERATE
-from .mode import Mode
-from .request import TaskRequest
-from .settings import DetectionSettings, GenerationSettings
 from .inputs import (
     InputError,
     clean_text,
@@ -30,6 +26,9 @@ from .inputs import (
     parse_phrases,
     validate_boxes,
 )
+from .mode import Mode
+from .request import TaskRequest
+from .settings import DetectionSettings, GenerationSettings
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,8 @@ TASKS: dict[str, Task] = {
         Task("ground", "Phrase grounding", "Locate each phrase (one per line) in the image.",
              _ground_prompts, tab="Phrase grounding", button="Find", text="Phrases", text_lines=3,
              text_info="One phrase per line; all are located in one batch.", colour_by_row=True,
-             examples=(Example("astronaut.jpg", "a woman\nthe flag"), Example("coffee.jpg", "a cup of coffee\na spoon"))),
+             examples=(Example("astronaut.jpg", "a woman\nthe flag"),
+                       Example("coffee.jpg", "a cup of coffee\na spoon"))),
         Task("detect", "Detect every instance", "Find every instance of each phrase (one per line), each box with "
              "its score.", _detect_prompts, tab="Detect", button="Detect", text="Phrases", text_lines=3,
              text_info="One phrase per line; all are searched in one batch.", colour_by_row=True, mode=DETECT,

@@ -99,7 +99,8 @@ def _overlay_svg(result: TaskResult) -> str:
         labels.append(f'<g class="k2-label" data-e="{i}" pointer-events="none">'
                       f'<rect x="{lx:.1f}" y="{ly:.1f}" width="{label_w:.1f}" height="{label_h:.1f}" '
                       f'fill="{e.colour}"/><text x="{lx + font * 0.3:.1f}" y="{ly + font:.1f}" '
-                      f'font-size="{font:.1f}" fill="{text_colour_on(e.colour)}" textLength="{label_w - font * 0.6:.1f}" '
+                      f'font-size="{font:.1f}" fill="{text_colour_on(e.colour)}" '
+                      f'textLength="{label_w - font * 0.6:.1f}" '
                       f'lengthAdjust="spacingAndGlyphs">{html.escape(label)}</text></g>')
     return (f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">'
             f'{"".join(rects)}{"".join(labels)}</svg>')

@@ -8,10 +8,28 @@ processing, pure), :mod:`.beam` (the beam-search step, pure), :mod:`.loop` (the 
 
 from .api import GenerativeModel, ImageDecoder, compute_transition_scores, eos_tensor, generate
 from .beam import BeamState, beam_search_done, beam_step
-from .loop import (DecodeJob, Decoded, Decoder, beam_search, check_prompt_shapes, check_streaming, decode, eos_id_list,
-                   left_padding, sample, token_logprobs)
-from .scores import (apply_repetition_penalty, ban_repeated_ngrams, choose_tokens, process_scores, suppress_tokens,
-                     top_k_filter, top_p_filter)
+from .loop import (
+                   Decoded,
+                   DecodeJob,
+                   Decoder,
+                   beam_search,
+                   check_prompt_shapes,
+                   check_streaming,
+                   decode,
+                   eos_id_list,
+                   left_padding,
+                   sample,
+                   token_logprobs,
+)
+from .scores import (
+                   apply_repetition_penalty,
+                   ban_repeated_ngrams,
+                   choose_tokens,
+                   process_scores,
+                   suppress_tokens,
+                   top_k_filter,
+                   top_p_filter,
+)
 from .settings import DecodingSettings, GenerationConfig, Streamer, TokenStreamer
 
 __all__ = [

@@ -10,9 +10,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .settings import DecodingSettings, Streamer
-from .scores import choose_tokens, process_scores
 from .beam import BeamState, beam_search_done, beam_step
+from .scores import choose_tokens, process_scores
+from .settings import DecodingSettings, Streamer
 
 
 class Decoder(Protocol):

@@ -25,11 +25,11 @@ class GenerationConfig:
     pad_token_id: int | None = 1
 
     @classmethod
-    def from_text_config(cls, config: Kosmos2TextConfig) -> "GenerationConfig":
+    def from_text_config(cls, config: Kosmos2TextConfig) -> GenerationConfig:
         return cls(config.bos_token_id, config.eos_token_id, config.pad_token_id)
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "GenerationConfig":
+    def from_json_file(cls, path: str | Path) -> GenerationConfig:
         """Read ``generation_config.json``, ignoring keys other than the special token ids."""
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -77,7 +77,7 @@ class TokenStreamer:
                 self._ended = self._expect_prompt = True
                 self._queue.put(self._END)
 
-    def __iter__(self) -> "TokenStreamer":
+    def __iter__(self) -> TokenStreamer:
         return self
 
     def __next__(self) -> list[int]:

@@ -3,9 +3,13 @@
 per-row positions, and ``locate`` for detect) and :mod:`.batcher` (concurrent requests gathered into
 batches on one worker thread, each row streamed to its own :class:`RowStream`)."""
 
-from .rows import Row, check_one_sequence, prefix_key, split_batch, split_row
-from .prefix_cache import DEFAULT_MAX_IMAGES, PrefixCache, PrefixEntry
-from .engine import Engine, LOCATE_ROWS, Located, Prepared, RowDecoder, layout
 from .batcher import BATCH_SIZES_KEPT, Batcher, RowStream, follow
+from .engine import LOCATE_ROWS, Engine, Located, Prepared, RowDecoder, layout
+from .prefix_cache import DEFAULT_MAX_IMAGES, PrefixCache, PrefixEntry
+from .rows import Row, check_one_sequence, prefix_key, split_batch, split_row
 
-__all__ = ["BATCH_SIZES_KEPT", "Batcher", "DEFAULT_MAX_IMAGES", "Engine", "LOCATE_ROWS", "Located", "PrefixCache", "PrefixEntry", "Prepared", "Row", "RowDecoder", "RowStream", "check_one_sequence", "follow", "layout", "prefix_key", "split_batch", "split_row"]
+__all__ = [
+    "BATCH_SIZES_KEPT", "Batcher", "DEFAULT_MAX_IMAGES", "Engine", "LOCATE_ROWS", "Located", "PrefixCache",
+    "PrefixEntry", "Prepared", "Row", "RowDecoder", "RowStream", "check_one_sequence", "follow", "layout",
+    "prefix_key", "split_batch", "split_row"
+]

@@ -17,8 +17,8 @@ import torch
 
 from .. import generation
 from ..generation import DecodingSettings
-from .rows import Row, check_one_sequence
 from .engine import Engine
+from .rows import Row, check_one_sequence
 
 BATCH_SIZES_KEPT = 1000
 

@@ -14,8 +14,8 @@ from .. import detection, generation
 from ..cache import KVCache
 from ..generation import DecodingSettings, Streamer
 from ..language import position_ids_from_input_ids
-from .rows import Row, check_one_sequence, split_batch, split_row
 from .prefix_cache import DEFAULT_MAX_IMAGES, PrefixCache, PrefixEntry
+from .rows import Row, check_one_sequence, split_batch, split_row
 
 if TYPE_CHECKING:
     from ..model import Kosmos2ForConditionalGeneration
@@ -31,7 +31,7 @@ class RowDecoder:
     :class:`kosmos2.generation.Decoder`.
     """
 
-    def __init__(self, model: "Kosmos2ForConditionalGeneration", cache: KVCache) -> None:
+    def __init__(self, model: Kosmos2ForConditionalGeneration, cache: KVCache) -> None:
         self.model = model
         self.cache = cache
 
@@ -86,7 +86,7 @@ class Engine:
     layout, with each row's tokens what that row alone would give (token-identical for batch 1).
     """
 
-    def __init__(self, model: "Kosmos2ForConditionalGeneration", max_images: int = DEFAULT_MAX_IMAGES) -> None:
+    def __init__(self, model: Kosmos2ForConditionalGeneration, max_images: int = DEFAULT_MAX_IMAGES) -> None:
         self.model = model
         self.prefixes = PrefixCache(max_images)
 

@@ -135,7 +135,8 @@ class Runner:
             if result is None:
                 yield gr.skip(), gr.skip(), gr.skip()
             else:
-                yield result.caption, result.entities_json(), self.outputs.save(draw.annotate(shown, result.annotations()))
+                png = self.outputs.save(draw.annotate(shown, result.annotations()))
+                yield result.caption, result.entities_json(), png
 
 
 def notice_line(kind: str, inner_html: str, alert: bool = False) -> str:

@@ -18,18 +18,26 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from . import records
-from ..common import (OneLineParser, UsageError, add_model_flags, add_phrase_flag, add_setting_flags,
-                        model_holder, program, setting_flags)
 from ...demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, progress
-from ...demo.signals import SignalGuard, StopRequested, stop_on_signals
 from ...demo.settings import DETECTION_SETTINGS, SETTINGS
+from ...demo.signals import SignalGuard, StopRequested, stop_on_signals
 from ...demo.tasks import TASKS
 from ...errors import UserError
 from ...hub import CheckpointError
-from .records import FORMATS, JournalWriter, Record
+from ..common import (
+    OneLineParser,
+    UsageError,
+    add_model_flags,
+    add_phrase_flag,
+    add_setting_flags,
+    model_holder,
+    program,
+    setting_flags,
+)
+from . import records
 from .outputs import Outputs
 from .ray_engine import import_ray
+from .records import FORMATS, JournalWriter, Record
 from .work import LABEL_TASKS, Labeller, Plan, label_files
 
 ENGINES = ("local", "ray")

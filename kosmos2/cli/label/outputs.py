@@ -6,9 +6,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import records
 from ...demo.results import count
 from ...errors import UserError
+from . import records
 from .work import Plan
 
 

@@ -101,7 +101,8 @@ class Labeller:
 
     A task whose mode batches images (``detect``) labels :attr:`images_per_call` images per call; the others
     (``ground``, ``caption``) label one image per call, and :attr:`calls_in_flight` calls at once feed the
-    batcher, which decodes their rows together. ``one_at_a_time`` labels image after image instead (the benchmark's baseline).
+    batcher, which decodes their rows together. ``one_at_a_time`` labels image after image instead (the
+    benchmark's baseline).
     """
 
     def __init__(self, loaded: LoadedModel, plan: Plan, one_at_a_time: bool = False) -> None:

@@ -163,7 +163,8 @@ def _quiet_hub() -> Iterator[None]:
 def _hub_unavailable(what: str) -> HubUnreachable:
     return HubUnreachable(
         f"selfcheck needs the Hugging Face hub for {what}, and it cannot be reached (offline, or HF_HUB_OFFLINE=1) "
-        "with no copy in the local cache: run it where the hub is reachable, or pass --checkpoint FOLDER and --image FILE"
+        "with no copy in the local cache: run it where the hub is reachable, or pass --checkpoint FOLDER and "
+        "--image FILE"
     )
 
 

@@ -189,7 +189,8 @@ def agreement(reference: Sequence[Produced], other: Sequence[Produced]) -> Agree
         if where is not None:
             first = (row, where)
             break
-    ious = [entity_iou(a, b) for ref, oth in zip(reference, other) for a, b in match_entities(ref.entities, oth.entities)]
+    ious = [entity_iou(a, b) for ref, oth in zip(reference, other)
+            for a, b in match_entities(ref.entities, oth.entities)]
     return Agreement(first, tuple(ious), sum(len(r.entities) for r in reference))
 
 
