@@ -23,6 +23,7 @@ from PIL import Image
 from benchmarks.run import ensure_checkpoint, machine
 from kosmos2.demo.execute import run_tasks
 from kosmos2.demo.loading import ModelHolder
+from kosmos2.demo.mode import Settings
 from kosmos2.demo.settings import DetectionSettings, GenerationSettings
 from kosmos2.demo.tasks import TASKS, build_request
 
@@ -43,7 +44,7 @@ def main() -> None:
     holder = ModelHolder(str(ensure_checkpoint(args.cache, args.size)), dtype=args.dtype)
     loaded = holder.get()
 
-    def case(task: str, text: str, settings: GenerationSettings | DetectionSettings) -> Callable[[Image.Image], object]:
+    def case(task: str, text: str, settings: Settings) -> Callable[[Image.Image], object]:
         return lambda im: run_tasks(loaded, TASKS[task], [build_request(task, im, text)], settings)
 
     cases = {

@@ -93,4 +93,4 @@ def _detect_one(loaded: LoadedModel, request: TaskRequest, settings: DetectionSe
     yield from detect_many(loaded, [request], settings)  # (one step: no partial results)
 
 
-DETECT = Mode("detect", DetectionSettings, stream=_detect_one, many=detect_many, batches_images=True, refilters=True)
+DETECT = Mode(DetectionSettings, stream=_detect_one, many=detect_many, batches_images=True, refilters=True)

@@ -80,4 +80,4 @@ def _last(results: Iterator[TaskResult | None]) -> TaskResult:
     return final
 
 
-GENERATE = Mode("generate", GenerationSettings, stream=stream_generation, many=generate_each)
+GENERATE = Mode(GenerationSettings, stream=stream_generation, many=generate_each)

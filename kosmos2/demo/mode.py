@@ -28,7 +28,6 @@ class Mode:
     change it without the model (the page shows the filters and a heat map beside it).
     """
 
-    name: str
     settings: type[GenerationSettings] | type[DetectionSettings]
     stream: Callable[[LoadedModel, TaskRequest, Any, float, bool], Iterator[TaskResult | None]]
     many: Callable[[LoadedModel, Sequence[TaskRequest], Any], list[TaskResult]]

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 from ...demo.execute import run_tasks
 from ...demo.inputs import InputError, parse_phrases
 from ...demo.loading import LoadedModel
+from ...demo.mode import Settings
 from ...demo.request import TaskRequest
 from ...demo.results import TaskResult
-from ...demo.settings import DetectionSettings, GenerationSettings
 from ...demo.tasks import TASKS, Task, build_request
 from ..common import UsageError
 from .records import Record
@@ -38,10 +38,10 @@ class Plan:
 
     task: str
     phrases: tuple[str, ...]
-    settings: GenerationSettings | DetectionSettings
+    settings: Settings
 
     @classmethod
-    def make(cls, task: str, phrases: Sequence[str], settings: GenerationSettings | DetectionSettings) -> Plan:
+    def make(cls, task: str, phrases: Sequence[str], settings: Settings) -> Plan:
         """The plan, checked: ``caption`` takes no phrases (they come from the captions), the others at
         least one, each one line and none twice (:class:`UsageError`, naming ``--phrase``)."""
         if task == "caption":
