@@ -61,7 +61,7 @@ def candidates_from(first: int, p_first: float, second_probs: Sequence[float], p
     return [Candidate(first, c, p_first, second_probs[c]) for c in allowed[:per_first]]
 
 
-def iou(a: Box, b: Box) -> float:
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes."""
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])

@@ -127,7 +127,7 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
         source = io.BytesIO(source)
     try:
         with Image.open(source) as image:
-            check_pixel_count(image.size, max_pixels)
+            check_pixel_count(image.size, max_pixels, name)
             image.load()
             decoded = image.copy()
             orientation = image.getexif().get(_ORIENTATION)
@@ -136,10 +136,7 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
                 exif[_ORIENTATION] = orientation
                 decoded.info["exif"] = exif.tobytes()
             return decoded
-    except Image.DecompressionBombError as e:
-        raise ImageError("too_large", f"{name} is too large (decompression bomb check): {e}",
-                         getattr(e, "size", None), getattr(e, "limit", None)) from e
-    except Image.DecompressionBombWarning as e:  # only where a caller turned pillow's warnings into errors
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # pillow's own check in open()
         raise ImageError("too_large", f"{name} is too large (decompression bomb check): {e}") from e
     except UnidentifiedImageError as e:
         raise ImageError("unsupported", f"{name} is not an image file Pillow can read.") from e
@@ -149,10 +146,10 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
         raise ImageError("damaged", f"{name} could not be decoded (truncated or corrupt?): {e}") from e
 
 
-def check_pixel_count(size: tuple[int, int], limit: int | None = None) -> None:
-    """Raise ``Image.DecompressionBombError`` (with ``size`` and ``limit`` attributes) when an image of
-    ``size`` has more than ``limit`` pixels (default: pillow's ``Image.MAX_IMAGE_PIXELS``, read at each
-    call; ``None`` there means no limit).
+def check_pixel_count(size: tuple[int, int], limit: int | None = None, name: str = "The image") -> None:
+    """Raise :class:`ImageError` ``"too_large"`` (with ``size`` and ``limit``) when an image of ``size``
+    has more than ``limit`` pixels (default: pillow's ``Image.MAX_IMAGE_PIXELS``, read at each call;
+    ``None`` there means no limit).
 
     A plain comparison: unlike pillow's own warning, it needs no process-wide warning filter, so
     it is safe in a multi-threaded server.
@@ -160,10 +157,8 @@ def check_pixel_count(size: tuple[int, int], limit: int | None = None) -> None:
     limit = Image.MAX_IMAGE_PIXELS if limit is None else limit
     width, height = size
     if limit is not None and width * height > limit:
-        error = Image.DecompressionBombError(
-            f"{width}×{height} = {width * height} pixels is more than the limit of {limit} pixels")
-        error.size, error.limit = size, limit  # type: ignore[attr-defined]  # pillow's error declares no fields
-        raise error
+        raise ImageError("too_large", f"{name} is too large (decompression bomb check): {width}×{height} = "
+                         f"{width * height} pixels is more than the limit of {limit} pixels", size, limit)
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:

@@ -21,7 +21,7 @@ from kosmos2.demo.generate import generate_each
 from kosmos2.demo.results import build_result
 from kosmos2.demo.settings import DetectionSettings, GenerationSettings
 from kosmos2.demo.tasks import build_request
-from kosmos2.serving import Engine
+from kosmos2.serving import Engine, locate
 from launch import ROOT
 from reference_model import pixel_values, prompt_inputs, reference_model, token_id
 
@@ -199,8 +199,8 @@ def test_locate_equals_the_reference_run_alone_per_candidate(pair):
     batch = prompt_inputs(folder, prompts)
     pixels = pixel_values(2, ours.config.vision_config.image_size)
     engine = Engine(ours)
-    located = engine.locate(engine.rows(pixels, batch["input_ids"], batch["image_embeds_position_mask"],
-                                        batch["attention_mask"]), location_ids, candidates=4, floor=0.0)
+    located = locate(engine, engine.rows(pixels, batch["input_ids"], batch["image_embeds_position_mask"],
+                                      batch["attention_mask"]), location_ids, candidates=4, floor=0.0)
     for r, row in enumerate(located):
         ids = batch["input_ids"][r][batch["attention_mask"][r].bool()].tolist()
         want_first = _reference_next(ref, ids, pixels[r:r + 1])[location_ids]
@@ -247,7 +247,7 @@ def test_detect_scores_every_kept_box_and_refilters_without_the_model(loaded, mo
             assert len(e.boxes) == len(e.scores) <= 5 and e.scores == sorted(e.scores, reverse=True)
             assert all(0 < s <= 1 for s in e.scores)
     calls = []
-    monkeypatch.setattr(Engine, "locate", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(Engine, "prepare", lambda *a, **k: calls.append(1))
     strict = results[0].detection.result(DetectionSettings(threshold=0.0, max_instances=1))
     assert all(len(e.boxes) == 1 for e in strict.entities) and calls == []
     best = max(c.score for c in results[0].detection.candidates[0])

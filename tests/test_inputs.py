@@ -7,6 +7,7 @@ comes back is exactly the upright RGB image the model saw, and is compared with 
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -358,3 +359,10 @@ def test_generation_settings_out_of_range_are_rejected_by_the_server(client, dec
     assert_clean_message(info.value)
     assert decoder_inputs == []
     next_request_works(client)
+
+
+def test_an_image_object_over_the_limit_and_a_text_stream_get_clear_messages():
+    with pytest.raises(inputs.InputError, match=r"^The image is too large \(40×30 pixels\); the limit is 0.001 megapixels\.$"):
+        inputs.load_image(Image.new("RGB", (40, 30)), max_pixels=1000)
+    with pytest.raises(inputs.InputError, match=r"^Unsupported image value of type StringIO\.$"):
+        inputs.load_image(io.StringIO("not pixels"))

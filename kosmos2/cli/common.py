@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ..demo.inputs import InputError
 from ..demo.loading import DTYPES, ModelHolder
@@ -26,7 +26,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are a :class:`UsageError` with argparse's message and where to look,
     instead of its usage block and exit."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
@@ -43,7 +43,7 @@ def flag(name: str) -> str:
 def add_setting_flags(group: argparse._ArgumentGroup, spec: Mapping[str, Setting]) -> None:
     """One typed flag per setting of ``spec`` (values are checked by the settings group's from_user)."""
     for name, s in spec.items():
-        group.add_argument(flag(name), dest=name, type=None if s.choices else s.kind, choices=s.choices or None,
+        group.add_argument(flag(name), dest=name, type=str if s.choices else s.kind, choices=s.choices or None,
                            help=s.describe())
 
 

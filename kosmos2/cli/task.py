@@ -83,8 +83,8 @@ def main(argv: list[str]) -> int:
                           "seconds": round(result.seconds, 3), "new_tokens": result.new_tokens}, indent=2))
     else:
         print(result.caption)
-        for e in result.entities:
-            print(f"  {e.phrase!r} {e.span}: " + ", ".join(str(b) for b in e.pixel_boxes))
+        for entity in result.entities:
+            print(f"  {entity.phrase!r} {entity.span}: " + ", ".join(str(b) for b in entity.pixel_boxes))
         print(result.timing_text(), file=sys.stderr)
     return 0
 

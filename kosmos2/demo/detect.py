@@ -64,6 +64,8 @@ class Detection:
 def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: DetectionSettings) -> list[TaskResult]:
     """Run ``detect`` requests (one row per phrase) together: one forward pass over all their prompts,
     one batched step for all candidate first cells. One result per request."""
+    from ..serving import locate  # model code loads with the model, not with the app (see ModelHolder._from)
+
     start = time.perf_counter()
     processor, engine = loaded.processor, loaded.batcher.engine
     rows, phrases = [], []
@@ -74,7 +76,7 @@ def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: 
                                 batch["attention_mask"]))
         phrases.append(tuple(detect_phrase(p) for p in request.prompts))
     location_ids = torch.tensor(loaded.location_ids)
-    located = engine.locate(rows, location_ids, settings.candidates, detection.FIRST_CELL_FLOOR)
+    located = locate(engine, rows, location_ids, settings.candidates, detection.FIRST_CELL_FLOOR)
     seconds = time.perf_counter() - start
     out, at = [], 0
     for request, names in zip(requests, phrases):

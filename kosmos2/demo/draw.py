@@ -195,8 +195,9 @@ def colormap(value: float) -> tuple[int, int, int]:
     """The viridis colour of ``value`` in [0, 1]."""
     x = min(max(value, 0.0), 1.0) * (len(VIRIDIS) - 1)
     k = min(int(x), len(VIRIDIS) - 2)
-    a, b, t = hex_to_rgb(VIRIDIS[k]), hex_to_rgb(VIRIDIS[k + 1]), x - k
-    return tuple(round(u + (v - u) * t) for u, v in zip(a, b))  # type: ignore[return-value]
+    low, high, t = hex_to_rgb(VIRIDIS[k]), hex_to_rgb(VIRIDIS[k + 1]), x - k
+    r, g, b = (round(u + (v - u) * t) for u, v in zip(low, high))
+    return r, g, b
 
 
 def heat_overlay(image: Image.Image, density: Sequence[Sequence[float]]) -> Image.Image:

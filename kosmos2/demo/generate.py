@@ -43,8 +43,9 @@ def stream_generation(loaded: LoadedModel, request: TaskRequest, settings: Gener
         ids = prompt_ids[i] + list(new)
         scores = grounding.location_logprobs(ids, [None] * len(prompt_ids[i]) + list(logprobs[:len(new)]),
                                              locations, image_end)
-        parsed[i] = (len(new), parse_row(processor.decode(ids, skip_special_tokens=True), request.image.size, scores))
-        return parsed[i][1]
+        fresh = parse_row(processor.decode(ids, skip_special_tokens=True), request.image.size, scores)
+        parsed[i] = (len(new), fresh)
+        return fresh
 
     def result(new_ids: list[list[int]], seconds: float, first: float | None, done: bool) -> TaskResult:
         out = merge_rows(request, [row(i, q, s.logprobs) for i, (q, s) in enumerate(zip(new_ids, streams))], done)

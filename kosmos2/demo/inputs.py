@@ -12,14 +12,14 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
 from ..errors import UserError
 from ..grounding import Box, PixelBox
-from ..image_processing import ImageError, check_pixel_count, open_image, to_rgb
+from ..image_processing import ImageError, ImageSource, check_pixel_count, open_image, to_rgb
 from .draw import rgb_to_hex
 
 MAX_TEXT_CHARS = 1000
@@ -98,8 +98,9 @@ def load_image(value: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     if value is None:
         raise InputError("No image: please upload an image first.")
     try:
-        if isinstance(value, (str, Path, bytes, io.IOBase)):
-            value = open_image(value, max_pixels)
+        binary_file = isinstance(value, io.IOBase) and not isinstance(value, io.TextIOBase)
+        if isinstance(value, (str, Path, bytes)) or binary_file:
+            value = open_image(cast(ImageSource, value), max_pixels)
         else:
             if isinstance(value, np.ndarray):
                 value = _array_image(value)
@@ -107,8 +108,6 @@ def load_image(value: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
                 raise InputError(f"Unsupported image value of type {type(value).__name__}.")
             check_pixel_count(value.size, max_pixels)
         return to_rgb(value, as_displayed=True)
-    except Image.DecompressionBombError as e:  # check_pixel_count's, with the size and the limit
-        raise InputError(_too_large(e.size, e.limit)) from e
     except ImageError as e:
         if e.kind == "too_large":
             raise InputError(_too_large(e.size, e.limit or max_pixels)) from e

@@ -232,7 +232,12 @@ class ModelHolder:
         """The built-in tiny checkpoint, written to a temporary folder that is removed at exit."""
         folder = Path(tempfile.mkdtemp(prefix="kosmos2-tiny-"))
         owner = os.getpid()  # a forked child (ZeroGPU) exiting must not remove the parent's checkpoint
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+
+        def remove() -> None:
+            if os.getpid() == owner:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(remove)
         if announce:
             progress(f"Writing the built-in tiny checkpoint (random weights) to {folder}...")
         self._status = LoadStatus("loading", self.checkpoint)

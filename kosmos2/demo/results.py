@@ -141,7 +141,7 @@ def parse_row(text: str, size: tuple[int, int], patch_logprobs: Sequence[float |
     after = grounding.post_process_generation(text, cleanup_and_extract=False)
     caption, entities, scores = grounding.scored_entities(after, patch_logprobs)
     pixel = grounding.entities_to_pixel_boxes(entities, *size)
-    return ParsedRow(after.strip(), caption, entities, [[tuple(b) for b in boxes] for _, _, boxes in pixel], scores)
+    return ParsedRow(after.strip(), caption, entities, [list(boxes) for _, _, boxes in pixel], scores)
 
 
 def build_result(request: TaskRequest, texts: Sequence[str], done: bool = False,
@@ -158,14 +158,14 @@ def merge_rows(request: TaskRequest, rows: Sequence[ParsedRow], done: bool = Fal
     if not request.colour_by_row:
         row_colours: list[str | None] = [None] * len(rows)
     else:
-        row_colours = list(request.box_colours) or entity_colours(len(rows))
+        row_colours = [*(request.box_colours or entity_colours(len(rows)))]
     entities: list[ResultEntity] = []
     row_spans = []
     offset = 0
     for row, parsed in enumerate(rows):
         for (phrase, (start, end), boxes), pixel_boxes, box_scores in zip(parsed.entities, parsed.pixel_boxes,
                                                                           parsed.scores):
-            entities.append(ResultEntity(phrase, (start + offset, end + offset), [tuple(b) for b in boxes],
+            entities.append(ResultEntity(phrase, (start + offset, end + offset), list(boxes),
                                          list(pixel_boxes), "", row, list(box_scores)))
         row_spans.append((offset, offset + len(parsed.caption)))
         offset += len(parsed.caption) + 1

@@ -27,8 +27,8 @@ class Setting:
 
     default: Any
     label: str
-    minimum: float | None = None
-    maximum: float | None = None
+    minimum: float = -math.inf  # a number's range (the bounds allowed); a text setting has choices instead
+    maximum: float = math.inf
     step: float | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
@@ -74,7 +74,7 @@ class _UserSettings:
     @classmethod
     def spec(cls) -> Mapping[str, Setting]:
         """The :class:`Setting` of each field, by name."""
-        return {f.name: f.metadata["setting"] for f in fields(cls)}  # type: ignore[arg-type]
+        return {f.name: f.metadata["setting"] for f in fields(cls)}  # type: ignore[arg-type]  # the subclasses are dataclasses
 
     @classmethod
     def from_user(cls, called: Callable[[str], str] | None = None, **values: Any) -> Any:

@@ -171,8 +171,7 @@ def _prepare_inputs(
     eos_ids: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Check shapes and batch sizes; compute the image embeddings; default the attention mask."""
-    check_prompt_shapes(input_ids, image_mask, attention_mask)
-    assert input_ids is not None and image_mask is not None  # check_prompt_shapes raised otherwise
+    input_ids, image_mask = check_prompt_shapes(input_ids, image_mask, attention_mask)
     device = model.device
     input_ids = input_ids.to(device)
     batch = input_ids.shape[0]

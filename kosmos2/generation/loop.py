@@ -48,9 +48,9 @@ def check_streaming(settings: DecodingSettings, streamer: Streamer | None) -> No
 
 def check_prompt_shapes(
     input_ids: torch.Tensor | None, image_embeds_position_mask: torch.Tensor | None, attention_mask: torch.Tensor | None
-) -> None:
-    """Raise ``ValueError`` unless ``input_ids`` is (batch, length > 0) and the image slot mask (required)
-    and the attention mask (optional) have its shape."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, image_embeds_position_mask)``, once checked: ``ValueError`` unless ``input_ids`` is
+    (batch, length > 0) and the image slot mask (required) and the attention mask (optional) have its shape."""
     if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError("input_ids of shape (batch, length > 0) are required")
     if image_embeds_position_mask is None:
@@ -58,6 +58,7 @@ def check_prompt_shapes(
     for name, mask in (("image_embeds_position_mask", image_embeds_position_mask), ("attention_mask", attention_mask)):
         if mask is not None and mask.shape != input_ids.shape:
             raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(input_ids.shape)} like input_ids")
+    return input_ids, image_embeds_position_mask
 
 
 @dataclass(frozen=True)

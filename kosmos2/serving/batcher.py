@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -196,7 +196,7 @@ class Batcher:
 
     def _enqueue(self, rows: Sequence[Row], max_new_tokens: int | None, generator: torch.Generator | None,
                  timeout: float | None, decoding: dict[str, Any]) -> list[RowStream]:
-        settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
+        settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]  # None: DecodingSettings raises, saying why
         check_one_sequence(settings)
         requests = [_Request(row, settings, RowStream(timeout), generator) for row in rows]
         with self._cond:
@@ -293,10 +293,17 @@ class Batcher:
 
 
 _BATCHERS: weakref.WeakSet[Batcher] = weakref.WeakSet()  # every live batcher, reset in a forked child
-os.register_at_fork(after_in_child=lambda: [b._after_fork() for b in list(_BATCHERS)])
 
 
-def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Iterator[list[list[int]]]:
+def _reset_after_fork() -> None:
+    for b in list(_BATCHERS):
+        b._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Generator[list[list[int]], None, None]:
     """Each row's new ids so far, after every round in which each unfinished row got one more token
     (until every row is complete); with ``tick_s``, also after ``tick_s`` seconds without a token (so
     that a consumer waiting on a slow or all-at-once row, as beam search's, keeps control), else a

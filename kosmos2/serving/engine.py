@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import detection, generation
+from .. import generation
 from ..cache import KVCache
 from ..generation import DecodingSettings, Streamer
 from ..language import position_ids_from_input_ids
@@ -19,9 +19,6 @@ from .rows import Row, check_one_sequence, split_batch, split_row
 
 if TYPE_CHECKING:
     from ..model import Kosmos2ForConditionalGeneration
-
-LOCATE_ROWS = 64  # candidates per batched step of Engine.locate (each holds a copy of its prefix cache)
-
 
 class RowDecoder:
     """Next-token logits from a ``KVCache`` that already holds each row's prefix.
@@ -69,16 +66,6 @@ class Prepared:
     attention_mask: torch.Tensor  # (B * copies, P + R)
 
 
-@dataclass(frozen=True)
-class Located:
-    """:meth:`Engine.locate`'s answer for one row: p(first cell) (C,), the first cells tried, and for each,
-    p(second cell | first) (tried, C) (None when none was tried)."""
-
-    first: torch.Tensor
-    tried: list[int]
-    second: torch.Tensor | None
-
-
 class Engine:
     """Generation for batches of rows with a per-image prefix cache; thread-safe.
 
@@ -118,8 +105,11 @@ class Engine:
     @torch.no_grad()
     def prefix_entries(self, rows: Sequence[Row]) -> list[PrefixEntry]:
         """Each row's prefix keys/values: from the cache, or computed (all misses in one batch) and stored."""
-        found = {key: self.prefixes.get(key) for key in dict.fromkeys(r.key for r in rows)}  # one lookup per image
-        missing = list({r.key: r for r in rows if found[r.key] is None}.values())
+        found: dict[str, PrefixEntry] = {}
+        for key in dict.fromkeys(r.key for r in rows):  # one lookup per image
+            if (entry := self.prefixes.get(key)) is not None:
+                found[key] = entry
+        missing = list({r.key: r for r in rows if r.key not in found}.values())
         by_length: dict[int, list[Row]] = {}
         for r in missing:
             by_length.setdefault(r.prefix_ids.shape[0], []).append(r)
@@ -162,34 +152,6 @@ class Engine:
             cache.update(layer, keys[layer], values[layer])
         cache.advance(length)
         return Prepared(RowDecoder(model, cache), sequences, attention)
-
-    @torch.no_grad()
-    def locate(self, rows: Sequence[Row], location_ids: torch.Tensor, candidates: int,
-               floor: float) -> list[Located]:
-        """Where each row's next box may be: for prompts that end in ``<object>``, the distribution over the
-        first location token, and for its ``candidates`` likeliest first cells (at least ``floor``), the
-        distribution over the second one given each. ``location_ids`` (C,) are the location tokens' ids,
-        cell order. Both distributions are the softmax of the raw logits over the whole vocabulary, at
-        the location tokens. One forward pass over the rows' prompts, then batched steps (at most
-        ``LOCATE_ROWS`` candidates each) for every candidate of every row, on the cached prefix."""
-        ready = self.prepare(rows, 1, max_new_tokens=1)
-        location_ids = location_ids.to(ready.sequences.device)
-        first = ready.decoder(ready.sequences, ready.attention_mask).softmax(dim=-1)[:, location_ids].cpu()  # (B, C)
-        picks = [(r, cell) for r in range(len(rows))
-                 for cell, _ in detection.top_cells(first[r].tolist(), candidates, floor)]
-        seconds = []
-        for start in range(0, len(picks), LOCATE_ROWS):  # each chunk copies the prefix cache once per pick
-            chunk = picks[start:start + LOCATE_ROWS]
-            index = torch.tensor([r for r, _ in chunk], device=ready.sequences.device)
-            decoder = RowDecoder(self.model, ready.decoder.cache.selected(index))
-            cells = torch.tensor([c for _, c in chunk], device=ready.sequences.device)
-            sequences = torch.cat([ready.sequences[index], location_ids[cells].unsqueeze(1)], dim=1)
-            attention = torch.nn.functional.pad(ready.attention_mask[index], (0, 1), value=1)
-            seconds.append(decoder(sequences, attention).softmax(dim=-1)[:, location_ids].cpu())  # (chunk, C)
-        second = torch.cat(seconds) if seconds else None
-        return [Located(first[r], [c for row, c in picks if row == r],
-                        None if second is None else second[[k for k, (row, _) in enumerate(picks) if row == r]])
-                for r in range(len(rows))]
 
     @torch.no_grad()
     def run(
@@ -240,7 +202,8 @@ class Engine:
         prefix cache, with per-row positions. Returns (B, T + new): the given ids, then the new ones.
         ``streamer`` gets the prompt ids first, as with ``model.generate``."""
         try:
-            settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]
+            settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]  # None: DecodingSettings raises, saying why
+            input_ids, _ = generation.check_prompt_shapes(input_ids, image_embeds_position_mask, attention_mask)
             rows = self.rows(pixel_values, input_ids, image_embeds_position_mask, attention_mask)
             if streamer is not None:
                 streamer.put(input_ids.cpu())

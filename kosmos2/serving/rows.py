@@ -62,8 +62,8 @@ def split_batch(
     pad_id: int,
 ) -> list[Row]:
     """The rows of a processor batch (left-padded (B, T) tensors and (B, 3, S, S) pixels)."""
-    generation.check_prompt_shapes(input_ids, image_embeds_position_mask, attention_mask)
-    assert input_ids is not None and image_embeds_position_mask is not None  # check_prompt_shapes raised otherwise
+    input_ids, image_embeds_position_mask = generation.check_prompt_shapes(input_ids, image_embeds_position_mask,
+                                                                           attention_mask)
     if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[0] != input_ids.shape[0]:
         shape = None if pixel_values is None else tuple(pixel_values.shape)
         raise ValueError(f"pixel_values of shape ({input_ids.shape[0]}, 3, size, size) are required, got {shape}")

@@ -38,7 +38,6 @@ def _setting_input(s: Setting) -> gr.Radio | gr.Slider:
     """The UI control of one setting."""
     if s.choices:
         return gr.Radio(list(s.choices), value=s.default, label=s.label, info=s.help)
-    assert s.minimum is not None and s.maximum is not None  # a setting without choices is a number with a range
     return gr.Slider(s.minimum, s.maximum, value=s.default, step=s.step, label=s.label, info=s.help)
 
 

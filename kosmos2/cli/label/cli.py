@@ -242,8 +242,9 @@ def _run(job: Job, guard: SignalGuard) -> int:
             again = "Ctrl-C" if str(stop) == "SIGINT" else str(stop)
             progress(f"stopped ({stop}): finishing the images in progress ({again} again to quit at once)...")
             try:
-                stream.stop()
-                _journal(stream, writer, tally, bar, job.plan, guard)
+                if stream is not None:
+                    stream.stop()
+                    _journal(stream, writer, tally, bar, job.plan, guard)
             except StopRequested:  # quit now: every record so far is on disk, threads may be inside the model
                 progress(f"{tally.summary()}\n[kosmos2] {_resume_hint(job)}")
                 job.holder.remove_tiny_files()  # (os._exit skips the atexit clean-up)

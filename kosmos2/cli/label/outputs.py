@@ -89,5 +89,5 @@ class Outputs:
         written = records.yolo(done, plan.task, plan.phrases, folder)
         for name, text in written.items():
             records.write_atomically(self.out / name, text)
-        files = count(len(done), "label file", "label files")
-        return f"wrote {self.out} (YOLO: {files}, classes.txt, data.yaml); journal {self.journal}{note}"
+        label_files = count(len(done), "label file", "label files")
+        return f"wrote {self.out} (YOLO: {label_files}, classes.txt, data.yaml); journal {self.journal}{note}"

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ def import_ray() -> Any:
 class RayLabelling(Iterator[dict[str, Any]]):
     """The records of a Ray run as they come back; :meth:`stop` ends the run (and the local Ray instance)."""
 
-    def __init__(self, records: Iterator[dict[str, Any]]) -> None:
+    def __init__(self, records: Generator[dict[str, Any], None, None]) -> None:
         self._records = records
 
     def __next__(self) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def label_with_ray(plan: Plan, model: ModelSpec, folder: Path, files: Sequence[s
 
 
 def _records(ray: Any, plan: Plan, model: ModelSpec, folder: Path, files: Sequence[str], cluster: Cluster,
-             images_per_batch: int) -> Iterator[dict[str, Any]]:
+             images_per_batch: int) -> Generator[dict[str, Any], None, None]:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines would drown the driver's bar
     # Two warnings about what this module chose: the progress bars are off (the driver shows its own bar),
     # and a local instance has token authentication (Ray's default, kept).

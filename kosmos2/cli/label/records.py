@@ -222,7 +222,7 @@ def annotations_of(record: Record, task: str, phrases: Sequence[str]) -> list[An
     row that is that row's phrase (what the model says after it is not a label); a phrase without a box
     has no annotation. ``caption``: every entity, in the category named by its phrase.
     """
-    out = []
+    out: list[Annotation] = []
     grounded: set[int] = set()
     for e in record["entities"]:
         if task == "ground":
@@ -270,7 +270,8 @@ def coco(records: Sequence[Record], task: str, phrases: Sequence[str]) -> dict[s
     category ids 1.. in :func:`categories` order, annotation ids 1.. image by image."""
     names = categories(task, phrases, records)
     category_id = {name: i + 1 for i, name in enumerate(names)}
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, r in enumerate(records, start=1):
         images.append({"id": image_id, "file_name": r["file"], "width": r["width"], "height": r["height"]})
         for a in annotations_of(r, task, phrases):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,15 +115,15 @@ class Labeller:
 
     def label(self, items: Sequence[Item]) -> list[Record]:
         """The records of ``items`` (failed ones as ``{"file", "failed"}``), in order."""
-        ready = [i for i in items if i.request is not None]
-        records = dict(zip((i.file for i in ready), self._results(ready)))
+        ready = {i.file: i.request for i in items if i.request is not None}
+        records = self._results(ready)
         return [{"file": i.file, "failed": i.failed} if i.request is None else records[i.file] for i in items]
 
-    def _results(self, ready: Sequence[Item]) -> list[Record]:
+    def _results(self, ready: Mapping[str, TaskRequest]) -> dict[str, Record]:
         if not ready:
-            return []
-        results = run_tasks(self.loaded, self.plan.spec, [i.request for i in ready], self.plan.settings)
-        return [record_of(i.file, r) for i, r in zip(ready, results)]
+            return {}
+        results = run_tasks(self.loaded, self.plan.spec, list(ready.values()), self.plan.settings)
+        return {file: record_of(file, r) for file, r in zip(ready, results)}
 
 
 class Labelling(Iterator[Record]):

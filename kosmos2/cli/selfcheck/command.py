@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from PIL import Image
@@ -20,6 +20,7 @@ from PIL import Image
 from ...errors import UserError
 from ...hub import MODEL_FILES, PROCESSOR_FILES, HubUnreachable, resolve_checkpoint
 from ...image_processing import open_image
+from ...outputs import GenerateDecoderOnlyOutput
 from ..common import OneLineParser, UsageError, program
 from .compare import Produced, compare_case, json_entities, report
 from .expectations import (
@@ -33,6 +34,9 @@ from .expectations import (
     load_expectations,
     select_cases,
 )
+
+if TYPE_CHECKING:
+    from ...model import Kosmos2ForConditionalGeneration
 
 # --------------------------------------------------------------------------------------------------
 # Running the model
@@ -71,7 +75,7 @@ def score_slices(scores: Sequence[torch.Tensor]) -> dict[str, list[list[float]]]
     return {SCORE_SLICES[0]: first.float().cpu().tolist(), SCORE_SLICES[1]: last.float().cpu().tolist()}
 
 
-def generate_rows(model: torch.nn.Module, processor: Any, case: Case, image: Image.Image,
+def generate_rows(model: Kosmos2ForConditionalGeneration, processor: Any, case: Case, image: Image.Image,
                   max_new_tokens: int = MAX_NEW_TOKENS, with_scores: bool = True) -> list[Produced]:
     """Run one case greedily as the recorded runs did; with ``with_scores``, the score slices for an
     unbatched case that recorded them (``generate``'s processed scores, as the reference test reads them)."""
@@ -84,9 +88,11 @@ def generate_rows(model: torch.nn.Module, processor: Any, case: Case, image: Ima
                 attention_mask=inputs["attention_mask"], image_embeds=None,
                 image_embeds_position_mask=inputs["image_embeds_position_mask"], use_cache=True,
                 max_new_tokens=max_new_tokens)
-    out = model.generate(**args, output_scores=want_scores, return_dict_in_generate=True)
-    sequences, scores = out.sequences, (list(out.scores) if want_scores else None)
-    return _rows(processor, sequences.cpu(), inputs["input_ids"].shape[1], scores, model.generation_config.pad_token_id)
+    pad = model.config.text_config.pad_token_id
+    out = cast(GenerateDecoderOnlyOutput,  # greedy, with return_dict_in_generate
+               model.generate(**args, output_scores=want_scores, return_dict_in_generate=True, pad_token_id=pad))
+    scores = list(out.scores) if want_scores and out.scores is not None else None
+    return _rows(processor, out.sequences.cpu(), inputs["input_ids"].shape[1], scores, pad)
 
 
 def _rows(processor: Any, sequences: torch.Tensor, prompt_width: int, scores: list[torch.Tensor] | None,

@@ -23,7 +23,7 @@ JsonEntity = list  # [phrase, [start, end], [[x1, y1, x2, y2], ...]], as the exp
 
 def default_expectations() -> Path:
     """The packaged expectations file (``kosmos2/expectations/snowman.json``)."""
-    return Path(str(resources.files("kosmos2").joinpath("expectations", "snowman.json")))
+    return Path(str(resources.files("kosmos2") / "expectations" / "snowman.json"))
 
 
 # --------------------------------------------------------------------------------------------------
