@@ -52,8 +52,9 @@ def can_close(first: int, second: int, grid: int = GRID) -> bool:
     return second // grid >= first // grid and second % grid >= first % grid
 
 
-def candidates_from(first: int, p_first: float, second_probs: Sequence[float], per_first: int = SECONDS_PER_FIRST,
-                    grid: int = GRID) -> list[Candidate]:
+def candidates_from(
+    first: int, p_first: float, second_probs: Sequence[float], per_first: int = SECONDS_PER_FIRST, grid: int = GRID
+) -> list[Candidate]:
     """The ``per_first`` best boxes that start at cell ``first`` (probability ``p_first``), from the
     distribution over second cells given it; cells that cannot close the box are skipped."""
     allowed = [c for c in range(len(second_probs)) if can_close(first, c, grid) and second_probs[c] > 0]

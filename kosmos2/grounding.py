@@ -170,7 +170,7 @@ def insert_object_tags(text: str, bboxes: list[PhraseBoxes] | None, grid: int = 
         )
     parts, pos = [], 0
     for match, entry in zip(phrases, bboxes):
-        parts.append(text[pos:match.end()])
+        parts.append(text[pos : match.end()])
         pos = match.end()
         boxes = entry if isinstance(entry, list) else [] if entry is None else [entry]
         if boxes:
@@ -210,8 +210,7 @@ def extract_entities(text: str, grid: int = GRID) -> tuple[str, list[Entity]]:
     return _entities_of(text, list(_entity_parts(text)), grid)
 
 
-def _entities_of(raw: str, parts: Sequence[_Part],
-                 grid: int) -> tuple[str, list[Entity]]:
+def _entities_of(raw: str, parts: Sequence[_Part], grid: int) -> tuple[str, list[Entity]]:
     caption_unstripped = _ANY_TAG.sub("", raw)
     lead = len(caption_unstripped) - len(caption_unstripped.lstrip())
     entities: list[Entity] = []
@@ -222,8 +221,9 @@ def _entities_of(raw: str, parts: Sequence[_Part],
     return caption_unstripped.strip(), entities
 
 
-def location_logprobs(ids: Sequence[int], logprobs: Sequence[float | None], location_ids: Collection[int],
-                      image_end_id: int) -> list[float | None]:
+def location_logprobs(
+    ids: Sequence[int], logprobs: Sequence[float | None], location_ids: Collection[int], image_end_id: int
+) -> list[float | None]:
     """The log-probabilities of the location (patch-index) tokens after the last ``</image>``
     (``image_end_id``) of a sequence of token ids, in order; ``logprobs`` has one entry per id (None for
     ids that were not generated)."""
@@ -241,8 +241,9 @@ def box_scores(text: str, patch_logprobs: Sequence[float | None]) -> list[list[f
     return _scores_of(text, list(_entity_parts(text)), patch_logprobs)
 
 
-def scored_entities(text: str, patch_logprobs: Sequence[float | None] | None = None,
-                    grid: int = GRID) -> tuple[str, list[Entity], list[list[float | None]]]:
+def scored_entities(
+    text: str, patch_logprobs: Sequence[float | None] | None = None, grid: int = GRID
+) -> tuple[str, list[Entity], list[list[float | None]]]:
     """:func:`extract_entities` and :func:`box_scores` of ``text`` from one parse (without
     ``patch_logprobs`` every box scores None)."""
     parts = list(_entity_parts(text))
@@ -252,11 +253,12 @@ def scored_entities(text: str, patch_logprobs: Sequence[float | None] | None = N
     return caption, entities, _scores_of(text, parts, patch_logprobs)
 
 
-def _scores_of(text: str, parts: Sequence[_Part],
-               patch_logprobs: Sequence[float | None]) -> list[list[float | None]]:
+def _scores_of(text: str, parts: Sequence[_Part], patch_logprobs: Sequence[float | None]) -> list[list[float | None]]:
     if text.count("<patch_index_") != len(patch_logprobs):
-        raise ValueError(f"the text has {text.count('<patch_index_')} patch-index tokens but "
-                         f"{len(patch_logprobs)} log-probabilities were given")
+        raise ValueError(
+            f"the text has {text.count('<patch_index_')} patch-index tokens but "
+            f"{len(patch_logprobs)} log-probabilities were given"
+        )
     scores = []
     for _, _, cells, first in parts:
         entity = []
@@ -289,7 +291,13 @@ def entities_to_pixel_boxes(
     if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
         raise ValueError(f"Image width and height must be positive ints, got {width!r} x {height!r}.")
     return [
-        (phrase, span, [(round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height))
-                        for x1, y1, x2, y2 in boxes])
+        (
+            phrase,
+            span,
+            [
+                (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height))
+                for x1, y1, x2, y2 in boxes
+            ],
+        )
         for phrase, span, boxes in entities
     ]

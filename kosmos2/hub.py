@@ -93,14 +93,20 @@ def resolve_checkpoint(
     except HFValidationError as e:
         raise CheckpointError(f"Checkpoint not found: '{repo_id}' is neither a folder nor a hub id") from e
     except LocalEntryNotFoundError as e:
-        raise HubUnreachable(f"Could not get '{repo_id}': the Hugging Face hub is unreachable (offline, or "
-                              "HF_HUB_OFFLINE=1) and the local cache has no complete copy") from e
+        raise HubUnreachable(
+            f"Could not get '{repo_id}': the Hugging Face hub is unreachable (offline, or "
+            "HF_HUB_OFFLINE=1) and the local cache has no complete copy"
+        ) from e
     except GatedRepoError as e:  # before its base class, RepositoryNotFoundError
-        raise CheckpointError(f"Could not get '{repo_id}': the model is gated on the Hugging Face hub "
-                              "(accept its terms on its page, then log in with `hf auth login`)") from e
+        raise CheckpointError(
+            f"Could not get '{repo_id}': the model is gated on the Hugging Face hub "
+            "(accept its terms on its page, then log in with `hf auth login`)"
+        ) from e
     except RepositoryNotFoundError as e:
-        raise CheckpointError(f"Could not get '{repo_id}': no such folder, and no such model on the Hugging Face "
-                              "hub (or it is private: log in with `hf auth login`)") from e
+        raise CheckpointError(
+            f"Could not get '{repo_id}': no such folder, and no such model on the Hugging Face "
+            "hub (or it is private: log in with `hf auth login`)"
+        ) from e
     except RevisionNotFoundError as e:
         raise CheckpointError(f"Could not get '{repo_id}': the Hugging Face hub has no revision {revision!r}") from e
 

@@ -97,8 +97,7 @@ class ImageError(UserError, ValueError):
     is a folder), ``"unreadable"`` (no permission, or not a regular file), ``"unsupported"``, ``"damaged"``,
     ``"too_large"`` (then ``size`` and ``limit`` are set) or ``"empty"``."""
 
-    def __init__(self, kind: str, message: str, size: tuple[int, int] | None = None,
-                 limit: int | None = None) -> None:
+    def __init__(self, kind: str, message: str, size: tuple[int, int] | None = None, limit: int | None = None) -> None:
         super().__init__(message)
         self.kind, self.size, self.limit = kind, size, limit
 
@@ -157,8 +156,13 @@ def check_pixel_count(size: tuple[int, int], limit: int | None = None, name: str
     limit = Image.MAX_IMAGE_PIXELS if limit is None else limit
     width, height = size
     if limit is not None and width * height > limit:
-        raise ImageError("too_large", f"{name} is too large (decompression bomb check): {width}×{height} = "
-                         f"{width * height} pixels is more than the limit of {limit} pixels", size, limit)
+        raise ImageError(
+            "too_large",
+            f"{name} is too large (decompression bomb check): {width}×{height} = "
+            f"{width * height} pixels is more than the limit of {limit} pixels",
+            size,
+            limit,
+        )
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:

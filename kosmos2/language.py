@@ -117,8 +117,13 @@ class TextBlock(nn.Module):
         causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attn, weights = self.self_attn(
-            self.self_attn_layer_norm(x), mask=mask, cache=cache, layer_idx=self.layer_idx,
-            head_mask=head_mask, need_weights=need_weights, causal=causal,
+            self.self_attn_layer_norm(x),
+            mask=mask,
+            cache=cache,
+            layer_idx=self.layer_idx,
+            head_mask=head_mask,
+            need_weights=need_weights,
+            causal=causal,
         )
         x = x + attn
         return x + self.ffn(self.final_layer_norm(x)), weights
@@ -183,9 +188,7 @@ class TextTransformer(nn.Module):
             raise ValueError("the input sequence is empty")
         cache = past_key_values
         if cache is not None and not isinstance(cache, KVCache):
-            raise ValueError(
-                f"past_key_values must be the KVCache of an earlier output, got {type(cache).__name__}"
-            )
+            raise ValueError(f"past_key_values must be the KVCache of an earlier output, got {type(cache).__name__}")
         if cache is None and use_cache:
             ref = self.embed_tokens.weight
             cache = KVCache.for_config(self.config, batch, new_len, ref.dtype, ref.device)
@@ -196,8 +199,11 @@ class TextTransformer(nn.Module):
             image_embeds = image_embeds_position_mask = None
 
         x = self.embed(input_ids, inputs_embeds, image_embeds, image_embeds_position_mask, position_ids, past_length)
-        if (head_mask is None and not output_attentions
-                and not needs_explicit_mask(attention_mask, new_len, past_length)):
+        if (
+            head_mask is None
+            and not output_attentions
+            and not needs_explicit_mask(attention_mask, new_len, past_length)
+        ):
             mask, causal = None, new_len > 1
         else:
             mask, causal = decoder_attention_mask(attention_mask, new_len, past_length, x.dtype, x.device), False
@@ -238,9 +244,7 @@ def splice_image_embeds(
             f"expected {tuple(inputs_embeds.shape[:2])} (like input_ids)"
         )
     if image_embeds.shape[0] != inputs_embeds.shape[0]:
-        raise ValueError(
-            f"batch size mismatch: {image_embeds.shape[0]} images but {inputs_embeds.shape[0]} text rows"
-        )
+        raise ValueError(f"batch size mismatch: {image_embeds.shape[0]} images but {inputs_embeds.shape[0]} text rows")
     slots = image_embeds_position_mask.bool()
     counts = slots.sum(dim=1)
     if bool((counts != image_embeds.shape[1]).any()):
@@ -251,9 +255,7 @@ def splice_image_embeds(
     return inputs_embeds.masked_scatter(slots.unsqueeze(-1), image_embeds.to(inputs_embeds.dtype))
 
 
-def _per_layer_head_mask(
-    head_mask: torch.Tensor | None, num_layers: int, num_heads: int
-) -> list[torch.Tensor | None]:
+def _per_layer_head_mask(head_mask: torch.Tensor | None, num_layers: int, num_heads: int) -> list[torch.Tensor | None]:
     """A (heads,) or (layers, heads) head mask as one entry per layer (``None`` entries without one)."""
     if head_mask is None:
         return [None] * num_layers

@@ -16,8 +16,11 @@ ONEDNN_ROWS = range(4, 257)
 
 def onednn_supported() -> bool:
     """Whether this machine and PyTorch build have oneDNN's float32 CPU product (x86-64 with mkldnn)."""
-    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return (
+        platform.machine().lower() in ("x86_64", "amd64")
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
 
 
 _ONEDNN = onednn_supported()
@@ -51,7 +54,8 @@ class Linear(nn.Linear):
                 out = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
                 return out.view(*x.shape[:-1], self.out_features)
             if kernel == "onednn":
-                out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.weight, self.bias,
-                                                         "none", [], "")
+                out = torch.ops.mkldnn._linear_pointwise(
+                    x.reshape(-1, self.in_features), self.weight, self.bias, "none", [], ""
+                )
                 return out.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)

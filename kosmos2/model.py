@@ -115,8 +115,10 @@ class _Kosmos2Base(nn.Module):
         elif image_embeds is not None:
             expected = (self.config.latent_query_num, self.config.text_config.embed_dim)
             if image_embeds.ndim != 3 or tuple(image_embeds.shape[1:]) != expected:
-                raise ValueError(f"image_embeds must have shape (batch, {expected[0]}, {expected[1]}), "
-                                 f"got {tuple(image_embeds.shape)}")
+                raise ValueError(
+                    f"image_embeds must have shape (batch, {expected[0]}, {expected[1]}), "
+                    f"got {tuple(image_embeds.shape)}"
+                )
         text: TextModelOutput = self.text_model.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -197,10 +199,18 @@ class Kosmos2Model(_Kosmos2Base):
         """Encode the image (unless ``image_embeds`` or a filled cache is given) and run the decoder."""
         out = Kosmos2ModelOutput(
             **self._forward_parts(
-                pixel_values=pixel_values, input_ids=input_ids, image_embeds_position_mask=image_embeds_position_mask,
-                attention_mask=attention_mask, head_mask=head_mask, past_key_values=past_key_values,
-                image_embeds=image_embeds, inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=use_cache,
-                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                pixel_values=pixel_values,
+                input_ids=input_ids,
+                image_embeds_position_mask=image_embeds_position_mask,
+                attention_mask=attention_mask,
+                head_mask=head_mask,
+                past_key_values=past_key_values,
+                image_embeds=image_embeds,
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
             )
         )
         return out if return_dict is None or return_dict else out.to_tuple()
@@ -234,27 +244,44 @@ class Kosmos2ForConditionalGeneration(_Kosmos2Base):
         if labels is not None:
             use_cache = False
         parts = self._forward_parts(
-            pixel_values=pixel_values, input_ids=input_ids, image_embeds_position_mask=image_embeds_position_mask,
-            attention_mask=attention_mask, head_mask=head_mask, past_key_values=past_key_values,
-            image_embeds=image_embeds, inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            image_embeds_position_mask=image_embeds_position_mask,
+            attention_mask=attention_mask,
+            head_mask=head_mask,
+            past_key_values=past_key_values,
+            image_embeds=image_embeds,
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.text_model.lm_head(parts.pop("last_hidden_state"))  # (B, T, V)
         loss = next_token_loss(logits, labels) if labels is not None else None
         out = Kosmos2ForConditionalGenerationModelOutput(loss=loss, logits=logits, **parts)
         return out if return_dict is None or return_dict else out.to_tuple()
 
-    def next_token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None = None,
-                          image_embeds: torch.Tensor | None = None,
-                          image_embeds_position_mask: torch.Tensor | None = None,
-                          position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def next_token_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: KVCache | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_embeds_position_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(N, V) float32 logits for the token after the (N, new) ``input_ids``: the text decoder over
         ``cache`` (extended in place; None: no cache), with ``image_embeds`` spliced in at
         ``image_embeds_position_mask`` where given. Every decoding path (``generate``, the serving engine)
         gets its logits here."""
         hidden = self.text_model.model(
-            input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds,
-            image_embeds_position_mask=image_embeds_position_mask, past_key_values=cache, position_ids=position_ids,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            image_embeds=image_embeds,
+            image_embeds_position_mask=image_embeds_position_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
             use_cache=cache is not None,
         ).last_hidden_state
         return self.text_model.lm_head(hidden[:, -1]).float()

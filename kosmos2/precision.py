@@ -6,6 +6,7 @@ import torch
 
 INT8_MODES = ("int8",)
 
+
 def resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype = torch.float32) -> torch.dtype:
     """A floating-point ``torch.dtype`` from a dtype, its name (``"bfloat16"``, ``"torch.float16"``,
     ``"half"``), or None (``default``); anything else raises ``ValueError``."""

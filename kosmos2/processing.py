@@ -33,9 +33,15 @@ class _Lengths:
     truncate_length: int | None
 
 
-def _resolve_lengths(padding: bool | str, truncation: bool | str | None, max_length: int | None,
-                     pad_to_multiple_of: int | None, model_max_length: int | None, with_image: bool,
-                     verbose: bool) -> _Lengths:
+def _resolve_lengths(
+    padding: bool | str,
+    truncation: bool | str | None,
+    max_length: int | None,
+    pad_to_multiple_of: int | None,
+    model_max_length: int | None,
+    with_image: bool,
+    verbose: bool,
+) -> _Lengths:
     """Padding and truncation as ``transformers`` tokenizers resolve them. With an image, prompts
     are first tokenized unpadded (as the reference does), so a ``max_length`` alone always
     truncates there, and a batch is always padded to at least its longest row."""
@@ -52,8 +58,9 @@ def _resolve_lengths(padding: bool | str, truncation: bool | str | None, max_len
     implicit_truncation = max_length is not None and truncation is None and (pad is None or with_image)
     truncate = truncation in _TRUNCATE or implicit_truncation
     if verbose and pad == "longest" and max_length is not None and not truncate:
-        warnings.warn("max_length is ignored when padding=True and truncation is off; use padding='max_length'.",
-                      stacklevel=1)
+        warnings.warn(
+            "max_length is ignored when padding=True and truncation is off; use padding='max_length'.", stacklevel=1
+        )
     length = max_length if max_length is not None else model_max_length
     if pad == "max_length" and length is None:
         pad = None  # no limit known: nothing to pad to
@@ -62,8 +69,12 @@ def _resolve_lengths(padding: bool | str, truncation: bool | str | None, max_len
             f"Truncation and padding are both on but the truncation length ({length}) is not a multiple of "
             f"pad_to_multiple_of ({pad_to_multiple_of})."
         )
-    return _Lengths(pad or ("longest" if with_image else None), length if pad == "max_length" else None,
-                    pad_to_multiple_of if pad else None, length if truncate else None)
+    return _Lengths(
+        pad or ("longest" if with_image else None),
+        length if pad == "max_length" else None,
+        pad_to_multiple_of if pad else None,
+        length if truncate else None,
+    )
 
 
 def _padded_length(lengths: list[int], settings: _Lengths, with_image: bool) -> int:
@@ -96,7 +107,7 @@ def _place_image_slots(ids: list[list[int]], start: int, first_id: int, count: i
                 f"max_length cuts into the {count} image tokens: a prompt with an image needs at least "
                 f"{start + count + 1} tokens."
             )
-        row[start:start + count] = range(first_id, first_id + count)
+        row[start : start + count] = range(first_id, first_id + count)
         masks.append([0] * start + [1] * count + [0] * (len(row) - start - count))
     return masks
 
@@ -115,8 +126,9 @@ class Kosmos2Processor:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, revision: str | None = None,
-                        local_files_only: bool | None = None) -> Kosmos2Processor:
+    def from_pretrained(
+        cls, path_or_repo_id: str | Path, revision: str | None = None, local_files_only: bool | None = None
+    ) -> Kosmos2Processor:
         """Load the processor of a checkpoint folder or hub repository (only the tokenizer and
         image-settings files are downloaded)."""
         folder = resolve_checkpoint(path_or_repo_id, PROCESSOR_FILES, revision, local_files_only)
@@ -175,8 +187,9 @@ class Kosmos2Processor:
         if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
             raise ValueError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}.")
         with_image = images is not None
-        lengths = _resolve_lengths(padding, truncation, max_length, pad_to_multiple_of,
-                                   self.tokenizer.model_max_length, with_image, verbose)
+        lengths = _resolve_lengths(
+            padding, truncation, max_length, pad_to_multiple_of, self.tokenizer.model_max_length, with_image, verbose
+        )
 
         batch = BatchFeature()
         image_list = None if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
@@ -194,9 +207,11 @@ class Kosmos2Processor:
 
         bos_in_text = add_special_tokens and not add_eos_token
         ids = [
-            self.tokenizer.encode(self._layout(t, with_image, b, num_image_tokens, bos_in_text),
-                                  add_special_tokens=add_special_tokens and add_eos_token,
-                                  max_length=lengths.truncate_length)
+            self.tokenizer.encode(
+                self._layout(t, with_image, b, num_image_tokens, bos_in_text),
+                add_special_tokens=add_special_tokens and add_eos_token,
+                max_length=lengths.truncate_length,
+            )
             for t, b in zip(texts, _boxes_per_prompt(bboxes, len(texts), batched))
         ]
         self._warn_if_too_long(ids, lengths, verbose)
@@ -204,8 +219,10 @@ class Kosmos2Processor:
         if with_image:
             first = self.tokenizer.unk_token_id + 1 if first_image_token_id is None else first_image_token_id
             if not isinstance(first, int) or first < 0 or first + num_image_tokens > len(self.tokenizer):
-                raise ValueError(f"first_image_token_id={first!r}: the {num_image_tokens} image slots must be ids "
-                                 f"inside the vocabulary (size {len(self.tokenizer)}).")
+                raise ValueError(
+                    f"first_image_token_id={first!r}: the {num_image_tokens} image slots must be ids "
+                    f"inside the vocabulary (size {len(self.tokenizer)})."
+                )
             start = int(add_special_tokens) + 1  # after <s> (if any) and <image>
             rows["image_embeds_position_mask"] = _place_image_slots(ids, start, first, num_image_tokens)
         unpadded = [len(row) for row in ids]

@@ -58,8 +58,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     per image). Returns ``model``.
     """
     if not int8_supported():
-        raise ValueError("int8 mode needs PyTorch's fbgemm int8 kernels (an x86 CPU build); this build has "
-                         f"{torch.backends.quantized.supported_engines}")
+        raise ValueError(
+            "int8 mode needs PyTorch's fbgemm int8 kernels (an x86 CPU build); this build has "
+            f"{torch.backends.quantized.supported_engines}"
+        )
     _replace_linears(model.get_submodule("text_model"), Int8Linear)
     return model
 

@@ -199,33 +199,56 @@ def write_tiny_checkpoint(
         vocab = max(base, config.text_config.vocab_size)
         config = replace(config, text_config=replace(config.text_config, vocab_size=vocab))
     config.save(folder / "config.json")
-    save_file(random_state_dict(config, seed=seed, std=std, tied_name=tied_name), str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        random_state_dict(config, seed=seed, std=std, tied_name=tied_name),
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     _write_json(folder / "generation_config.json", {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1})
-    _write_json(
-        folder / "tokenizer_config.json",
-        {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>",
-         "cls_token": "<s>", "sep_token": "</s>", "model_max_length": 2048, "tokenizer_class": "XLMRobertaTokenizer",
-         "processor_class": "Kosmos2Processor"},
-    )
-    _write_json(
-        folder / "special_tokens_map.json",
-        {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>",
-         "cls_token": "<s>", "sep_token": "</s>"},
-    )
+    special = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+        "cls_token": "<s>",
+        "sep_token": "</s>",
+    }
+    _write_json(folder / "special_tokens_map.json", special)
+    tokenizer = {
+        "model_max_length": 2048,
+        "tokenizer_class": "XLMRobertaTokenizer",
+        "processor_class": "Kosmos2Processor",
+    }
+    _write_json(folder / "tokenizer_config.json", {**special, **tokenizer})
     size = config.vision_config.image_size
     image = {
-        "do_resize": True, "size": {"shortest_edge": size}, "use_square_size": True, "resample": 3,
-        "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-        "do_convert_rgb": True, "image_processor_type": "CLIPImageProcessor", "processor_class": "Kosmos2Processor",
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "use_square_size": True,
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "do_convert_rgb": True,
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "Kosmos2Processor",
     }
     if processor_config_style == "legacy":
         _write_json(folder / "preprocessor_config.json", image)
     elif processor_config_style == "new":
-        _write_json(folder / "processor_config.json",
-                    {"image_processor": image, "num_image_tokens": config.latent_query_num,
-                     "processor_class": "Kosmos2Processor"})
+        _write_json(
+            folder / "processor_config.json",
+            {
+                "image_processor": image,
+                "num_image_tokens": config.latent_query_num,
+                "processor_class": "Kosmos2Processor",
+            },
+        )
     else:
         raise ValueError("processor_config_style must be 'legacy' or 'new'")
     return folder
@@ -236,8 +259,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kosmos2.tiny",
-                                     description="Write the built-in tiny KOSMOS-2 checkpoint (random weights).")
+    parser = argparse.ArgumentParser(
+        prog="python -m kosmos2.tiny", description="Write the built-in tiny KOSMOS-2 checkpoint (random weights)."
+    )
     parser.add_argument("folder")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

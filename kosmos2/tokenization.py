@@ -37,8 +37,9 @@ class Kosmos2Tokenizer:
     """Text <-> ids with the checkpoint's tokenizer; ``decode(skip_special_tokens=True)`` drops
     only ``<s> <pad> </s> <unk> <mask>`` and keeps the grounding tags."""
 
-    def __init__(self, tokenizer: Tokenizer, special_tokens: dict[str, str] | None = None,
-                 model_max_length: int | None = None):
+    def __init__(
+        self, tokenizer: Tokenizer, special_tokens: dict[str, str] | None = None, model_max_length: int | None = None
+    ):
         self.backend = tokenizer
         # Truncation and padding are per call here, never settings stored in the file.
         tokenizer.no_truncation()

@@ -43,8 +43,9 @@ def flag(name: str) -> str:
 def add_setting_flags(group: argparse._ArgumentGroup, spec: Mapping[str, Setting]) -> None:
     """One typed flag per setting of ``spec`` (values are checked by the settings group's from_user)."""
     for name, s in spec.items():
-        group.add_argument(flag(name), dest=name, type=str if s.choices else s.kind, choices=s.choices or None,
-                           help=s.describe())
+        group.add_argument(
+            flag(name), dest=name, type=str if s.choices else s.kind, choices=s.choices or None, help=s.describe()
+        )
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -64,8 +65,9 @@ def model_holder(args: argparse.Namespace, fallback: bool = True) -> ModelHolder
     """The model the flags of :func:`add_model_flags` ask for (checked, not loaded)."""
     if args.tiny and args.checkpoint:
         raise UsageError("give --tiny or --checkpoint, not both")
-    return ModelHolder(args.checkpoint, dtype=args.dtype, force_tiny=args.tiny, quantize=args.quantize,
-                       fallback=fallback)
+    return ModelHolder(
+        args.checkpoint, dtype=args.dtype, force_tiny=args.tiny, quantize=args.quantize, fallback=fallback
+    )
 
 
 def refuse(flags: Sequence[str], task: Task) -> None:

@@ -14,7 +14,7 @@ import sys
 from ..demo.draw import annotate
 from ..demo.execute import run_tasks
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS
-from ..demo.tasks import TASKS, Task, build_request
+from ..demo.tasks import PHRASES, TASKS, Task, build_request
 from ..errors import UserError
 from .common import (
     OneLineParser,
@@ -28,27 +28,49 @@ from .common import (
     setting_flags,
 )
 
-PHRASE_TASKS = tuple(name for name, t in TASKS.items() if t.text == "Phrases")  # their text: a phrase a line
+PHRASE_TASKS = tuple(name for name, t in TASKS.items() if t.text == PHRASES)  # their text: a phrase a line
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line's arguments: the task table's tasks and one flag per generation setting."""
-    p = OneLineParser(prog=program(), description="Run a KOSMOS-2 task on an image.",
-                      epilog=f"Also: {program()} label DIR ... labels a folder (COCO, YOLO or JSONL; see {program()} "
-                             f"label --help), and {program()} selfcheck checks the real checkpoint against recorded "
-                             f"outputs (see {program()} selfcheck --help).")
+    p = OneLineParser(
+        prog=program(),
+        description="Run a KOSMOS-2 task on an image.",
+        epilog=f"Also: {program()} label DIR ... labels a folder (COCO, YOLO or JSONL; see {program()} "
+        f"label --help), and {program()} selfcheck checks the real checkpoint against recorded "
+        f"outputs (see {program()} selfcheck --help).",
+    )
     p.add_argument("image", help="image file")
-    p.add_argument("--task", choices=list(TASKS), default="caption",
-                   help=" ".join(f"{t.name} ({t.title}): {t.description.rstrip('.')}." for t in TASKS.values()))
-    p.add_argument("--text", action="append", default=[], help=" ".join(
-        f"{t.name}: {t.text}" + (f" ({t.text_info.rstrip('.')})" if t.text_info else "") + "."
-        for t in TASKS.values() if t.text))
+    p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default="caption",
+        help=" ".join(f"{t.name} ({t.title}): {t.description.rstrip('.')}." for t in TASKS.values()),
+    )
+    p.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        help=" ".join(
+            f"{t.name}: {t.text}" + (f" ({t.text_info.rstrip('.')})" if t.text_info else "") + "."
+            for t in TASKS.values()
+            if t.text
+        ),
+    )
     add_phrase_flag(p, f"a phrase (repeatable), for {', '.join(PHRASE_TASKS)}; the same as one phrase a line in --text")
-    p.add_argument("--box", action="append", default=[], metavar="x1,y1,x2,y2",
-                   help="a box in pixels (repeatable), for " + ", ".join(
-                       f"{t.name} ({t.boxes})" for t in TASKS.values() if t.boxes != "none"))
-    p.add_argument("--no-grounding", action="store_true", help="no <grounding> tag, for " + ", ".join(
-        t.name for t in TASKS.values() if t.grounding_option))
+    p.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="x1,y1,x2,y2",
+        help="a box in pixels (repeatable), for "
+        + ", ".join(f"{t.name} ({t.boxes})" for t in TASKS.values() if t.boxes != "none"),
+    )
+    p.add_argument(
+        "--no-grounding",
+        action="store_true",
+        help="no <grounding> tag, for " + ", ".join(t.name for t in TASKS.values() if t.grounding_option),
+    )
     p.add_argument("--out", help="write the annotated image (PNG) here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_flags(p)
@@ -79,8 +101,18 @@ def main(argv: list[str]) -> int:
     if args.out:
         annotate(request.image, result.annotations()).save(args.out, format="PNG")
     if args.json:
-        print(json.dumps({"caption": result.caption, "entities": result.entities_json(), "raw": result.raw,
-                          "seconds": round(result.seconds, 3), "new_tokens": result.new_tokens}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "caption": result.caption,
+                    "entities": result.entities_json(),
+                    "raw": result.raw,
+                    "seconds": round(result.seconds, 3),
+                    "new_tokens": result.new_tokens,
+                },
+                indent=2,
+            )
+        )
     else:
         print(result.caption)
         for entity in result.entities:
@@ -91,10 +123,19 @@ def main(argv: list[str]) -> int:
 
 def _text(args: argparse.Namespace, task: Task) -> str | None:
     """The task's text from ``--text`` or ``--phrase``; :class:`UsageError` for a flag the task does not take."""
-    refuse([f for f, given, used in (
-        ("--text", args.text, task.text), ("--phrase", args.phrases, task.name in PHRASE_TASKS),
-        ("--box", args.box, task.boxes != "none"), ("--no-grounding", args.no_grounding, task.grounding_option),
-    ) if given and not used], task)
+    refuse(
+        [
+            f
+            for f, given, used in (
+                ("--text", args.text, task.text),
+                ("--phrase", args.phrases, task.name in PHRASE_TASKS),
+                ("--box", args.box, task.boxes != "none"),
+                ("--no-grounding", args.no_grounding, task.grounding_option),
+            )
+            if given and not used
+        ],
+        task,
+    )
     if len(args.text) > 1:
         raise UsageError("--text is given more than once; for several phrases repeat --phrase")
     if args.text and args.phrases:

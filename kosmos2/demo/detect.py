@@ -30,7 +30,7 @@ def detect_phrase(prompt: str) -> str:
     """The phrase of a :func:`detect_prompt`."""
     if not (prompt.startswith(_HEAD) and prompt.endswith(_TAIL)):
         raise ValueError(f"not a detect prompt: {prompt!r}")
-    return prompt[len(_HEAD):-len(_TAIL)]
+    return prompt[len(_HEAD) : -len(_TAIL)]
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,11 @@ def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: 
     for request in requests:
         n = len(request.prompts)
         batch = processor(text=list(request.prompts), images=[request.image] * n, return_tensors="pt", padding=True)
-        rows.extend(engine.rows(batch["pixel_values"], batch["input_ids"], batch["image_embeds_position_mask"],
-                                batch["attention_mask"]))
+        rows.extend(
+            engine.rows(
+                batch["pixel_values"], batch["input_ids"], batch["image_embeds_position_mask"], batch["attention_mask"]
+            )
+        )
         phrases.append(tuple(detect_phrase(p) for p in request.prompts))
     location_ids = torch.tensor(loaded.location_ids)
     located = locate(engine, rows, location_ids, settings.candidates, detection.FIRST_CELL_FLOOR)
@@ -81,17 +84,23 @@ def detect_many(loaded: LoadedModel, requests: Sequence[TaskRequest], settings: 
     out, at = [], 0
     for request, names in zip(requests, phrases):
         per_phrase = []
-        for row in located[at: at + len(names)]:
+        for row in located[at : at + len(names)]:
             first = row.first.tolist()
-            per_phrase.append(tuple(c for k, cell in enumerate(row.tried)
-                                    for c in detection.candidates_from(cell, first[cell], row.second[k].tolist())))
+            per_phrase.append(
+                tuple(
+                    c
+                    for k, cell in enumerate(row.tried)
+                    for c in detection.candidates_from(cell, first[cell], row.second[k].tolist())
+                )
+            )
         at += len(names)
         out.append(Detection(request, names, tuple(per_phrase), seconds).result(settings))
     return out
 
 
-def _detect_one(loaded: LoadedModel, request: TaskRequest, settings: DetectionSettings,
-                min_interval_s: float, partial: bool) -> Iterator[TaskResult | None]:
+def _detect_one(
+    loaded: LoadedModel, request: TaskRequest, settings: DetectionSettings, min_interval_s: float, partial: bool
+) -> Iterator[TaskResult | None]:
     yield from detect_many(loaded, [request], settings)  # (one step: no partial results)
 
 

@@ -112,8 +112,9 @@ def _overlap(a: Rect, b: Rect) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
-def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], width: float,
-                 height: float) -> list[tuple[float, float]]:
+def place_labels(
+    boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], width: float, height: float
+) -> list[tuple[float, float]]:
     """The top-left corner of each box's label (``sizes``: width, height), inside the image and at one of its
     box's corners: above the top-left corner where nothing is in the way (inside it at the image's top).
     Smaller boxes choose first; each label takes the corner that covers least of the labels already placed
@@ -122,18 +123,26 @@ def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], wi
     taken: list[Rect] = []
     for i in sorted(range(len(boxes)), key=lambda j: (boxes[j][2] - boxes[j][0]) * (boxes[j][3] - boxes[j][1])):
         (x1, y1, x2, y2), (w, h) = boxes[i], sizes[i]
-        corners = [(x1, y1 - h if y1 >= h else y1), (x1, y1), (x2 - w, y1 - h), (x1, y2), (x2 - w, y2 - h),
-                   (x2 - w, y2)]
+        corners = [
+            (x1, y1 - h if y1 >= h else y1),
+            (x1, y1),
+            (x2 - w, y1 - h),
+            (x1, y2),
+            (x2 - w, y2 - h),
+            (x2 - w, y2),
+        ]
 
         def cost(corner: tuple[float, float], i: int = i, w: float = w, h: float = h) -> float:
             lx, ly = corner
             rect = (lx, ly, lx + w, ly + h)
-            hidden = sum(_overlap(rect, b) / max((b[2] - b[0]) * (b[3] - b[1]), 1.0)
-                         for j, b in enumerate(boxes) if j != i)
+            hidden = sum(
+                _overlap(rect, b) / max((b[2] - b[0]) * (b[3] - b[1]), 1.0) for j, b in enumerate(boxes) if j != i
+            )
             return 10 * sum(_overlap(rect, t) for t in taken) / max(w * h, 1.0) + hidden
 
-        clamped = [(min(max(lx, 0.0), max(width - w, 0.0)), min(max(ly, 0.0), max(height - h, 0.0)))
-                   for lx, ly in corners]
+        clamped = [
+            (min(max(lx, 0.0), max(width - w, 0.0)), min(max(ly, 0.0), max(height - h, 0.0))) for lx, ly in corners
+        ]
         lx, ly = min(clamped, key=cost)  # the first of equal ones
         placed[i] = (lx, ly, lx + w, ly + h)
         taken.append(placed[i])
@@ -175,8 +184,10 @@ def annotate(image: Image.Image, annotations: Sequence[Annotation]) -> Image.Ima
             draw.rectangle((x1, y1, x2, y2), outline=hex_to_rgb(ann.colour), width=line)
             label = _fit_label(draw, box_label(ann.label, score) if ann.label else "", font, width - 2 * pad)
             drawn.append(((x1, y1, x2, y2), ann.colour, label, draw.textbbox((0, 0), label, font=font)))
-    sizes = [(right - left + 2 * pad, bottom - top + 2 * pad) if label else (0, 0)
-             for _, _, label, (left, top, right, bottom) in drawn]
+    sizes = [
+        (right - left + 2 * pad, bottom - top + 2 * pad) if label else (0, 0)
+        for _, _, label, (left, top, right, bottom) in drawn
+    ]
     corners = place_labels([box for box, *_ in drawn], sizes, width, height)
     for (_, colour, label, (left, top, _, _)), (box_w, box_h), (lx, ly) in zip(drawn, sizes, corners):
         if label:  # after every box, so that no outline crosses a label

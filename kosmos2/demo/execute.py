@@ -19,8 +19,14 @@ def task_settings(task: Task, values: Mapping[str, Any]) -> Settings:
     return task.settings.from_user(**values)
 
 
-def run_task(loaded: LoadedModel, task: Task, request: TaskRequest, settings: Settings,
-             min_interval_s: float = math.inf, partial: bool = True) -> Iterator[TaskResult | None]:
+def run_task(
+    loaded: LoadedModel,
+    task: Task,
+    request: TaskRequest,
+    settings: Settings,
+    min_interval_s: float = math.inf,
+    partial: bool = True,
+) -> Iterator[TaskResult | None]:
     """Run ``task`` on a validated ``request`` (see :func:`~kosmos2.demo.tasks.build_request`) with the
     task's ``settings``: partial results while it runs (at most every ``min_interval_s``; none by
     default), the final one last. Without ``partial`` a None stands for each partial result (nothing is

@@ -16,8 +16,13 @@ from .results import ParsedRow, TaskResult, merge_rows, parse_row
 from .settings import GenerationSettings
 
 
-def stream_generation(loaded: LoadedModel, request: TaskRequest, settings: GenerationSettings,
-                      min_interval_s: float = 0.05, partial: bool = True) -> Iterator[TaskResult | None]:
+def stream_generation(
+    loaded: LoadedModel,
+    request: TaskRequest,
+    settings: GenerationSettings,
+    min_interval_s: float = 0.05,
+    partial: bool = True,
+) -> Iterator[TaskResult | None]:
     """Generate for ``request``, yielding partial results while tokens arrive and the final one last
     (without ``partial``, None in their place: nothing is decoded until the end).
 
@@ -41,8 +46,9 @@ def stream_generation(loaded: LoadedModel, request: TaskRequest, settings: Gener
         if (known := parsed[i]) is not None and known[0] == len(new):
             return known[1]
         ids = prompt_ids[i] + list(new)
-        scores = grounding.location_logprobs(ids, [None] * len(prompt_ids[i]) + list(logprobs[:len(new)]),
-                                             locations, image_end)
+        scores = grounding.location_logprobs(
+            ids, [None] * len(prompt_ids[i]) + list(logprobs[: len(new)]), locations, image_end
+        )
         fresh = parse_row(processor.decode(ids, skip_special_tokens=True), request.image.size, scores)
         parsed[i] = (len(new), fresh)
         return fresh
@@ -69,8 +75,9 @@ def stream_generation(loaded: LoadedModel, request: TaskRequest, settings: Gener
     yield result(new_ids, time.perf_counter() - start, first, done=True)
 
 
-def generate_each(loaded: LoadedModel, requests: Sequence[TaskRequest],
-                  settings: GenerationSettings) -> list[TaskResult]:
+def generate_each(
+    loaded: LoadedModel, requests: Sequence[TaskRequest], settings: GenerationSettings
+) -> list[TaskResult]:
     """The final result of each request, one after another (without partial results)."""
     return [_last(stream_generation(loaded, r, settings, math.inf, partial=False)) for r in requests]
 

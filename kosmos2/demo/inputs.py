@@ -57,8 +57,10 @@ def clean_text(text: str | None, what: str = "Text", max_chars: int = MAX_TEXT_C
     if not text:
         raise InputError(f"{what} contains only markup tags, which are not allowed: please type plain text.")
     if "<" in text:  # the output's clean-up would take it for the start of a tag and drop the text up to one
-        raise InputError(f"{what} contains '<', which this demo cannot pass to the model as it is: "
-                         "please write it in words (for example 'less than').")
+        raise InputError(
+            f"{what} contains '<', which this demo cannot pass to the model as it is: "
+            "please write it in words (for example 'less than')."
+        )
     return text
 
 
@@ -161,8 +163,9 @@ def drawn_box_colours(value: Any) -> tuple[str, ...]:
     colours = []
     for box in value:
         rgb = box.get("color") if isinstance(box, dict) else None
-        if not (isinstance(rgb, (list, tuple)) and len(rgb) == 3
-                and all(isinstance(c, int) and 0 <= c <= 255 for c in rgb)):
+        if not (
+            isinstance(rgb, (list, tuple)) and len(rgb) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in rgb)
+        ):
             return ()
         colours.append(rgb_to_hex(tuple(rgb)))
     return tuple(colours)

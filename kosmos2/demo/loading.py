@@ -53,8 +53,10 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ
     unknown = sorted(name for name in environ if name.startswith("KOSMOS2_") and name not in ENVIRONMENT)
     if unknown:
-        raise SettingError(f"{', '.join(unknown)} {'is not a setting' if len(unknown) == 1 else 'are not settings'}; "
-                           f"the settings are {', '.join(ENVIRONMENT)}")
+        raise SettingError(
+            f"{', '.join(unknown)} {'is not a setting' if len(unknown) == 1 else 'are not settings'}; "
+            f"the settings are {', '.join(ENVIRONMENT)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,10 @@ class LoadStatus:
             return f"The model ({self.checkpoint}) loads on the first request."
         if self.stage == "downloading" and self.total:
             share = f"{100 * self.done / self.total:.0f} %"
-            return (f"Downloading the model ({self.checkpoint}): {_sizes(self.done, self.total)} ({share}, "
-                    f"{seconds}); requests wait for it.")
+            return (
+                f"Downloading the model ({self.checkpoint}): {_sizes(self.done, self.total)} ({share}, "
+                f"{seconds}); requests wait for it."
+            )
         if self.stage == "downloading":
             return f"Getting the model's files ({self.checkpoint}) ({seconds}); requests wait for it."
         if self.stage == "loading":
@@ -109,8 +113,11 @@ class LoadedModel:
     @cached_property
     def location_ids(self) -> tuple[int, ...]:
         """The ids of the location tokens ``<patch_index_0000>`` ... in cell order (looked up once)."""
-        return tuple(self.processor.tokenizer.convert_tokens_to_ids(
-            [grounding.patch_index_token(i) for i in range(grounding.NUM_PATCH_INDEX_TOKENS)]))
+        return tuple(
+            self.processor.tokenizer.convert_tokens_to_ids(
+                [grounding.patch_index_token(i) for i in range(grounding.NUM_PATCH_INDEX_TOKENS)]
+            )
+        )
 
 
 class ModelHolder:
@@ -129,8 +136,15 @@ class ModelHolder:
     (:func:`check_environment`), before anything loads: a bad one raises :class:`SettingError`.
     """
 
-    def __init__(self, checkpoint: str | None = None, dtype: str | None = None, device: str | None = None,
-                 force_tiny: bool = False, quantize: str | None = None, fallback: bool = True) -> None:
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        force_tiny: bool = False,
+        quantize: str | None = None,
+        fallback: bool = True,
+    ) -> None:
         check_environment()
         named = TINY_CHECKPOINT if force_tiny else (checkpoint or os.environ.get("KOSMOS2_CHECKPOINT") or None)
         self.checkpoint = named or DEFAULT_CHECKPOINT
@@ -214,8 +228,9 @@ class ModelHolder:
     def _load(self) -> LoadedModel:
         if self.checkpoint == TINY_CHECKPOINT:
             return self._tiny("the tiny checkpoint was requested")
-        progress(f"Loading KOSMOS-2 from {self.checkpoint} on {self.device} "
-                 "(once per process; this can take a while)...")
+        progress(
+            f"Loading KOSMOS-2 from {self.checkpoint} on {self.device} (once per process; this can take a while)..."
+        )
         try:
             self._status, self._last_line = LoadStatus("downloading", self.checkpoint), time.monotonic()
             processor = AutoProcessor.from_pretrained(self.checkpoint)  # small, and a repo without it fails here
@@ -253,11 +268,20 @@ class ModelHolder:
         if self._status.stage != "loading":  # (the tiny checkpoint's writing was loading already)
             self._status = LoadStatus("loading", self.checkpoint)
         processor = processor or AutoProcessor.from_pretrained(path)
-        model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=self.dtype, device=self.device,
-                                                                quantize=self.quantize)
+        model = Kosmos2ForConditionalGeneration.from_pretrained(
+            path, dtype=self.dtype, device=self.device, quantize=self.quantize
+        )
         progress(f"Model ready in {time.perf_counter() - start:.1f} s.")
-        return LoadedModel(model, processor, Batcher(Engine(model), max_batch_size=MAX_BATCH_SIZE), self.device,
-                           path if is_tiny else self.checkpoint, is_tiny, note, self.quantize)
+        return LoadedModel(
+            model,
+            processor,
+            Batcher(Engine(model), max_batch_size=MAX_BATCH_SIZE),
+            self.device,
+            path if is_tiny else self.checkpoint,
+            is_tiny,
+            note,
+            self.quantize,
+        )
 
     def _downloaded(self, n: int, total: int) -> None:
         """Count ``n`` more bytes downloaded (of ``total``, which grows as each file starts), with a line in

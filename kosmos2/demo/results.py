@@ -77,8 +77,13 @@ class TaskResult:
     def entities_json(self) -> list[dict[str, Any]]:
         """The entities as plain JSON-able dicts."""
         return [
-            {**asdict(e), "span": list(e.span), "boxes": [list(b) for b in e.boxes],
-             "pixel_boxes": [list(b) for b in e.pixel_boxes], "score": e.score}
+            {
+                **asdict(e),
+                "span": list(e.span),
+                "boxes": [list(b) for b in e.boxes],
+                "pixel_boxes": [list(b) for b in e.pixel_boxes],
+                "score": e.score,
+            }
             for e in self.entities
         ]
 
@@ -98,12 +103,17 @@ class TaskResult:
             candidates = [c for per_phrase in self.detection.candidates for c in per_phrase]
             boxes = sum(len(e.boxes) for e in self.entities)
             text = f"{count(boxes, 'box', 'boxes')} kept of {count(len(candidates), 'candidate', 'candidates')}"
-            text += (f", re-filtered without the model (which took {self.seconds:.2f} s)" if self.refiltered
-                     else f" in {self.seconds:.2f} s")
+            text += (
+                f", re-filtered without the model (which took {self.seconds:.2f} s)"
+                if self.refiltered
+                else f" in {self.seconds:.2f} s"
+            )
             if not boxes and candidates and self.threshold is not None:
                 best = max(c.score for c in candidates)
-                text += (f" · the best scores {format_score(best)}, under the box threshold {self.threshold:g}: "
-                         "lower it to see boxes")
+                text += (
+                    f" · the best scores {format_score(best)}, under the box threshold {self.threshold:g}: "
+                    "lower it to see boxes"
+                )
             return text
         if not self.done:
             return f"generating... {self.new_tokens} tokens"
@@ -144,13 +154,20 @@ def parse_row(text: str, size: tuple[int, int], patch_logprobs: Sequence[float |
     return ParsedRow(after.strip(), caption, entities, [list(boxes) for _, _, boxes in pixel], scores)
 
 
-def build_result(request: TaskRequest, texts: Sequence[str], done: bool = False,
-                 patch_logprobs: Sequence[Sequence[float | None]] | None = None) -> TaskResult:
+def build_result(
+    request: TaskRequest,
+    texts: Sequence[str],
+    done: bool = False,
+    patch_logprobs: Sequence[Sequence[float | None]] | None = None,
+) -> TaskResult:
     """Merge the decoded rows of one batch into a single result (captions joined by newlines); see
     :func:`parse_row` for ``patch_logprobs`` (per row)."""
     size = request.image.size
-    return merge_rows(request, [parse_row(t, size, None if patch_logprobs is None else patch_logprobs[row])
-                                for row, t in enumerate(texts)], done)
+    return merge_rows(
+        request,
+        [parse_row(t, size, None if patch_logprobs is None else patch_logprobs[row]) for row, t in enumerate(texts)],
+        done,
+    )
 
 
 def merge_rows(request: TaskRequest, rows: Sequence[ParsedRow], done: bool = False) -> TaskResult:
@@ -163,14 +180,18 @@ def merge_rows(request: TaskRequest, rows: Sequence[ParsedRow], done: bool = Fal
     row_spans = []
     offset = 0
     for row, parsed in enumerate(rows):
-        for (phrase, (start, end), boxes), pixel_boxes, box_scores in zip(parsed.entities, parsed.pixel_boxes,
-                                                                          parsed.scores):
-            entities.append(ResultEntity(phrase, (start + offset, end + offset), list(boxes),
-                                         list(pixel_boxes), "", row, list(box_scores)))
+        for (phrase, (start, end), boxes), pixel_boxes, box_scores in zip(
+            parsed.entities, parsed.pixel_boxes, parsed.scores
+        ):
+            entities.append(
+                ResultEntity(
+                    phrase, (start + offset, end + offset), list(boxes), list(pixel_boxes), "", row, list(box_scores)
+                )
+            )
         row_spans.append((offset, offset + len(parsed.caption)))
         offset += len(parsed.caption) + 1
     # one row: its first entities are the [bracketed] words of the prompt, the i-th bound to the i-th box
-    bound = [] if request.colour_by_row else list(request.box_colours[:len(entities)])
+    bound = [] if request.colour_by_row else list(request.box_colours[: len(entities)])
     colours = bound + entity_colours(len(entities) - len(bound))
     for i, e in enumerate(entities):
         e.colour = row_colours[e.row] or colours[i]
@@ -183,6 +204,16 @@ def merge_rows(request: TaskRequest, rows: Sequence[ParsedRow], done: bool = Fal
     marker = caption.find(request.answer_after) if request.answer_after else -1
     shown_from = marker + len(request.answer_after) if marker >= 0 else 0
     width, height = request.image.size
-    return TaskResult(request.task, caption, entities, "\n".join(r.raw for r in rows), row_spans,
-                      row_colours, (width, height), done, colour_row_text=request.colour_row_text,
-                      shown_from=len(caption) - len(caption[shown_from:].lstrip()), box_numbers=numbers)
+    return TaskResult(
+        request.task,
+        caption,
+        entities,
+        "\n".join(r.raw for r in rows),
+        row_spans,
+        row_colours,
+        (width, height),
+        done,
+        colour_row_text=request.colour_row_text,
+        shown_from=len(caption) - len(caption[shown_from:].lstrip()),
+        box_numbers=numbers,
+    )

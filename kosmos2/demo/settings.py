@@ -68,6 +68,10 @@ def _setting(default: Any, label: str, **spec: Any) -> Any:
     return field(default=default, metadata={"setting": Setting(default, label, **spec)})
 
 
+def _number(default: float, label: str, minimum: float, maximum: float, step: float, help: str) -> Any:
+    return _setting(default, label, minimum=minimum, maximum=maximum, step=step, help=help)
+
+
 class _UserSettings:
     """``from_user`` for a frozen dataclass whose fields carry a :class:`Setting` each."""
 
@@ -85,23 +89,32 @@ class _UserSettings:
         unknown = set(values) - set(spec)
         if unknown:
             raise InputError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
-        return cls(**{name: s.parse(values[name], called(name) if called else None)
-                      for name, s in spec.items() if name in values})
+        return cls(
+            **{
+                name: s.parse(values[name], called(name) if called else None)
+                for name, s in spec.items()
+                if name in values
+            }
+        )
 
 
 @dataclass(frozen=True)
 class GenerationSettings(_UserSettings):
     """Decoding settings, validated from untrusted values by :meth:`from_user`."""
 
-    max_new_tokens: int = _setting(128, "Max new tokens", minimum=1, maximum=MAX_NEW_TOKENS_CAP, step=1,
-                                   help="how long the answer may get")
-    decoding: str = _setting("greedy", "Decoding", choices=DECODING,
-                             help="greedy: the likeliest token each step; beam: beam search; sample: random draws")
-    num_beams: int = _setting(3, "Number of beams", minimum=1, maximum=8, step=1, help="beam search only")
-    temperature: float = _setting(0.7, "Temperature", minimum=0.05, maximum=2.0, step=0.05, help="sampling only")
-    top_p: float = _setting(0.9, "Top-p", minimum=0.05, maximum=1.0, step=0.05, help="sampling only")
-    no_repeat_ngram_size: int = _setting(0, "No-repeat n-gram size", minimum=0, maximum=10, step=1,
-                                         help="never repeat an n-gram of this size; 0 = off")
+    max_new_tokens: int = _number(128, "Max new tokens", 1, MAX_NEW_TOKENS_CAP, 1, "how long the answer may get")
+    decoding: str = _setting(
+        "greedy",
+        "Decoding",
+        choices=DECODING,
+        help="greedy: the likeliest token each step; beam: beam search; sample: random draws",
+    )
+    num_beams: int = _number(3, "Number of beams", 1, 8, 1, "beam search only")
+    temperature: float = _number(0.7, "Temperature", 0.05, 2.0, 0.05, "sampling only")
+    top_p: float = _number(0.9, "Top-p", 0.05, 1.0, 0.05, "sampling only")
+    no_repeat_ngram_size: int = _number(
+        0, "No-repeat n-gram size", 0, 10, 1, "never repeat an n-gram of this size; 0 = off"
+    )
 
     @property
     def streams(self) -> bool:
@@ -124,14 +137,18 @@ class GenerationSettings(_UserSettings):
 class DetectionSettings(_UserSettings):
     """How ``detect`` turns the model's location distributions into boxes (see ``kosmos2.detection``)."""
 
-    threshold: float = _setting(0.1, "Box threshold", minimum=0.0, maximum=1.0, step=0.01,
-                                help="keep boxes whose score (the model's probability of the box) is at least this")
-    max_instances: int = _setting(10, "Max boxes per phrase", minimum=1, maximum=MAX_CANDIDATES, step=1,
-                                  help="at most this many boxes per phrase, the best first")
-    nms_iou: float = _setting(0.5, "Overlap limit (NMS IoU)", minimum=0.0, maximum=1.0, step=0.05,
-                              help="a box overlapping a better one by more than this IoU is dropped")
-    candidates: int = _setting(16, "Candidate cells", minimum=1, maximum=MAX_CANDIDATES, step=1,
-                               help="top-left cells tried per phrase (the likeliest ones)")
+    threshold: float = _number(
+        0.1, "Box threshold", 0.0, 1.0, 0.01, "keep boxes scoring at least this (the model's probability of the box)"
+    )
+    max_instances: int = _number(
+        10, "Max boxes per phrase", 1, MAX_CANDIDATES, 1, "at most this many boxes per phrase, the best first"
+    )
+    nms_iou: float = _number(
+        0.5, "Overlap limit (NMS IoU)", 0.0, 1.0, 0.05, "drop a box overlapping a better one by more than this IoU"
+    )
+    candidates: int = _number(
+        16, "Candidate cells", 1, MAX_CANDIDATES, 1, "top-left cells tried per phrase (the likeliest ones)"
+    )
 
 
 SETTINGS: Mapping[str, Setting] = GenerationSettings.spec()

@@ -152,7 +152,10 @@ def _free_prompts(p: Prompting) -> list[str]:
 
 
 _BRACKETS = "put the words it refers to in [brackets]"
+PHRASES = "Phrases"  # the text label of the tasks whose text is a list of phrases, one a line
 
+# fmt: off
+# (the task table keeps one block per task: the formatter would give every argument a line of its own)
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -165,12 +168,12 @@ TASKS: dict[str, Task] = {
         Task("plain", "Plain caption", "A brief caption without grounding (no boxes).",
              _fixed("An image of"), tab="Caption", choice="Brief, no grounding"),
         Task("ground", "Phrase grounding", "Locate each phrase (one per line) in the image.",
-             _ground_prompts, tab="Phrase grounding", button="Find", text="Phrases", text_lines=3,
+             _ground_prompts, tab="Phrase grounding", button="Find", text=PHRASES, text_lines=3,
              text_info="One phrase per line; all are located in one batch.", colour_by_row=True,
              examples=(Example("astronaut.jpg", "a woman\nthe flag"),
                        Example("coffee.jpg", "a cup of coffee\na spoon"))),
         Task("detect", "Detect every instance", "Find every instance of each phrase (one per line), each box with "
-             "its score.", _detect_prompts, tab="Detect", button="Detect", text="Phrases", text_lines=3,
+             "its score.", _detect_prompts, tab="Detect", button="Detect", text=PHRASES, text_lines=3,
              text_info="One phrase per line; all are searched in one batch.", colour_by_row=True, mode=DETECT,
              examples=(Example("coffee.jpg", "a cup\na spoon"), Example("astronaut.jpg", "a flag"))),
         Task("refer", "Describe a region", "Draw one or more boxes; the model describes each.",
@@ -190,6 +193,7 @@ TASKS: dict[str, Task] = {
              examples=(Example("cameraman.jpg", "A black and white photo of"),)),
     )
 }
+# fmt: on
 
 
 def find_task(name: str, tasks: Mapping[str, Task] = TASKS) -> Task:
@@ -199,8 +203,14 @@ def find_task(name: str, tasks: Mapping[str, Task] = TASKS) -> Task:
     return tasks[name]
 
 
-def build_request(task: str | Task, image: Any, text: str | None = None, boxes: Any = None,
-                  grounding_on: bool = True, quarter_turns: int = 0) -> TaskRequest:
+def build_request(
+    task: str | Task,
+    image: Any,
+    text: str | None = None,
+    boxes: Any = None,
+    grounding_on: bool = True,
+    quarter_turns: int = 0,
+) -> TaskRequest:
     """Validate the user's inputs for ``task`` (a name in :data:`TASKS`, or a record) and build its
     prompts (one per batch row).
 
@@ -219,5 +229,13 @@ def build_request(task: str | Task, image: Any, text: str | None = None, boxes: 
     norm = tuple(normalise_box(b, img.width, img.height) for b in pixel_boxes)
     prompts = spec.prompts(Prompting(text, norm, bool(grounding_on)))
     box_colours = drawn_box_colours(boxes) if spec.boxes != "none" else ()
-    return TaskRequest(spec.name, img, tuple(prompts), spec.colour_by_row, box_colours, spec.colour_row_text,
-                       spec.answer_after, len(pixel_boxes))
+    return TaskRequest(
+        spec.name,
+        img,
+        tuple(prompts),
+        spec.colour_by_row,
+        box_colours,
+        spec.colour_row_text,
+        spec.answer_after,
+        len(pixel_boxes),
+    )

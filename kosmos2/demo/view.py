@@ -67,10 +67,14 @@ def _caption_html(result: TaskResult) -> str:
                 continue
             pieces.append(html.escape(result.caption[pos:s]))
             if i in result.box_numbers:  # a drawn box's phrase: its number first, as on the image
-                pieces.append(f'<span class="k2-boxno" style="background:{e.colour};color:{text_colour_on(e.colour)};'
-                              f'border-radius:4px;padding:0 .3em;font-size:.8em">Box {result.box_numbers[i]}</span> ')
-            pieces.append(f'<span class="k2-ph" data-e="{i}" tabindex="0" style="--c:{e.colour}">'
-                          f"{html.escape(result.caption[s:t])}</span>")
+                pieces.append(
+                    f'<span class="k2-boxno" style="background:{e.colour};color:{text_colour_on(e.colour)};'
+                    f'border-radius:4px;padding:0 .3em;font-size:.8em">Box {result.box_numbers[i]}</span> '
+                )
+            pieces.append(
+                f'<span class="k2-ph" data-e="{i}" tabindex="0" style="--c:{e.colour}">'
+                f"{html.escape(result.caption[s:t])}</span>"
+            )
             pos = t
         pieces.append(html.escape(result.caption[pos:end]))
         colour = result.row_colours[row]
@@ -85,25 +89,33 @@ def _caption_html(result: TaskResult) -> str:
 def _overlay_svg(result: TaskResult) -> str:
     width, height = result.image_size
     font = max(10.0, max(width, height) / 34)
-    boxes = [(i, e, b, box_label(result.label(i), score))
-             for i, e in enumerate(result.entities)
-             for b, score in zip(e.pixel_boxes, e.scores + [None] * (len(e.pixel_boxes) - len(e.scores)))]
+    boxes = [
+        (i, e, b, box_label(result.label(i), score))
+        for i, e in enumerate(result.entities)
+        for b, score in zip(e.pixel_boxes, e.scores + [None] * (len(e.pixel_boxes) - len(e.scores)))
+    ]
     boxes.sort(key=lambda ieb: -(ieb[2][2] - ieb[2][0]) * (ieb[2][3] - ieb[2][1]))  # small boxes on top
     sizes = [(min(width, 0.6 * font * len(label) + font * 0.6), font * 1.3) for *_, label in boxes]
     corners = place_labels([b for _, _, b, _ in boxes], sizes, width, height)
     rects, labels = [], []
     for (i, e, (x1, y1, x2, y2), label), (label_w, label_h), (lx, ly) in zip(boxes, sizes, corners):
-        rects.append(f'<rect class="k2-box" data-e="{i}" tabindex="0" x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" '
-                     f'height="{y2 - y1:.1f}" stroke="{e.colour}" fill="{e.colour}"><title>'
-                     f"{html.escape(label)}</title></rect>")
-        labels.append(f'<g class="k2-label" data-e="{i}" pointer-events="none">'
-                      f'<rect x="{lx:.1f}" y="{ly:.1f}" width="{label_w:.1f}" height="{label_h:.1f}" '
-                      f'fill="{e.colour}"/><text x="{lx + font * 0.3:.1f}" y="{ly + font:.1f}" '
-                      f'font-size="{font:.1f}" fill="{text_colour_on(e.colour)}" '
-                      f'textLength="{label_w - font * 0.6:.1f}" '
-                      f'lengthAdjust="spacingAndGlyphs">{html.escape(label)}</text></g>')
-    return (f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">'
-            f'{"".join(rects)}{"".join(labels)}</svg>')
+        rects.append(
+            f'<rect class="k2-box" data-e="{i}" tabindex="0" x="{x1:.1f}" y="{y1:.1f}" width="{x2 - x1:.1f}" '
+            f'height="{y2 - y1:.1f}" stroke="{e.colour}" fill="{e.colour}"><title>'
+            f"{html.escape(label)}</title></rect>"
+        )
+        labels.append(
+            f'<g class="k2-label" data-e="{i}" pointer-events="none">'
+            f'<rect x="{lx:.1f}" y="{ly:.1f}" width="{label_w:.1f}" height="{label_h:.1f}" '
+            f'fill="{e.colour}"/><text x="{lx + font * 0.3:.1f}" y="{ly + font:.1f}" '
+            f'font-size="{font:.1f}" fill="{text_colour_on(e.colour)}" '
+            f'textLength="{label_w - font * 0.6:.1f}" '
+            f'lengthAdjust="spacingAndGlyphs">{html.escape(label)}</text></g>'
+        )
+    return (
+        f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">'
+        f"{''.join(rects)}{''.join(labels)}</svg>"
+    )
 
 
 def render(image_uri: str, result: TaskResult) -> str:
@@ -114,9 +126,11 @@ def render(image_uri: str, result: TaskResult) -> str:
         _CSS_ENTITY.format(uid=uid, i=i, c=e.colour, fg=text_colour_on(e.colour)) for i, e in enumerate(result.entities)
     )
     status = "" if result.done else '<div class="k2-status">generating…</div>'
-    return (f'<div id="{uid}" class="k2-view"><style>{css}</style>'
-            f'<div class="k2-stage"><img src="{image_uri}" alt="input image">{_overlay_svg(result)}</div>'
-            f'<div class="k2-caption">{_caption_html(result)}</div>{status}</div>')
+    return (
+        f'<div id="{uid}" class="k2-view"><style>{css}</style>'
+        f'<div class="k2-stage"><img src="{image_uri}" alt="input image">{_overlay_svg(result)}</div>'
+        f'<div class="k2-caption">{_caption_html(result)}</div>{status}</div>'
+    )
 
 
 EMPTY_RESULT = "The result appears here: choose an example or an image, then press the button."
@@ -124,8 +138,9 @@ EMPTY_RESULT = "The result appears here: choose an example or an image, then pre
 
 def notice(text: str, error: bool = False) -> str:
     """A line of text where a result goes: a failed run's message (``error``), or :data:`EMPTY_RESULT`."""
-    style = ("border:1px solid #d33;background:#fdecea;color:#8a1c1c" if error
-             else "border:1px dashed #bbb;color:#666")
+    style = "border:1px solid #d33;background:#fdecea;color:#8a1c1c" if error else "border:1px dashed #bbb;color:#666"
     icon = "⚠️ " if error else ""
-    return (f'<div class="k2-notice{" k2-error" if error else ""}" role="{"alert" if error else "status"}" '
-            f'style="{style};border-radius:8px;padding:1em;min-height:3em">{icon}{html.escape(text)}</div>')
+    return (
+        f'<div class="k2-notice{" k2-error" if error else ""}" role="{"alert" if error else "status"}" '
+        f'style="{style};border-radius:8px;padding:1em;min-height:3em">{icon}{html.escape(text)}</div>'
+    )

@@ -32,35 +32,48 @@ class GenerativeModel(Protocol):
         self, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, VisionModelOutput]: ...
 
-    def next_token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None = None,
-                          image_embeds: torch.Tensor | None = None,
-                          image_embeds_position_mask: torch.Tensor | None = None,
-                          position_ids: torch.Tensor | None = None) -> torch.Tensor: ...
+    def next_token_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: KVCache | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_embeds_position_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 class ImageDecoder:
     """A :class:`Decoder` over the text decoder's KV cache, with the image spliced in on the first call."""
 
-    def __init__(self, model: GenerativeModel, image_embeds: torch.Tensor,
-                 image_mask: torch.Tensor, use_cache: bool, capacity: int) -> None:
+    def __init__(
+        self,
+        model: GenerativeModel,
+        image_embeds: torch.Tensor,
+        image_mask: torch.Tensor,
+        use_cache: bool,
+        capacity: int,
+    ) -> None:
         self.model = model
         self.image_embeds = image_embeds
         self.image_mask = image_mask
         rows = image_embeds.shape[0]
         self.cache = (
             KVCache.for_config(model.config.text_config, rows, capacity, model.dtype, model.device)
-            if use_cache else None
+            if use_cache
+            else None
         )
 
     def __call__(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(N, L) ids so far -> (N, V) float32 logits for the next token."""
         if self.cache is not None and self.cache.length > 0:
-            ids, image, mask = sequences[:, self.cache.length:], None, None
+            ids, image, mask = sequences[:, self.cache.length :], None, None
         else:
             ids, image = sequences, self.image_embeds
             mask = F.pad(self.image_mask, (0, sequences.shape[1] - self.image_mask.shape[1]))
-        return self.model.next_token_logits(ids, attention_mask, self.cache, image_embeds=image,
-                                            image_embeds_position_mask=mask)
+        return self.model.next_token_logits(
+            ids, attention_mask, self.cache, image_embeds=image, image_embeds_position_mask=mask
+        )
 
     def reorder(self, index: torch.Tensor) -> None:
         if self.cache is not None:
@@ -117,10 +130,17 @@ def generate(
     try:
         settings = DecodingSettings(
             max_new_tokens=max_new_tokens,  # type: ignore[arg-type]  # None: DecodingSettings raises, saying why
-            min_new_tokens=min_new_tokens, do_sample=do_sample,
-            temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams, length_penalty=length_penalty,
-            early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
-            repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
+            min_new_tokens=min_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            repetition_penalty=repetition_penalty,
+            num_return_sequences=num_return_sequences,
         )
         check_streaming(settings, streamer)
         pad = model.generation_config.pad_token_id if pad_token_id is None else pad_token_id
@@ -139,9 +159,18 @@ def generate(
         decoder = ImageDecoder(model, image_embeds, image_mask, use_cache, input_ids.shape[1] + settings.max_new_tokens)
         if streamer is not None:
             streamer.put(input_ids.cpu())
-        job = DecodeJob(decoder, input_ids, attention_mask, settings, eos_ids, pad, ignored, generator,
-                        keep_scores=return_dict_in_generate and output_scores,
-                        keep_logits=return_dict_in_generate and output_logits)
+        job = DecodeJob(
+            decoder,
+            input_ids,
+            attention_mask,
+            settings,
+            eos_ids,
+            pad,
+            ignored,
+            generator,
+            keep_scores=return_dict_in_generate and output_scores,
+            keep_logits=return_dict_in_generate and output_logits,
+        )
         out = decode(job, streamer)
     finally:
         if streamer is not None:
@@ -149,8 +178,14 @@ def generate(
     if not return_dict_in_generate:
         return out.sequences
     if num_beams > 1:
-        return GenerateBeamDecoderOnlyOutput(out.sequences, out.sequences_scores if output_scores else None, out.scores,
-                                             out.logits, out.beam_indices, decoder.cache)
+        return GenerateBeamDecoderOnlyOutput(
+            out.sequences,
+            out.sequences_scores if output_scores else None,
+            out.scores,
+            out.logits,
+            out.beam_indices,
+            decoder.cache,
+        )
     return GenerateDecoderOnlyOutput(out.sequences, out.scores, out.logits, decoder.cache)
 
 
@@ -211,6 +246,6 @@ def compute_transition_scores(
     length = int((~ended).sum(dim=1).max())
     ended = ended[:, :length]
     rows = beam_indices[:, :length].long().masked_fill(ended, 0)
-    tokens = sequences[:, sequences.shape[1] - length:].to(stacked.device)
+    tokens = sequences[:, sequences.shape[1] - length :].to(stacked.device)
     steps = torch.arange(length, device=stacked.device).expand_as(rows)
     return stacked[rows, steps, tokens].masked_fill(ended, 0.0)

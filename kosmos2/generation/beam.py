@@ -47,9 +47,16 @@ class BeamState:
         indices = torch.full((b, num_beams, max_len - length), -1, dtype=torch.int32, device=prompts.device)
         logprobs = torch.zeros((b, num_beams, max_len - length), dtype=torch.float32, device=prompts.device)
         return cls(
-            running=running, running_scores=scores, running_lengths=lengths, running_indices=indices,
-            running_logprobs=logprobs, finished=running.clone(), finished_scores=torch.full_like(scores, _NEG),
-            finished_lengths=lengths.clone(), finished_indices=indices.clone(), finished_logprobs=logprobs.clone(),
+            running=running,
+            running_scores=scores,
+            running_lengths=lengths,
+            running_indices=indices,
+            running_logprobs=logprobs,
+            finished=running.clone(),
+            finished_scores=torch.full_like(scores, _NEG),
+            finished_lengths=lengths.clone(),
+            finished_indices=indices.clone(),
+            finished_logprobs=logprobs.clone(),
             is_finished=torch.zeros_like(scores, dtype=torch.bool),
             improvable=torch.ones((b, 1), dtype=torch.bool, device=prompts.device),
         )
@@ -99,7 +106,8 @@ def beam_step(
     candidate_indices[:, :, step] = parents + offsets
     candidate_logprobs = _take(state.running_logprobs, parents)
     candidate_logprobs[:, :, step] = raw_log_probs.view(b, k, vocab)[
-        torch.arange(b, device=parents.device).unsqueeze(1), parents, tokens]
+        torch.arange(b, device=parents.device).unsqueeze(1), parents, tokens
+    ]
     stops = torch.isin(tokens, eos_ids) | (cur_len + 1 >= max_len)
 
     running_scores = scores + stops.to(torch.float32) * _NEG
@@ -132,7 +140,7 @@ def beam_step(
         best_length = max_len - prompt_len
     else:
         best_length = cur_len + 1 - prompt_len
-    best_running = new.running_scores[:, :1] / (best_length ** settings.length_penalty)
+    best_running = new.running_scores[:, :1] / (best_length**settings.length_penalty)
     worst_finished = torch.where(new.is_finished, new.finished_scores.min(dim=1, keepdim=True).values, _NEG)
     new.improvable = state.improvable & (best_running > worst_finished).any(dim=-1, keepdim=True)
     return new, (beam_parents + offsets).view(-1), stops

@@ -123,8 +123,13 @@ class _StepLog:
             self.logits.append(logits)
 
     def result(self, sequences: torch.Tensor, token_logprobs: torch.Tensor, **beam: torch.Tensor) -> Decoded:
-        return Decoded(sequences, token_logprobs, None if self.scores is None else tuple(self.scores),
-                       None if self.logits is None else tuple(self.logits), **beam)
+        return Decoded(
+            sequences,
+            token_logprobs,
+            None if self.scores is None else tuple(self.scores),
+            None if self.logits is None else tuple(self.logits),
+            **beam,
+        )
 
 
 def decode(job: DecodeJob, streamer: Streamer | None = None) -> Decoded:
@@ -187,8 +192,9 @@ def beam_search(job: DecodeJob) -> Decoded:
         raw = logits.log_softmax(dim=-1)
         log_probs = process_scores(raw, sequences, settings, cur_len - prompt_len, job.eos_ids, job.ignored)
         log.add(log_probs, logits)
-        state, parents, stops = beam_step(state, log_probs, raw, cur_len, prompt_len, job.eos_ids, settings,
-                                          job.generator)
+        state, parents, stops = beam_step(
+            state, log_probs, raw, cur_len, prompt_len, job.eos_ids, settings, job.generator
+        )
         decoder.reorder(parents)
         attention_mask = F.pad(attention_mask, (0, 1), value=1)
         if beam_search_done(state, stops, settings.early_stopping) or _asked_to_stop(job):
@@ -196,6 +202,9 @@ def beam_search(job: DecodeJob) -> Decoded:
     n = settings.num_return_sequences
     new = int(state.finished_lengths[:, :n].max())
     indices = state.finished_indices[:, :n, :new].reshape(b * n, new)
-    return log.result(state.finished[:, :n, : prompt_len + new].reshape(b * n, prompt_len + new),
-                      state.finished_logprobs[:, :n, :new].reshape(b * n, new).masked_fill(indices < 0, 0.0),
-                      sequences_scores=state.finished_scores[:, :n].reshape(b * n), beam_indices=indices)
+    return log.result(
+        state.finished[:, :n, : prompt_len + new].reshape(b * n, prompt_len + new),
+        state.finished_logprobs[:, :n, :new].reshape(b * n, new).masked_fill(indices < 0, 0.0),
+        sequences_scores=state.finished_scores[:, :n].reshape(b * n),
+        beam_indices=indices,
+    )

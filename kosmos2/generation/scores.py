@@ -36,12 +36,16 @@ def ban_repeated_ngrams(
     """
     if ignored is not None and bool(ignored.any()):
         ignored = _extend(ignored, sequences.shape[1])
-        return torch.cat([ban_repeated_ngrams(scores[i : i + 1], sequences[i : i + 1, ~ignored[i]], n)
-                          for i in range(sequences.shape[0])])
+        return torch.cat(
+            [
+                ban_repeated_ngrams(scores[i : i + 1], sequences[i : i + 1, ~ignored[i]], n)
+                for i in range(sequences.shape[0])
+            ]
+        )
     length = sequences.shape[1]
     if length < n:
         return scores
-    prefix = sequences[:, length + 1 - n:]  # (B, n-1): the current suffix
+    prefix = sequences[:, length + 1 - n :]  # (B, n-1): the current suffix
     windows = sequences.unfold(1, n, 1)  # (B, W, n)
     matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
     vocab = scores.shape[-1]

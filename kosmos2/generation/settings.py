@@ -111,8 +111,10 @@ class DecodingSettings:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"num_return_sequences must be an int >= 1, got {n!r}")
         if n > 1 and self.num_beams == 1 and not self.do_sample:
-            raise ValueError(f"greedy decoding gives one sequence per prompt: num_return_sequences must be 1 "
-                             f"(got {n}); use do_sample=True or num_beams >= {n}")
+            raise ValueError(
+                f"greedy decoding gives one sequence per prompt: num_return_sequences must be 1 "
+                f"(got {n}); use do_sample=True or num_beams >= {n}"
+            )
         if self.num_beams > 1 and n > self.num_beams:
             raise ValueError(f"num_return_sequences ({n}) must be at most num_beams ({self.num_beams})")
         if self.min_new_tokens < 0:
@@ -132,8 +134,11 @@ class DecodingSettings:
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if not self.do_sample:
-            for name, value, unset in (("temperature", self.temperature, 1.0), ("top_k", self.top_k, None),
-                                       ("top_p", self.top_p, None)):
+            for name, value, unset in (
+                ("temperature", self.temperature, 1.0),
+                ("top_k", self.top_k, None),
+                ("top_p", self.top_p, None),
+            ):
                 if value != unset:
                     warnings.warn(
                         f"`do_sample` is not set to `True`. However, `{name}` is set to `{value}` -- this flag is "

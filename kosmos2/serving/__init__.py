@@ -11,7 +11,23 @@ from .prefix_cache import DEFAULT_MAX_IMAGES, PrefixCache, PrefixEntry
 from .rows import Row, check_one_sequence, prefix_key, split_batch, split_row
 
 __all__ = [
-    "BATCH_SIZES_KEPT", "Batcher", "DEFAULT_MAX_IMAGES", "Engine", "LOCATE_ROWS", "Located", "PrefixCache",
-    "PrefixEntry", "Prepared", "Row", "RowDecoder", "RowStream", "check_one_sequence", "follow", "layout", "locate",
-    "prefix_key", "split_batch", "split_row"
+    "BATCH_SIZES_KEPT",
+    "Batcher",
+    "DEFAULT_MAX_IMAGES",
+    "Engine",
+    "LOCATE_ROWS",
+    "Located",
+    "PrefixCache",
+    "PrefixEntry",
+    "Prepared",
+    "Row",
+    "RowDecoder",
+    "RowStream",
+    "check_one_sequence",
+    "follow",
+    "layout",
+    "locate",
+    "prefix_key",
+    "split_batch",
+    "split_row",
 ]

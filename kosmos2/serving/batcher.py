@@ -121,8 +121,19 @@ class _Request:
         # Only max_new_tokens may differ within a batch. Beam search and a private generator run alone,
         # so that their tokens stay those of a lone row.
         alone = s.num_beams > 1 or self.generator is not None
-        self.group = (id(self),) if alone else (s.min_new_tokens, s.do_sample, s.temperature, s.top_k, s.top_p,
-                                               s.repetition_penalty, s.no_repeat_ngram_size)
+        self.group = (
+            (id(self),)
+            if alone
+            else (
+                s.min_new_tokens,
+                s.do_sample,
+                s.temperature,
+                s.top_k,
+                s.top_p,
+                s.repetition_penalty,
+                s.no_repeat_ngram_size,
+            )
+        )
 
 
 class Batcher:
@@ -194,8 +205,14 @@ class Batcher:
         rows = self.engine.rows(pixel_values, input_ids, image_embeds_position_mask, attention_mask)
         return self._enqueue(rows, max_new_tokens, generator, timeout, decoding)
 
-    def _enqueue(self, rows: Sequence[Row], max_new_tokens: int | None, generator: torch.Generator | None,
-                 timeout: float | None, decoding: dict[str, Any]) -> list[RowStream]:
+    def _enqueue(
+        self,
+        rows: Sequence[Row],
+        max_new_tokens: int | None,
+        generator: torch.Generator | None,
+        timeout: float | None,
+        decoding: dict[str, Any],
+    ) -> list[RowStream]:
         settings = DecodingSettings(max_new_tokens=max_new_tokens, **decoding)  # type: ignore[arg-type]  # None: DecodingSettings raises, saying why
         check_one_sequence(settings)
         requests = [_Request(row, settings, RowStream(timeout), generator) for row in rows]
@@ -252,8 +269,11 @@ class Batcher:
                     return None  # closed, nothing left
                 group = self._pending[0].group
                 deadline = time.monotonic() + self.gather_s
-                while (len([r for r in self._pending if r.group == group]) < self.max_batch_size
-                       and not self._closed and (left := deadline - time.monotonic()) > 0):
+                while (
+                    len([r for r in self._pending if r.group == group]) < self.max_batch_size
+                    and not self._closed
+                    and (left := deadline - time.monotonic()) > 0
+                ):
                     self._cond.wait(left)
                 if self._holds and not self._closed:
                     continue  # a hold began while gathering: take the batch after it
@@ -278,13 +298,19 @@ class Batcher:
         eos_ids = set(generation.eos_id_list(self.engine.model.generation_config.eos_token_id))
         try:
             if settings.num_beams > 1:
-                new = self.engine.run([batch[0].row], settings, generator=batch[0].generator,
-                                      stop=streams[0].cancelled.is_set)
+                new = self.engine.run(
+                    [batch[0].row], settings, generator=batch[0].generator, stop=streams[0].cancelled.is_set
+                )
                 _deliver(streams[0], new.sequences[0].tolist(), new.token_logprobs[0].tolist(), eos_ids)
             else:
                 fan_out = _FanOut(streams, limits, eos_ids)
-                self.engine.run([r.row for r in batch], settings, generator=batch[0].generator, on_step=fan_out,
-                                stop=fan_out.all_done)
+                self.engine.run(
+                    [r.row for r in batch],
+                    settings,
+                    generator=batch[0].generator,
+                    on_step=fan_out,
+                    stop=fan_out.all_done,
+                )
         except Exception as e:  # every row of the batch gets the error, raised in its consumer's thread
             for stream in streams:
                 stream._finish(e)

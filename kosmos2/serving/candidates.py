@@ -26,8 +26,9 @@ class Located:
 
 
 @torch.no_grad()
-def locate(engine: Engine, rows: Sequence[Row], location_ids: torch.Tensor, candidates: int,
-           floor: float) -> list[Located]:
+def locate(
+    engine: Engine, rows: Sequence[Row], location_ids: torch.Tensor, candidates: int, floor: float
+) -> list[Located]:
     """For prompts that end in ``<object>``: the distribution over the first location token, and for its
     ``candidates`` likeliest first cells (at least ``floor``), the distribution over the second one given
     each. ``location_ids`` (C,) are the location tokens' ids, cell order. Both distributions are the softmax
@@ -38,11 +39,12 @@ def locate(engine: Engine, rows: Sequence[Row], location_ids: torch.Tensor, cand
     device = ready.sequences.device
     location_ids = location_ids.to(device)
     first = ready.decoder(ready.sequences, ready.attention_mask).softmax(dim=-1)[:, location_ids].cpu()  # (B, C)
-    picks = [(r, cell) for r in range(len(rows))
-             for cell, _ in detection.top_cells(first[r].tolist(), candidates, floor)]
+    picks = [
+        (r, cell) for r in range(len(rows)) for cell, _ in detection.top_cells(first[r].tolist(), candidates, floor)
+    ]
     seconds = [first.new_zeros((0, first.shape[1]))]
     for start in range(0, len(picks), LOCATE_ROWS):  # each chunk copies the prefix cache once per pick
-        chunk = picks[start:start + LOCATE_ROWS]
+        chunk = picks[start : start + LOCATE_ROWS]
         index = torch.tensor([r for r, _ in chunk], device=device)
         decoder = RowDecoder(engine.model, ready.decoder.cache.selected(index))
         cells = torch.tensor([c for _, c in chunk], device=device)
@@ -50,6 +52,9 @@ def locate(engine: Engine, rows: Sequence[Row], location_ids: torch.Tensor, cand
         attention = torch.nn.functional.pad(ready.attention_mask[index], (0, 1), value=1)
         seconds.append(decoder(sequences, attention).softmax(dim=-1)[:, location_ids].cpu())  # (chunk, C)
     second = torch.cat(seconds)  # (picks, C)
-    return [Located(first[r], [c for row, c in picks if row == r],
-                    second[[k for k, (row, _) in enumerate(picks) if row == r]])
-            for r in range(len(rows))]
+    return [
+        Located(
+            first[r], [c for row, c in picks if row == r], second[[k for k, (row, _) in enumerate(picks) if row == r]]
+        )
+        for r in range(len(rows))
+    ]

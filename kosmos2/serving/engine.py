@@ -20,6 +20,7 @@ from .rows import Row, check_one_sequence, split_batch, split_row
 if TYPE_CHECKING:
     from ..model import Kosmos2ForConditionalGeneration
 
+
 class RowDecoder:
     """Next-token logits from a ``KVCache`` that already holds each row's prefix.
 
@@ -52,8 +53,9 @@ def layout(rows: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     for r in rows:
         pads = width - r.rest_ids.shape[0]
         ids.append(torch.cat([r.prefix_ids, r.rest_ids.new_full((pads,), pad_id), r.rest_ids]))
-        attention.append(torch.cat([torch.ones_like(r.prefix_ids), r.rest_ids.new_zeros(pads),
-                                    torch.ones_like(r.rest_ids)]))
+        attention.append(
+            torch.cat([torch.ones_like(r.prefix_ids), r.rest_ids.new_zeros(pads), torch.ones_like(r.rest_ids)])
+        )
     return torch.stack(ids), torch.stack(attention)
 
 
@@ -81,9 +83,13 @@ class Engine:
     def pad_id(self) -> int:
         return self.model.config.text_config.pad_token_id
 
-    def rows(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None,
-             image_embeds_position_mask: torch.Tensor | None,
-             attention_mask: torch.Tensor | None = None) -> list[Row]:
+    def rows(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        image_embeds_position_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> list[Row]:
         """The rows of a processor batch (see :func:`split_batch`)."""
         rows = split_batch(pixel_values, input_ids, image_embeds_position_mask, attention_mask, self.pad_id)
         self._check_image_size(rows)
@@ -99,8 +105,10 @@ class Engine:
         size = self.model.config.vision_config.image_size
         for r in rows:
             if tuple(r.pixel_values.shape) != (3, size, size):
-                raise ValueError(f"pixel_values of a row must have shape (3, {size}, {size}) for this model, "
-                                 f"got {tuple(r.pixel_values.shape)}")
+                raise ValueError(
+                    f"pixel_values of a row must have shape (3, {size}, {size}) for this model, "
+                    f"got {tuple(r.pixel_values.shape)}"
+                )
 
     @torch.no_grad()
     def prefix_entries(self, rows: Sequence[Row]) -> list[PrefixEntry]:
@@ -127,8 +135,13 @@ class Engine:
         slots = torch.stack([r.prefix_mask for r in rows]).to(device)
         image_embeds = model.get_image_features(pixels)[0]  # (M, Q, D)
         cache = KVCache.for_config(model.config.text_config, len(rows), ids.shape[1], model.dtype, device)
-        model.text_model.model(input_ids=ids, image_embeds=image_embeds, image_embeds_position_mask=slots,
-                               past_key_values=cache, use_cache=True)
+        model.text_model.model(
+            input_ids=ids,
+            image_embeds=image_embeds,
+            image_embeds_position_mask=slots,
+            past_key_values=cache,
+            use_cache=True,
+        )
         keys = torch.stack([cache[layer][0] for layer in range(len(cache))], dim=1)  # (M, layers, H, P, hd)
         values = torch.stack([cache[layer][1] for layer in range(len(cache))], dim=1)
         return [PrefixEntry(k.clone(), v.clone()) for k, v in zip(keys, values)]
@@ -145,8 +158,9 @@ class Engine:
         keys = torch.stack([e.keys for e in entries], dim=1).repeat_interleave(copies, dim=1)  # (L, N, H, P, hd)
         values = torch.stack([e.values for e in entries], dim=1).repeat_interleave(copies, dim=1)
         length = keys.shape[3]
-        cache = KVCache.for_config(model.config.text_config, keys.shape[1], sequences.shape[1] + max_new_tokens,
-                                   model.dtype, device)
+        cache = KVCache.for_config(
+            model.config.text_config, keys.shape[1], sequences.shape[1] + max_new_tokens, model.dtype, device
+        )
         cache.reserve(length)
         for layer in range(len(cache)):
             cache.update(layer, keys[layer], values[layer])
@@ -177,14 +191,23 @@ class Engine:
             check_one_sequence(settings)
             ready = self.prepare(rows, settings.num_beams, settings.max_new_tokens)
             pads = ready.attention_mask == 0  # the middle pads of [prefix][pads][rest]: invisible to penalties
-            job = generation.DecodeJob(ready.decoder, ready.sequences, ready.attention_mask, settings, eos_ids,
-                                       self.pad_id, ignored=pads, generator=generator, on_step=on_step,
-                                       stop=stop)
+            job = generation.DecodeJob(
+                ready.decoder,
+                ready.sequences,
+                ready.attention_mask,
+                settings,
+                eos_ids,
+                self.pad_id,
+                ignored=pads,
+                generator=generator,
+                on_step=on_step,
+                stop=stop,
+            )
             out = generation.decode(job, streamer)
         finally:
             if streamer is not None:
                 streamer.end()
-        return replace(out, sequences=out.sequences[:, ready.sequences.shape[1]:])
+        return replace(out, sequences=out.sequences[:, ready.sequences.shape[1] :])
 
     def generate(
         self,

@@ -38,8 +38,10 @@ def split_row(pixel_values: torch.Tensor, input_ids: torch.Tensor, image_mask: t
     if pixel_values.ndim != 3:
         raise ValueError(f"pixel_values of one row must have shape (3, size, size), got {tuple(pixel_values.shape)}")
     if input_ids.ndim != 1 or image_mask.shape != input_ids.shape:
-        raise ValueError(f"input_ids and image_embeds_position_mask of one row must be 1-D and of equal length, "
-                         f"got {tuple(input_ids.shape)} and {tuple(image_mask.shape)}")
+        raise ValueError(
+            f"input_ids and image_embeds_position_mask of one row must be 1-D and of equal length, "
+            f"got {tuple(input_ids.shape)} and {tuple(image_mask.shape)}"
+        )
     slots = image_mask.nonzero()
     if slots.numel() == 0:
         raise ValueError("the prompt has no image slots (image_embeds_position_mask is all 0)")
@@ -50,8 +52,9 @@ def split_row(pixel_values: torch.Tensor, input_ids: torch.Tensor, image_mask: t
     if bool((prefix_ids == pad_id).any()):
         raise ValueError(f"the image prefix contains the pad id {pad_id}: rows must be left-padded only")
     prefix_mask = image_mask[:length]
-    return Row(pixel_values, prefix_ids, prefix_mask, input_ids[length:],
-               prefix_key(pixel_values, prefix_ids, prefix_mask))
+    return Row(
+        pixel_values, prefix_ids, prefix_mask, input_ids[length:], prefix_key(pixel_values, prefix_ids, prefix_mask)
+    )
 
 
 def split_batch(
@@ -62,8 +65,9 @@ def split_batch(
     pad_id: int,
 ) -> list[Row]:
     """The rows of a processor batch (left-padded (B, T) tensors and (B, 3, S, S) pixels)."""
-    input_ids, image_embeds_position_mask = generation.check_prompt_shapes(input_ids, image_embeds_position_mask,
-                                                                           attention_mask)
+    input_ids, image_embeds_position_mask = generation.check_prompt_shapes(
+        input_ids, image_embeds_position_mask, attention_mask
+    )
     if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[0] != input_ids.shape[0]:
         shape = None if pixel_values is None else tuple(pixel_values.shape)
         raise ValueError(f"pixel_values of shape ({input_ids.shape[0]}, 3, size, size) are required, got {shape}")
@@ -82,5 +86,7 @@ def split_batch(
 def check_one_sequence(settings: DecodingSettings) -> None:
     """Serving gives one sequence per row: ``num_return_sequences`` is ``model.generate``'s."""
     if settings.num_return_sequences != 1:
-        raise ValueError("num_return_sequences must be 1 when serving (one sequence per row); "
-                         "use model.generate for several sequences per prompt")
+        raise ValueError(
+            "num_return_sequences must be 1 when serving (one sequence per row); "
+            "use model.generate for several sequences per prompt"
+        )

@@ -64,21 +64,24 @@ def _api_parameters(task: Task) -> dict[str, tuple[gr.components.Component, str]
     def parameter(component: gr.components.Component, doc: str, schema: dict | None = None) -> tuple:
         return _described(component, doc, schema), doc
 
-    image = _with_example(gr.File(type="binary", label=task.image_label),
-                          handle_file(example_image(example.image)))
+    image = _with_example(gr.File(type="binary", label=task.image_label), handle_file(example_image(example.image)))
     parameters = {"image": parameter(image, "the image: a file or URL")}
     if task.text is not None:  # required: no default, so that the API page shows the example, not ""
         text = _with_example(gr.Textbox(value=None, label=task.text), example.text)
         parameters[task.text.lower()] = parameter(text, (task.text_info or task.text).rstrip("."))
     if task.boxes != "none":
-        boxes = _with_example(gr.JSON(value=None if task.boxes == "required" else [], label="Boxes"),
-                              [list(b) for b in example.boxes])
+        boxes = _with_example(
+            gr.JSON(value=None if task.boxes == "required" else [], label="Boxes"), [list(b) for b in example.boxes]
+        )
         box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
-        parameters["boxes"] = parameter(boxes, f"pixel boxes [[x1, y1, x2, y2], ...] ({task.boxes})",
-                                        {"type": "array", "items": box})
+        parameters["boxes"] = parameter(
+            boxes, f"pixel boxes [[x1, y1, x2, y2], ...] ({task.boxes})", {"type": "array", "items": box}
+        )
     if task.grounding_option:
-        parameters["grounding"] = parameter(gr.Checkbox(value=True, label="Ground the output"),
-                                            "start with the <grounding> tag, so that the output links phrases to boxes")
+        parameters["grounding"] = parameter(
+            gr.Checkbox(value=True, label="Ground the output"),
+            "start with the <grounding> tag, so that the output links phrases to boxes",
+        )
     parameters.update({name: _api_setting(s) for name, s in task.settings.spec().items()})
     return parameters
 
@@ -89,13 +92,21 @@ def api_endpoints(runner: Runner, events: dict) -> None:
     for task in runner.tasks.values():
         with gr.Column(visible=False):
             parameters = _api_parameters(task)
-            outputs = [gr.Textbox(label="caption"), gr.JSON(label="entities"),
-                       gr.Image(type="filepath", label="annotated")]
+            outputs = [
+                gr.Textbox(label="caption"),
+                gr.JSON(label="entities"),
+                gr.Image(type="filepath", label="annotated"),
+            ]
             trigger = gr.Button()
         docs = {name: doc for name, (_, doc) in parameters.items()}
-        trigger.click(on_gpu(_api_fn(runner, task, docs)), inputs_kwargs={n: c for n, (c, _) in parameters.items()},
-                      outputs=outputs, api_name=task.name, api_description=f"{task.title}: {task.description}",
-                      **events)
+        trigger.click(
+            on_gpu(_api_fn(runner, task, docs)),
+            inputs_kwargs={n: c for n, (c, _) in parameters.items()},
+            outputs=outputs,
+            api_name=task.name,
+            api_description=f"{task.title}: {task.description}",
+            **events,
+        )
 
 
 def _api_fn(runner: Runner, task: Task, docs: Mapping[str, str]) -> Callable:
@@ -111,6 +122,9 @@ def _api_fn(runner: Runner, task: Task, docs: Mapping[str, str]) -> Callable:
     fn.__name__ = task.name
     signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in docs])
     fn.__signature__ = signature  # type: ignore[attr-defined]  # inspect.signature (so Gradio) reads it
-    fn.__doc__ = (f"{task.title}: {task.description}\n\nArgs:\n" + "".join(f"    {n}: {d}\n" for n, d in docs.items())
-                  + "\nReturns:\n    the caption, the entities (phrase, span, boxes, scores) and the annotated image")
+    fn.__doc__ = (
+        f"{task.title}: {task.description}\n\nArgs:\n"
+        + "".join(f"    {n}: {d}\n" for n, d in docs.items())
+        + "\nReturns:\n    the caption, the entities (phrase, span, boxes, scores) and the annotated image"
+    )
     return fn

@@ -22,8 +22,9 @@ def is_stray_gradio_line(text: str) -> bool:
     return any(pattern.fullmatch(text) for pattern in STRAY_GRADIO_LINES)
 
 
-def _print_unless_stray(*values: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None,
-                        flush: bool = False) -> None:
+def _print_unless_stray(
+    *values: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False
+) -> None:
     """``print``, except that a stray line printed to stdout is dropped."""
     to_stdout = file is None or file is sys.stdout
     if to_stdout and is_stray_gradio_line((" " if sep is None else sep).join(map(str, values))):
@@ -61,8 +62,13 @@ def fix_mcp_tool_outputs() -> None:
     original_content = GradioMCPServer.postprocess_output_data
 
     def pop_returned_state(components, data):
-        if (len(components) > 1 and isinstance(data, list) and len(data) == 1
-                and isinstance(data[0], (list, tuple)) and len(data[0]) == len(components)):
+        if (
+            len(components) > 1
+            and isinstance(data, list)
+            and len(data) == 1
+            and isinstance(data[0], (list, tuple))
+            and len(data[0]) == len(components)
+        ):
             data = list(data[0])
         return original(components, data)
 

@@ -28,12 +28,18 @@ OUTPUT_MAX_FILES = 64  # annotated PNGs kept in the private output folder (Gradi
 STREAM_INTERVAL_S = 0.15  # at most ~7 partial updates a second
 API_POLL_S = 0.25  # how often an API call lets Gradio check whether its client is still there
 STATUS_POLL_S = 0.5  # how often the page's status line is refreshed while the model loads
-TINY_BANNER = ("⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
-               "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model.")
-TINY_MCP_NOTE = ("Note: this server runs the built-in tiny checkpoint with random weights, so the answer above is "
-                 "random, not KOSMOS-2's.")
-INT8_BANNER = ("🧪 <b>Experimental int8 mode</b> (<code>KOSMOS2_QUANTIZE=int8</code>): faster on CPU, but its "
-               "quality has not been verified against the full-precision model.")
+TINY_BANNER = (
+    "⚠️ Running on the built-in <b>tiny checkpoint with random weights</b>: outputs are random. "
+    "Set <code>KOSMOS2_CHECKPOINT</code> / go online to get the real model."
+)
+TINY_MCP_NOTE = (
+    "Note: this server runs the built-in tiny checkpoint with random weights, so the answer above is "
+    "random, not KOSMOS-2's."
+)
+INT8_BANNER = (
+    "🧪 <b>Experimental int8 mode</b> (<code>KOSMOS2_QUANTIZE=int8</code>): faster on CPU, but its "
+    "quality has not been verified against the full-precision model."
+)
 USER_ERROR = "Generation failed because of an internal error; please try again."
 
 
@@ -76,9 +82,18 @@ class Runner:
         sees no banner)."""
         return TINY_MCP_NOTE if self.holder.get().is_tiny else None
 
-    def stream(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-               settings: Mapping[str, Any], quarter_turns: int = 0, min_interval_s: float | None = None,
-               partial: bool = True) -> Iterator[tuple[Any, TaskResult | None]]:
+    def stream(
+        self,
+        task: str,
+        image: Any,
+        text: str | None,
+        boxes: Any,
+        grounding_on: bool,
+        settings: Mapping[str, Any],
+        quarter_turns: int = 0,
+        min_interval_s: float | None = None,
+        partial: bool = True,
+    ) -> Iterator[tuple[Any, TaskResult | None]]:
         """Validated run yielding (RGB image, result), partial results at most every ``min_interval_s``
         (default ``STREAM_INTERVAL_S``; None in their place without ``partial``); ``settings`` by name, the
         task's group. User errors become ``gr.Error`` with their message only, other errors a generic one
@@ -97,8 +112,16 @@ class Runner:
             log.exception("task %s failed", task)
             raise gr.Error(USER_ERROR, print_exception=False) from None
 
-    def ui(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-           settings: Mapping[str, Any], quarter_turns: int = 0) -> Iterator[tuple]:
+    def ui(
+        self,
+        task: str,
+        image: Any,
+        text: str | None,
+        boxes: Any,
+        grounding_on: bool,
+        settings: Mapping[str, Any],
+        quarter_turns: int = 0,
+    ) -> Iterator[tuple]:
         """UI outputs: linked HTML, timing, raw text, entities JSON, annotated PNG (final step only), and
         the result."""
         uri = None
@@ -123,15 +146,17 @@ class Runner:
         png = self.outputs.save(draw.annotate(shown, result.annotations()))
         return _tab_outputs(view.image_data_uri(shown), result, png)
 
-    def api(self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool,
-            settings: Mapping[str, Any]) -> Iterator[tuple]:
+    def api(
+        self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool, settings: Mapping[str, Any]
+    ) -> Iterator[tuple]:
         """API outputs: caption, entities, path of the annotated PNG, once at the end. Until then it yields
         "no change" every ``API_POLL_S`` seconds, so that Gradio can stop it when the client cancels or goes
         away: closing this generator drops the request's rows from their batch at the next step. The first
         "no change" comes before any work: Gradio can close a generator only once it has yielded."""
         yield gr.skip(), gr.skip(), gr.skip()
-        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, min_interval_s=API_POLL_S,
-                                         partial=False):
+        for shown, result in self.stream(
+            task, image, text, boxes, grounding_on, settings, min_interval_s=API_POLL_S, partial=False
+        ):
             if result is None:
                 yield gr.skip(), gr.skip(), gr.skip()
             else:
@@ -142,8 +167,10 @@ class Runner:
 def notice_line(kind: str, inner_html: str, alert: bool = False) -> str:
     """A one-line notice above the tabs, styled as an alert for ``alert`` (the banners), all of one height."""
     colours = "background:#fff4e5;border:1px solid #f0a202" if alert else "background:#f4f6f8;border:1px solid #d0d7de"
-    return (f'<div class="{kind}" role="{"alert" if alert else "status"}" style="{colours};border-radius:8px;'
-            f'padding:.5em 1em;margin:0;line-height:1.5">{inner_html}</div>')
+    return (
+        f'<div class="{kind}" role="{"alert" if alert else "status"}" style="{colours};border-radius:8px;'
+        f'padding:.5em 1em;margin:0;line-height:1.5">{inner_html}</div>'
+    )
 
 
 def _tab_outputs(image_uri: str, result: TaskResult, png: Any) -> tuple:

@@ -25,15 +25,24 @@ MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 SESSIONS_KEPT = 1000  # Gradio keeps each browser or API session's state (~0.5 MB here); its default is 10000
 # Gradio hides "Use via API" in the footer of narrow screens and puts the example tables' text on one line;
 # the page's own CSS shows the one and keeps the lines of the other
-PAGE_CSS = ("@media (width <= 640px) { footer .show-api, footer .show-api-divider { display: flex !important; } }"
-            ' td[data-testid^="dataset-cell"] div { white-space: pre-line !important; }')
-HEADER = ("<h1>KOSMOS-2: grounding language in images</h1><p>Captions, phrase grounding, region descriptions and "
-          "questions with boxes, by Microsoft's KOSMOS-2. Hover or tap a phrase or a box to see its partner.</p>"
-          f"<style>{PAGE_CSS}</style>")
+PAGE_CSS = (
+    "@media (width <= 640px) { footer .show-api, footer .show-api-divider { display: flex !important; } }"
+    ' td[data-testid^="dataset-cell"] div { white-space: pre-line !important; }'
+)
+HEADER = (
+    "<h1>KOSMOS-2: grounding language in images</h1><p>Captions, phrase grounding, region descriptions and "
+    "questions with boxes, by Microsoft's KOSMOS-2. Hover or tap a phrase or a box to see its partner.</p>"
+    f"<style>{PAGE_CSS}</style>"
+)
 
 
-def build_demo(holder: ModelHolder | None = None, tasks: Mapping[str, Task] = TASKS,
-               cache_examples: bool = False, load_now: bool = ZERO_GPU, preload: bool = False) -> gr.Blocks:
+def build_demo(
+    holder: ModelHolder | None = None,
+    tasks: Mapping[str, Task] = TASKS,
+    cache_examples: bool = False,
+    load_now: bool = ZERO_GPU,
+    preload: bool = False,
+) -> gr.Blocks:
     """The demo's Blocks: a tab per group of ``tasks`` (by their ``tab``) and an API endpoint per task;
     ``cache_examples``: each example's result is computed once, lazily (see :func:`.tabs.tab`). The model
     loads here if ``load_now`` (on ZeroGPU: it must be in the main process, and on the GPU, before the
@@ -77,17 +86,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="KOSMOS-2 Gradio demo")
     parser.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
     parser.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT)")
-    parser.add_argument("--host", help="the address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1; "
-                                       "0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, help="the port (default: $GRADIO_SERVER_PORT or 7860, or the next free "
-                                                 "one); a given port that is taken is an error")
+    parser.add_argument(
+        "--host",
+        help="the address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="the port (default: $GRADIO_SERVER_PORT or 7860, or the next free "
+        "one); a given port that is taken is an error",
+    )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument("--mcp", action="store_true",
-                        help="also serve the tasks as MCP tools at /gradio_api/mcp/ (needs gradio[mcp])")
-    parser.add_argument("--cache-examples", action="store_true",
-                        help="compute each example's result once, on first click (default on Spaces)")
-    parser.add_argument("--preload", action="store_true",
-                        help="load the model at start-up, not on first use (default on Spaces)")
+    parser.add_argument(
+        "--mcp", action="store_true", help="also serve the tasks as MCP tools at /gradio_api/mcp/ (needs gradio[mcp])"
+    )
+    parser.add_argument(
+        "--cache-examples",
+        action="store_true",
+        help="compute each example's result once, on first click (default on Spaces)",
+    )
+    parser.add_argument(
+        "--preload", action="store_true", help="load the model at start-up, not on first use (default on Spaces)"
+    )
     args = parser.parse_args(argv)
     try:
         holder = ModelHolder(args.checkpoint, force_tiny=args.tiny)
@@ -101,12 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_on_signals():
             try:
-                served.launch(share=args.share, max_file_size=MAX_UPLOAD_BYTES, mcp_server=args.mcp or None,
-                              state_session_capacity=SESSIONS_KEPT, server_name=args.host, server_port=args.port,
-                              prevent_thread_lock=True)
+                served.launch(
+                    share=args.share,
+                    max_file_size=MAX_UPLOAD_BYTES,
+                    mcp_server=args.mcp or None,
+                    state_session_capacity=SESSIONS_KEPT,
+                    server_name=args.host,
+                    server_port=args.port,
+                    prevent_thread_lock=True,
+                )
             except OSError as e:  # the port is taken, or the address is not this machine's
-                print(f"error: cannot listen on {args.host or '127.0.0.1'}:{args.port or 'the default port'} "
-                      f"({e}); choose another --port or --host", file=sys.stderr)
+                print(
+                    f"error: cannot listen on {args.host or '127.0.0.1'}:{args.port or 'the default port'} "
+                    f"({e}); choose another --port or --host",
+                    file=sys.stderr,
+                )
                 return 2
             if args.mcp:
                 assert served.local_url is not None  # launch() has set it

@@ -21,8 +21,10 @@ from .runner import Runner
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the example images, beside app.py
 SETTINGS_PER_ROW = 3
 FILTERS = ("threshold", "max_instances", "nms_iou")  # detect settings that re-filter the last result at once
-BOX_HELP = ("To draw a box: click ⬚ *Create box* under the image (or press C), then drag on the image. "
-            "Select a box and press Delete to remove it.")
+BOX_HELP = (
+    "To draw a box: click ⬚ *Create box* under the image (or press C), then drag on the image. "
+    "Select a box and press Delete to remove it."
+)
 # The uploaded file as it is (no conversion or re-encoding by Gradio): the demo's load_image checks and decodes it.
 IMAGE_INPUT: dict[str, Any] = dict(type="filepath", image_mode=None, height=360)
 # On a narrow screen the result is under the inputs: bring it into view when the run starts (Gradio 6.31's own
@@ -41,8 +43,9 @@ def _setting_input(s: Setting) -> gr.Radio | gr.Slider:
     return gr.Slider(s.minimum, s.maximum, value=s.default, step=s.step, label=s.label, info=s.help)
 
 
-def _settings_panel(spec: Mapping[str, Setting], title: str,
-                    shown: Sequence[str] = ()) -> dict[str, gr.Radio | gr.Slider]:
+def _settings_panel(
+    spec: Mapping[str, Setting], title: str, shown: Sequence[str] = ()
+) -> dict[str, gr.Radio | gr.Slider]:
     """Controls for the settings of ``spec``: those named in ``shown`` in the open, the others in a
     collapsed accordion ``title``."""
     controls = {name: _setting_input(spec[name]) for name in shown}
@@ -50,7 +53,7 @@ def _settings_panel(spec: Mapping[str, Setting], title: str,
     with gr.Accordion(title, open=False):
         for start in range(0, len(names), SETTINGS_PER_ROW):
             with gr.Row():
-                for name in names[start:start + SETTINGS_PER_ROW]:
+                for name in names[start : start + SETTINGS_PER_ROW]:
                     controls[name] = _setting_input(spec[name])
     return controls
 
@@ -70,8 +73,14 @@ def _image_input(tab: str, task: Task) -> gr.components.Component:
     """A plain image upload, or an image on which the user drags rectangles (with a how-to line)."""
     if task.boxes == "none":
         return gr.Image(label=task.image_label, elem_id=f"{tab}-image", **IMAGE_INPUT)
-    boxed = image_annotator(label=task.image_label, image_type="filepath", sources=["upload"],
-                            disable_edit_boxes=True, height=360, elem_id=f"{tab}-image")
+    boxed = image_annotator(
+        label=task.image_label,
+        image_type="filepath",
+        sources=["upload"],
+        disable_edit_boxes=True,
+        height=360,
+        elem_id=f"{tab}-image",
+    )
     gr.Markdown(BOX_HELP)
     return boxed
 
@@ -81,8 +90,10 @@ def _example_image(example: Example, boxed: bool) -> Any:
     if not boxed:
         return path
     colours = draw.entity_colours(len(example.boxes))
-    boxes = [{"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2, "label": "", "color": draw.hex_to_rgb(colour)}
-             for (x1, y1, x2, y2), colour in zip(example.boxes, colours)]
+    boxes = [
+        {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2, "label": "", "color": draw.hex_to_rgb(colour)}
+        for (x1, y1, x2, y2), colour in zip(example.boxes, colours)
+    ]
     return {"image": path, "boxes": boxes[::-1]}  # newest first, as the annotator keeps them
 
 
@@ -100,8 +111,11 @@ def tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = 
     click (default settings)."""
     first = tasks[0]
     for other in tasks[1:]:  # one set of inputs serves the whole tab
-        if (other.text, other.boxes != "none", other.grounding_option) != (first.text, first.boxes != "none",
-                                                                          first.grounding_option):
+        if (other.text, other.boxes != "none", other.grounding_option) != (
+            first.text,
+            first.boxes != "none",
+            first.grounding_option,
+        ):
             raise ValueError(f"tasks {first.name!r} and {other.name!r} share the tab {first.tab!r} but not its inputs")
     tab, boxed = first.name, first.boxes != "none"
     by_choice = {t.choice: t.name for t in tasks}
@@ -129,8 +143,12 @@ def tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = 
                 if len(tasks) > 1:
                     inputs["choice"] = gr.Radio(list(by_choice), value=first.choice, label=first.tab)
                 if first.text is not None:
-                    inputs["text"] = gr.Textbox(label=first.text, lines=first.text_lines, max_length=MAX_TEXT_CHARS,
-                                                info=first.text_info or None)
+                    inputs["text"] = gr.Textbox(
+                        label=first.text,
+                        lines=first.text_lines,
+                        max_length=MAX_TEXT_CHARS,
+                        info=first.text_info or None,
+                    )
                 if first.grounding_option:
                     inputs["grounding"] = gr.Checkbox(value=True, label="Ground the output (<grounding>)")
                 go = gr.Button(first.button, variant="primary", elem_id=f"{tab}-run")
@@ -148,8 +166,12 @@ def tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = 
         columns = [n for n in inputs if n != "grounding" or not all(example.grounding for _, example in examples)]
         rows = []
         for task, entry in examples:
-            row = {"image": _example_image(entry, boxed), "choice": task.choice, "text": entry.text,
-                   "grounding": entry.grounding}
+            row = {
+                "image": _example_image(entry, boxed),
+                "choice": task.choice,
+                "text": entry.text,
+                "grounding": entry.grounding,
+            }
             rows.append([row[name] for name in columns])
         if rows and cache_examples:
             defaults = {name: s.default for name, s in first.settings.spec().items()}
@@ -159,8 +181,9 @@ def tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = 
                 *_, last = run_tab({**dict(zip(columns, values)), **defaults})
                 return last
 
-            gr.Examples(rows, [inputs[n] for n in columns], outputs=outputs, fn=example, cache_examples=True,
-                        cache_mode="lazy")
+            gr.Examples(
+                rows, [inputs[n] for n in columns], outputs=outputs, fn=example, cache_examples=True, cache_mode="lazy"
+            )
         elif rows:
             gr.Examples(rows, [inputs[n] for n in columns])
 
@@ -181,16 +204,27 @@ def _detect_extras() -> dict[str, gr.Checkbox | gr.Dropdown]:
     return {"show": show, "heat_for": heat_for}
 
 
-def _refilter_events(runner: Runner, found: gr.State, controls: dict[str, gr.Radio | gr.Slider],
-                     extras: dict[str, gr.Checkbox | gr.Dropdown], out: list[gr.components.Component]) -> None:
+def _refilter_events(
+    runner: Runner,
+    found: gr.State,
+    controls: dict[str, gr.Radio | gr.Slider],
+    extras: dict[str, gr.Checkbox | gr.Dropdown],
+    out: list[gr.components.Component],
+) -> None:
     """The filter sliders and the heat-map controls redraw the last detect result without the model."""
+
     def redraw(found: Detection | None, show: bool, heat_for: str | None, **values: Any) -> tuple:
         return runner.refilter(found, heat_for if show else None, values)
 
-    inputs: dict[str, gr.blocks.Block] = {"found": found, "show": extras["show"], "heat_for": extras["heat_for"],
-                                          **controls}
+    inputs: dict[str, gr.blocks.Block] = {
+        "found": found,
+        "show": extras["show"],
+        "heat_for": extras["heat_for"],
+        **controls,
+    }
     for name in FILTERS:
-        controls[name].input(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private",
-                             trigger_mode="always_last", queue=False)
+        controls[name].input(
+            redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private", trigger_mode="always_last", queue=False
+        )
     for name in ("show", "heat_for"):  # (input: the user's changes, not the run's own update of the phrases)
         extras[name].input(redraw, inputs_kwargs=inputs, outputs=out, api_visibility="private", queue=False)

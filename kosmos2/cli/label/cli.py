@@ -43,33 +43,49 @@ from .work import LABEL_TASKS, Labeller, Plan, label_files
 ENGINES = ("local", "ray")
 
 
-
 _EXTENSIONS = ", ".join(e.lstrip(".") for e in records.IMAGE_EXTENSIONS)  # for messages
 
 
 def parser() -> argparse.ArgumentParser:
     """The ``label`` subcommand's arguments; the setting flags come from the settings specs."""
-    p = OneLineParser(prog=f"{program()} label",
-                description="Label every image of a folder with KOSMOS-2 (COCO, YOLO or JSONL); rerun the same "
-                            "command to resume an interrupted run.")
+    p = OneLineParser(
+        prog=f"{program()} label",
+        description="Label every image of a folder with KOSMOS-2 (COCO, YOLO or JSONL); rerun the same "
+        "command to resume an interrupted run.",
+    )
     p.add_argument("folder", type=Path, help=f"folder of images ({_EXTENSIONS})")
     add_phrase_flag(p, "a phrase to find (repeatable; one category each, in this order); for detect and ground")
-    p.add_argument("--task", choices=LABEL_TASKS, default="detect",
-                   help="detect: every instance of each phrase, scored; ground: one box per phrase; caption: a "
-                        "grounded caption and its phrases' boxes (default detect)")
-    p.add_argument("--format", choices=FORMATS, default="coco",
-                   help="coco: one JSON file; yolo: a folder of labels/*.txt, classes.txt and data.yaml; jsonl: "
-                        "the journal itself (default coco)")
+    p.add_argument(
+        "--task",
+        choices=LABEL_TASKS,
+        default="detect",
+        help="detect: every instance of each phrase, scored; ground: one box per phrase; caption: a "
+        "grounded caption and its phrases' boxes (default detect)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="coco",
+        help="coco: one JSON file; yolo: a folder of labels/*.txt, classes.txt and data.yaml; jsonl: "
+        "the journal itself (default coco)",
+    )
     p.add_argument("--out", type=Path, required=True, help="the COCO or JSONL file, or the YOLO folder")
-    p.add_argument("--journal", type=Path, help="the JSONL journal (default: --out for jsonl, OUT with .jsonl "
-                                                "for coco, OUT/labels.jsonl for yolo)")
+    p.add_argument(
+        "--journal",
+        type=Path,
+        help="the JSONL journal (default: --out for jsonl, OUT with .jsonl for coco, OUT/labels.jsonl for yolo)",
+    )
     p.add_argument("--recursive", action="store_true", help="also label the images in sub-folders")
     add_model_flags(p)
     add_setting_flags(p.add_argument_group("detection settings (detect)"), DETECTION_SETTINGS)
     add_setting_flags(p.add_argument_group("generation settings (ground, caption)"), SETTINGS)
     ray = p.add_argument_group("engine")
-    ray.add_argument("--engine", choices=ENGINES, default="local",
-                     help="local: this process; ray: a Ray Data pipeline (pip install -r requirements-ray.txt)")
+    ray.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: this process; ray: a Ray Data pipeline (pip install -r requirements-ray.txt)",
+    )
     ray.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     ray.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model (default 1)")
     ray.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
@@ -95,9 +111,14 @@ class Job:
 
     def params(self) -> dict[str, Any]:
         """The run's parameters: a rerun resumes the journal only with the same ones."""
-        return {"folder": str(self.folder), "recursive": self.args.recursive, **self.plan.params(),
-                "checkpoint": self.holder.checkpoint, "dtype": self.dtype or "default",
-                "quantize": self.holder.quantize}
+        return {
+            "folder": str(self.folder),
+            "recursive": self.args.recursive,
+            **self.plan.params(),
+            "checkpoint": self.holder.checkpoint,
+            "dtype": self.dtype or "default",
+            "quantize": self.holder.quantize,
+        }
 
     @property
     def dtype(self) -> str | None:
@@ -114,8 +135,10 @@ def prepare(args: argparse.Namespace) -> Job:
     plan = Plan.make(args.task, args.phrases, setting_flags(args, TASKS[args.task]))
     files = records.find_images(folder, args.recursive)
     if not files:
-        raise UsageError(f"no images ({_EXTENSIONS}) in {args.folder}"
-                         + ("" if args.recursive else " (--recursive looks in sub-folders too)"))
+        raise UsageError(
+            f"no images ({_EXTENSIONS}) in {args.folder}"
+            + ("" if args.recursive else " (--recursive looks in sub-folders too)")
+        )
     if args.format == "yolo" and (pairs := records.yolo_collisions(files)):
         raise UsageError(f"{pairs[0][0]} and {pairs[0][1]} would share one YOLO label file; rename one")
     if args.engine == "ray":
@@ -156,8 +179,10 @@ class Tally:
     def summary(self) -> str:
         wall = time.perf_counter() - self.start
         rate = f"{self.done / wall:.2f} images/s" if wall > 0 else "n/a"
-        lines = [f"done {self.done} images, skipped {self.skipped} (already in the journal), failed "
-                 f"{len(self.failed)}; {self.boxes} boxes; {wall:.1f} s wall time, {rate}"]
+        lines = [
+            f"done {self.done} images, skipped {self.skipped} (already in the journal), failed "
+            f"{len(self.failed)}; {self.boxes} boxes; {wall:.1f} s wall time, {rate}"
+        ]
         lines += [f"  failed: {r['file']}: {r['failed']}" for r in self.failed]
         return "\n".join(lines)
 
@@ -177,8 +202,10 @@ def _engine(job: Job) -> Callable[[list[str]], Records]:
     try:
         loaded = job.holder.get()
     except CheckpointError as e:
-        raise CheckpointError(f"{e}; label never falls back to random weights (--tiny labels with the tiny "
-                              "random checkpoint, --checkpoint DIR with a local copy)") from e
+        raise CheckpointError(
+            f"{e}; label never falls back to random weights (--tiny labels with the tiny "
+            "random checkpoint, --checkpoint DIR with a local copy)"
+        ) from e
     labeller = Labeller(loaded, job.plan)
     return lambda pending: label_files(labeller, job.folder, pending)
 

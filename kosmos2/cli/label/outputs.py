@@ -82,9 +82,14 @@ class Outputs:
         if self.format == "coco":
             data = records.coco(done, plan.task, plan.phrases)
             records.write_atomically(self.out, records.coco_text(data))
-            counts = ", ".join(count(len(data[key]), one, many) for key, one, many in (
-                ("images", "image", "images"), ("annotations", "annotation", "annotations"),
-                ("categories", "category", "categories")))
+            counts = ", ".join(
+                count(len(data[key]), one, many)
+                for key, one, many in (
+                    ("images", "image", "images"),
+                    ("annotations", "annotation", "annotations"),
+                    ("categories", "category", "categories"),
+                )
+            )
             return f"wrote {self.out} (COCO: {counts}); journal {self.journal}{note}"
         written = records.yolo(done, plan.task, plan.phrases, folder)
         for name, text in written.items():

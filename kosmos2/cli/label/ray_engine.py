@@ -95,24 +95,32 @@ class RayLabelling(Iterator[dict[str, Any]]):
         self._records.close()
 
 
-def label_with_ray(plan: Plan, model: ModelSpec, folder: Path, files: Sequence[str], cluster: Cluster,
-                   images_per_batch: int) -> RayLabelling:
+def label_with_ray(
+    plan: Plan, model: ModelSpec, folder: Path, files: Sequence[str], cluster: Cluster, images_per_batch: int
+) -> RayLabelling:
     """Label ``files`` (relative to ``folder``) on Ray; records in the order they come back. Starts a local
     Ray instance when ``cluster.address`` is None, else connects to that cluster (and disconnects at the end);
     the ``kosmos2`` package is shipped to the workers."""
     return RayLabelling(_records(import_ray(), plan, model, folder, files, cluster, images_per_batch))
 
 
-def _records(ray: Any, plan: Plan, model: ModelSpec, folder: Path, files: Sequence[str], cluster: Cluster,
-             images_per_batch: int) -> Generator[dict[str, Any], None, None]:
+def _records(
+    ray: Any, plan: Plan, model: ModelSpec, folder: Path, files: Sequence[str], cluster: Cluster, images_per_batch: int
+) -> Generator[dict[str, Any], None, None]:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines would drown the driver's bar
     # Two warnings about what this module chose: the progress bars are off (the driver shows its own bar),
     # and a local instance has token authentication (Ray's default, kept).
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address=cluster.address, include_dashboard=False, logging_level="warning",
-             runtime_env={"py_modules": [str(Path(kosmos2.__file__).parent)],
-                          "env_vars": {"MKL_CBWR": os.environ["MKL_CBWR"]}})  # the driver's (see kosmos2)
+    ray.init(
+        address=cluster.address,
+        include_dashboard=False,
+        logging_level="warning",
+        runtime_env={
+            "py_modules": [str(Path(kosmos2.__file__).parent)],
+            "env_vars": {"MKL_CBWR": os.environ["MKL_CBWR"]},
+        },
+    )  # the driver's (see kosmos2)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -123,11 +131,16 @@ def _records(ray: Any, plan: Plan, model: ModelSpec, folder: Path, files: Sequen
         # takes it only through the deprecated extra keyword arguments, hence the filter.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            labelled = data.map_batches(LabelActor, fn_constructor_args=(plan, model, str(folder)),
-                                        batch_size=images_per_batch, batch_format="numpy",
-                                        compute=ray.data.ActorPoolStrategy(size=min(cluster.workers, batches)),
-                                        num_cpus=cluster.cpus_per_worker, num_gpus=cluster.gpus_per_worker,
-                                        max_restarts=0)
+            labelled = data.map_batches(
+                LabelActor,
+                fn_constructor_args=(plan, model, str(folder)),
+                batch_size=images_per_batch,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=min(cluster.workers, batches)),
+                num_cpus=cluster.cpus_per_worker,
+                num_gpus=cluster.gpus_per_worker,
+                max_restarts=0,
+            )
         for row in labelled.iter_rows():
             yield json.loads(row["record"])
     finally:

@@ -47,8 +47,9 @@ def find_images(folder: Path, recursive: bool = False) -> list[str]:
         found = [Path(root, name) for root, _, names in os.walk(folder) for name in names]
     else:
         found = [p for p in folder.iterdir()]
-    return sorted(p.relative_to(folder).as_posix() for p in found
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(
+        p.relative_to(folder).as_posix() for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
 
 
 def yolo_label_path(file: str) -> str:
@@ -138,8 +139,10 @@ def check_resumable(journal: Path, run: Mapping[str, Any]) -> None:
         return
     params = run_file(journal)
     if not params.exists():
-        raise JournalError(f"{journal} exists but {params.name} (its run's parameters) does not; "
-                           "use another --out, or delete the journal to start over")
+        raise JournalError(
+            f"{journal} exists but {params.name} (its run's parameters) does not; "
+            "use another --out, or delete the journal to start over"
+        )
     try:
         before = json.loads(params.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -147,8 +150,10 @@ def check_resumable(journal: Path, run: Mapping[str, Any]) -> None:
     differ = [k for k in sorted(set(before) | set(run)) if before.get(k) != run.get(k)]
     if differ:
         shown = "; ".join(f"{k}: {before.get(k)!r} then, {run.get(k)!r} now" for k in differ)
-        raise JournalError(f"{journal} was written by a different command ({shown}); use another --out, "
-                           "or delete the journal to start over")
+        raise JournalError(
+            f"{journal} was written by a different command ({shown}); use another --out, "
+            "or delete the journal to start over"
+        )
 
 
 class JournalWriter:
@@ -230,8 +235,9 @@ def annotations_of(record: Record, task: str, phrases: Sequence[str]) -> list[An
                 continue
             grounded.add(e["row"])
         category = e["phrase"] if task == "caption" else phrases[e["row"]]
-        out.extend(Annotation(category, tuple(box), score)
-                   for box, score in zip(e["pixel_boxes"], e["scores"], strict=True))
+        out.extend(
+            Annotation(category, tuple(box), score) for box, score in zip(e["pixel_boxes"], e["scores"], strict=True)
+        )
     return out
 
 
@@ -276,11 +282,22 @@ def coco(records: Sequence[Record], task: str, phrases: Sequence[str]) -> dict[s
         images.append({"id": image_id, "file_name": r["file"], "width": r["width"], "height": r["height"]})
         for a in annotations_of(r, task, phrases):
             bbox = coco_bbox(a.pixel_box)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": category_id[a.category], "bbox": bbox,
-                                "area": bbox[2] * bbox[3], "score": _score(a.score), "iscrowd": 0})
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": i, "name": name} for name, i in category_id.items()]}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id[a.category],
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "score": _score(a.score),
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": name} for name, i in category_id.items()],
+    }
 
 
 def yolo(records: Sequence[Record], task: str, phrases: Sequence[str], images_folder: Path) -> dict[str, str]:
@@ -290,8 +307,9 @@ def yolo(records: Sequence[Record], task: str, phrases: Sequence[str], images_fo
     index = {name: i for i, name in enumerate(names)}
     files = {}
     for r in records:
-        lines = [yolo_line(index[a.category], a.pixel_box, r["width"], r["height"])
-                 for a in annotations_of(r, task, phrases)]
+        lines = [
+            yolo_line(index[a.category], a.pixel_box, r["width"], r["height"]) for a in annotations_of(r, task, phrases)
+        ]
         files["labels/" + yolo_label_path(r["file"])] = "".join(line + "\n" for line in lines)
     files["classes.txt"] = "".join(name + "\n" for name in names)
     files["data.yaml"] = (  # JSON strings and lists are YAML flow scalars and sequences
@@ -299,7 +317,8 @@ def yolo(records: Sequence[Record], task: str, phrases: Sequence[str], images_fo
         f"path: {json.dumps(str(images_folder), ensure_ascii=False)}\n"
         'train: "."\nval: "."\n'
         f"nc: {len(names)}\n"
-        f"names: {json.dumps(names, ensure_ascii=False)}\n")
+        f"names: {json.dumps(names, ensure_ascii=False)}\n"
+    )
     return files
 
 

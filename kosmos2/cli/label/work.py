@@ -92,8 +92,14 @@ def record_of(file: str, result: TaskResult) -> Record:
     """The journal record of one labelled image."""
     width, height = result.image_size
     entities = [{k: v for k, v in e.items() if k != "colour"} for e in result.entities_json()]
-    return {"file": file, "width": width, "height": height, "caption": result.caption, "entities": entities,
-            "timing": {"seconds": round(result.seconds, 3), "new_tokens": result.new_tokens}}
+    return {
+        "file": file,
+        "width": width,
+        "height": height,
+        "caption": result.caption,
+        "entities": entities,
+        "timing": {"seconds": round(result.seconds, 3), "new_tokens": result.new_tokens},
+    }
 
 
 class Labeller:
@@ -133,8 +139,12 @@ class Labelling(Iterator[Record]):
         plan = labeller.plan
         in_flight = labeller.calls_in_flight * labeller.images_per_call
         self._decoded = BackgroundMap(lambda f: decode(folder, f, plan), files, workers=1, depth=max(2, in_flight))
-        self._labelled = BackgroundMap(labeller.label, chunks(self._decoded, labeller.images_per_call),
-                                       workers=labeller.calls_in_flight, depth=labeller.calls_in_flight)
+        self._labelled = BackgroundMap(
+            labeller.label,
+            chunks(self._decoded, labeller.images_per_call),
+            workers=labeller.calls_in_flight,
+            depth=labeller.calls_in_flight,
+        )
         self._ready: collections.deque[Record] = collections.deque()
 
     def __next__(self) -> Record:
@@ -185,8 +195,7 @@ class BackgroundMap(Iterator[R]):
         self._stopped = threading.Event()
         self._finished = 0
         threads = [threading.Thread(target=self._feed, name="kosmos2-label-feed", daemon=True)]
-        threads += [threading.Thread(target=self._work, name="kosmos2-label-work", daemon=True)
-                    for _ in range(workers)]
+        threads += [threading.Thread(target=self._work, name="kosmos2-label-work", daemon=True) for _ in range(workers)]
         for t in threads:
             t.start()
 

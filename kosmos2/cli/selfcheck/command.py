@@ -75,8 +75,14 @@ def score_slices(scores: Sequence[torch.Tensor]) -> dict[str, list[list[float]]]
     return {SCORE_SLICES[0]: first.float().cpu().tolist(), SCORE_SLICES[1]: last.float().cpu().tolist()}
 
 
-def generate_rows(model: Kosmos2ForConditionalGeneration, processor: Any, case: Case, image: Image.Image,
-                  max_new_tokens: int = MAX_NEW_TOKENS, with_scores: bool = True) -> list[Produced]:
+def generate_rows(
+    model: Kosmos2ForConditionalGeneration,
+    processor: Any,
+    case: Case,
+    image: Image.Image,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    with_scores: bool = True,
+) -> list[Produced]:
     """Run one case greedily as the recorded runs did; with ``with_scores``, the score slices for an
     unbatched case that recorded them (``generate``'s processed scores, as the reference test reads them)."""
     text = list(case.prompts) if case.batched else case.prompts[0]
@@ -84,27 +90,34 @@ def generate_rows(model: Kosmos2ForConditionalGeneration, processor: Any, case: 
     inputs = processor(text=text, images=images, return_tensors="pt", padding=True, padding_side="left")
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     want_scores = with_scores and not case.batched and any(k in SCORE_SLICES for k in case.expected[0])
-    args = dict(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"], image_embeds=None,
-                image_embeds_position_mask=inputs["image_embeds_position_mask"], use_cache=True,
-                max_new_tokens=max_new_tokens)
-    pad = model.config.text_config.pad_token_id
-    out = cast(GenerateDecoderOnlyOutput,  # greedy, with return_dict_in_generate
-               model.generate(**args, output_scores=want_scores, return_dict_in_generate=True, pad_token_id=pad))
+    out = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, output_scores=want_scores, return_dict_in_generate=True
+    )
+    out = cast(GenerateDecoderOnlyOutput, out)  # greedy, with return_dict_in_generate
     scores = list(out.scores) if want_scores and out.scores is not None else None
+    pad = model.generation_config.pad_token_id  # what generate fills the rows that ended early with
     return _rows(processor, out.sequences.cpu(), inputs["input_ids"].shape[1], scores, pad)
 
 
-def _rows(processor: Any, sequences: torch.Tensor, prompt_width: int, scores: list[torch.Tensor] | None,
-          pad_id: int) -> list[Produced]:
+def _rows(
+    processor: Any, sequences: torch.Tensor, prompt_width: int, scores: list[torch.Tensor] | None, pad_id: int | None
+) -> list[Produced]:
     rows = []
     for seq, text in zip(sequences.tolist(), processor.batch_decode(sequences, skip_special_tokens=True)):
         new = seq[prompt_width:]
         while new and new[-1] == pad_id:  # rows that ended early are filled with padding
             new.pop()
         caption, entities = processor.post_process_generation(text)
-        rows.append(Produced(seq, new, processor.post_process_generation(text, cleanup_and_extract=False), caption,
-                             json_entities(entities), score_slices(scores) if scores is not None else {}))
+        rows.append(
+            Produced(
+                seq,
+                new,
+                processor.post_process_generation(text, cleanup_and_extract=False),
+                caption,
+                json_entities(entities),
+                score_slices(scores) if scores is not None else {},
+            )
+        )
     return rows
 
 
@@ -121,20 +134,30 @@ class ModeRun:
         """``float32: loaded in 4.7 s; 1234 new tokens in 312 s (3.96 tokens/s, prompts and images included)``."""
         tokens = sum(len(r.new_ids) for rows in self.rows for r in rows)
         rate = f"{tokens / self.run_seconds:.3g}" if self.run_seconds > 0 else "-"
-        return (f"{self.mode.name}: loaded in {self.load_seconds:.1f} s; {tokens} new tokens in "
-                f"{self.run_seconds:.1f} s ({rate} tokens/s, prompts and images included)")
+        return (
+            f"{self.mode.name}: loaded in {self.load_seconds:.1f} s; {tokens} new tokens in "
+            f"{self.run_seconds:.1f} s ({rate} tokens/s, prompts and images included)"
+        )
 
 
-def run_mode(folder: Path, mode: Mode, device: str, cases: Sequence[Case], images: Mapping[bool, Image.Image],
-             processor: Any, log: Callable[[str], None]) -> ModeRun:
+def run_mode(
+    folder: Path,
+    mode: Mode,
+    device: str,
+    cases: Sequence[Case],
+    images: Mapping[bool, Image.Image],
+    processor: Any,
+    log: Callable[[str], None],
+) -> ModeRun:
     """Load the checkpoint in ``mode`` and run every case (the score slices in float32 only, the mode that
     is compared with the record); the model is freed afterwards."""
     from ...model import Kosmos2ForConditionalGeneration
 
     log(f"{mode.name}: loading {folder}")
     start = time.perf_counter()
-    model = Kosmos2ForConditionalGeneration.from_pretrained(folder, dtype=mode.dtype, device=device,
-                                                            quantize=mode.quantize)
+    model = Kosmos2ForConditionalGeneration.from_pretrained(
+        folder, dtype=mode.dtype, device=device, quantize=mode.quantize
+    )
     loaded = time.perf_counter()
     try:
         rows = []
@@ -203,24 +226,32 @@ def fetch_checkpoint(checkpoint: str) -> Path:
         raise _hub_unavailable(checkpoint) from e
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # The command
 
 
 def parser() -> argparse.ArgumentParser:
     """The ``selfcheck`` arguments."""
-    p = OneLineParser(prog=f"{program()} selfcheck",
-                description="Check this implementation on the real checkpoint against its recorded outputs "
-                            "on snowman.png (transformers integration test and model card).")
-    p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: the expectations' checkpoint, "
-                                        "microsoft/kosmos-2-patch14-224)")
+    p = OneLineParser(
+        prog=f"{program()} selfcheck",
+        description="Check this implementation on the real checkpoint against its recorded outputs "
+        "on snowman.png (transformers integration test and model card).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint folder or hub id (default: the expectations' checkpoint, microsoft/kosmos-2-patch14-224)",
+    )
     p.add_argument("--image", help="the snowman image file (default: snowman.png from the model repository)")
-    p.add_argument("--expectations", default=None,
-                   help="recorded outputs, JSON (default: the packaged kosmos2/expectations/snowman.json)")
-    p.add_argument("--modes", default=None,
-                   help="comma-separated, float32 first: float32,bfloat16,int8 (default; int8 only on a CPU)")
+    p.add_argument(
+        "--expectations",
+        default=None,
+        help="recorded outputs, JSON (default: the packaged kosmos2/expectations/snowman.json)",
+    )
+    p.add_argument(
+        "--modes",
+        default=None,
+        help="comma-separated, float32 first: float32,bfloat16,int8 (default; int8 only on a CPU)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     p.add_argument("--atol", type=float, default=ATOL, help=f"tolerance of the score slices (default {ATOL:g})")
@@ -251,8 +282,6 @@ def _device(text: str | None) -> str:
     if text == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     return text
-
-
 
 
 def _one_line(error: BaseException) -> str:
@@ -287,9 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_mode(folder, m, device, cases, images, processor, log) for m in modes]
     results = {run.mode.name: run.rows for run in runs}
     problems = [compare_case(c, rows, args.atol) for c, rows in zip(cases, results["float32"])]
-    print(f"selfcheck: {args.checkpoint or checkpoint} on {args.image or image_file}, "
-          f"{len(cases)} cases, greedy, {MAX_NEW_TOKENS} new tokens, on {device} (torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads)")
+    print(
+        f"selfcheck: {args.checkpoint or checkpoint} on {args.image or image_file}, "
+        f"{len(cases)} cases, greedy, {MAX_NEW_TOKENS} new tokens, on {device} (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads)"
+    )
     print(report(cases, results, problems))
     print("")
     print("\n".join(run.timing() for run in runs))

@@ -31,14 +31,20 @@ class Produced:
 
     def record(self) -> dict[str, Any]:
         """The fields as :func:`compare` reads them."""
-        return {"ids": self.ids, "processed_text": self.processed_text, "caption": self.caption,
-                "entities": self.entities, **self.scores}
+        return {
+            "ids": self.ids,
+            "processed_text": self.processed_text,
+            "caption": self.caption,
+            "entities": self.entities,
+            **self.scores,
+        }
 
 
 def json_entities(entities: Sequence[tuple[str, tuple[int, int], Sequence[Sequence[float]]]]) -> list[JsonEntity]:
     """Entities ``(phrase, (start, end), [boxes])`` as JSON lists, the expectations file's form."""
-    return [[phrase, [int(s) for s in span], [[float(v) for v in box] for box in boxes]]
-            for phrase, span, boxes in entities]
+    return [
+        [phrase, [int(s) for s in span], [[float(v) for v in box] for box in boxes]] for phrase, span, boxes in entities
+    ]
 
 
 def _compare_ids(expected: Sequence[int], got: Sequence[int], prompt_length: int | None) -> list[str]:
@@ -48,8 +54,9 @@ def _compare_ids(expected: Sequence[int], got: Sequence[int], prompt_length: int
     new = f" (new token {where - prompt_length + 1})" if prompt_length is not None and where >= prompt_length else ""
     want = expected[where] if where < len(expected) else "the end"
     have = got[where] if where < len(got) else "the end"
-    return [f"ids differ at position {where}{new}: expected {want}, got {have} "
-            f"(lengths {len(expected)} and {len(got)})"]
+    return [
+        f"ids differ at position {where}{new}: expected {want}, got {have} (lengths {len(expected)} and {len(got)})"
+    ]
 
 
 def _compare_text(name: str, expected: str, got: str) -> list[str]:
@@ -57,8 +64,9 @@ def _compare_text(name: str, expected: str, got: str) -> list[str]:
     if where is None:
         return []
     lo = max(0, where - 20)
-    return [f"{name} differs at character {where}: "
-            f"expected …{expected[lo:where + 30]!r}…, got …{got[lo:where + 30]!r}…"]
+    return [
+        f"{name} differs at character {where}: expected …{expected[lo : where + 30]!r}…, got …{got[lo : where + 30]!r}…"
+    ]
 
 
 def _compare_entities(expected: Sequence[JsonEntity], got: Sequence[JsonEntity]) -> list[str]:
@@ -72,14 +80,17 @@ def _compare_entities(expected: Sequence[JsonEntity], got: Sequence[JsonEntity])
         if want[2] != have[2]:
             problems.append(f"entity {i} ({want[0]!r}): boxes expected {want[2]}, got {have[2]}")
     if len(expected) != len(got):
-        extra = [e[0] for e in (got[len(expected):] or expected[len(got):])]
-        problems.append(f"entities: expected {len(expected)}, got {len(got)} "
-                        f"({'extra' if len(got) > len(expected) else 'missing'}: {', '.join(map(repr, extra))})")
+        extra = [e[0] for e in (got[len(expected) :] or expected[len(got) :])]
+        problems.append(
+            f"entities: expected {len(expected)}, got {len(got)} "
+            f"({'extra' if len(got) > len(expected) else 'missing'}: {', '.join(map(repr, extra))})"
+        )
     return problems
 
 
-def _compare_scores(name: str, expected: Sequence[Sequence[float]], got: Sequence[Sequence[float]] | None,
-                    atol: float) -> list[str]:
+def _compare_scores(
+    name: str, expected: Sequence[Sequence[float]], got: Sequence[Sequence[float]] | None, atol: float
+) -> list[str]:
     if got is None:
         return [f"{name}: no scores were produced"]
     want, have = torch.tensor(expected, dtype=torch.float64), torch.tensor(got, dtype=torch.float64)
@@ -89,13 +100,16 @@ def _compare_scores(name: str, expected: Sequence[Sequence[float]], got: Sequenc
     worst = float(diff.max()) if diff.numel() else 0.0
     if not worst <= atol:  # also catches NaN
         r, c = divmod(int(diff.argmax()), want.shape[1])
-        return [f"{name}: max |difference| {worst:.2e} > {atol:g} at [{r}][{c}] "
-                f"(expected {float(want[r, c]):.6f}, got {float(have[r, c]):.6f})"]
+        return [
+            f"{name}: max |difference| {worst:.2e} > {atol:g} at [{r}][{c}] "
+            f"(expected {float(want[r, c]):.6f}, got {float(have[r, c]):.6f})"
+        ]
     return []
 
 
-def compare(expected: Mapping[str, Any], produced: Mapping[str, Any], atol: float = ATOL,
-            prompt_length: int | None = None) -> list[str]:
+def compare(
+    expected: Mapping[str, Any], produced: Mapping[str, Any], atol: float = ATOL, prompt_length: int | None = None
+) -> list[str]:
     """The mismatches of one produced record against the recorded fields (only fields that were recorded
     are compared): ids, texts and entities exactly, score slices within ``atol``. ``prompt_length``
     lets an id mismatch say which new token it is."""
@@ -189,11 +203,10 @@ def agreement(reference: Sequence[Produced], other: Sequence[Produced]) -> Agree
         if where is not None:
             first = (row, where)
             break
-    ious = [entity_iou(a, b) for ref, oth in zip(reference, other)
-            for a, b in match_entities(ref.entities, oth.entities)]
+    ious = [
+        entity_iou(a, b) for ref, oth in zip(reference, other) for a, b in match_entities(ref.entities, oth.entities)
+    ]
     return Agreement(first, tuple(ious), sum(len(r.entities) for r in reference))
-
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,8 +235,7 @@ def _cell(case: Case, rows: Sequence[Produced], problems: list[str]) -> str:
     return "match" + (f" (scores within {worst:.1e})" if worst is not None else "")
 
 
-def report(cases: Sequence[Case], results: Mapping[str, list[list[Produced]]],
-           problems: Sequence[list[str]]) -> str:
+def report(cases: Sequence[Case], results: Mapping[str, list[list[Produced]]], problems: Sequence[list[str]]) -> str:
     """The table (one row per case: float32 against the record, each other mode against float32), a
     summary line and every mismatch."""
     others = [m for m in results if m != "float32"]
@@ -231,14 +243,20 @@ def report(cases: Sequence[Case], results: Mapping[str, list[list[Produced]]],
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, (case, found) in enumerate(zip(cases, problems)):
         ref = results["float32"][i]
-        cells = [case.name + (f" (batch of {len(case.prompts)})" if case.batched else ""), case.source,
-                 "JPEG round trip" if case.jpeg else "PNG", _cell(case, ref, found)]
+        cells = [
+            case.name + (f" (batch of {len(case.prompts)})" if case.batched else ""),
+            case.source,
+            "JPEG round trip" if case.jpeg else "PNG",
+            _cell(case, ref, found),
+        ]
         cells += [agreement(ref, results[m][i]).text(case.batched) for m in others]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [c for c, p in zip(cases, problems) if p]
     lines.append("")
-    lines.append(f"float32: {len(cases) - len(failed)}/{len(cases)} cases match the recorded outputs exactly"
-                 + ("." if not failed else f"; mismatches in: {', '.join(c.name for c in failed)}"))
+    lines.append(
+        f"float32: {len(cases) - len(failed)}/{len(cases)} cases match the recorded outputs exactly"
+        + ("." if not failed else f"; mismatches in: {', '.join(c.name for c in failed)}")
+    )
     for case, found in zip(cases, problems):
         lines += [f"  {case.name}: {p}" for p in found]
     return "\n".join(lines)

@@ -97,12 +97,14 @@ def cases_from(data: Mapping[str, Any]) -> list[Case]:
             if "prompts" in entry:
                 batches.append((entry, where))
             else:
-                singles.append(Case(entry["name"], INTEGRATION, True, (entry["prompt"],),
-                                    (_recorded_fields(entry, where),)))
+                singles.append(
+                    Case(entry["name"], INTEGRATION, True, (entry["prompt"],), (_recorded_fields(entry, where),))
+                )
         cases = singles + [_batch_case(e, singles, w) for e, w in batches]
-        cases += [Case(entry["task"], MODEL_CARD, False, (entry["prompt"],),
-                       (_recorded_fields(entry, f"model_card[{i}]"),))
-                  for i, entry in enumerate(data.get("model_card", []))]
+        cases += [
+            Case(entry["task"], MODEL_CARD, False, (entry["prompt"],), (_recorded_fields(entry, f"model_card[{i}]"),))
+            for i, entry in enumerate(data.get("model_card", []))
+        ]
     except (KeyError, TypeError) as e:
         raise UsageError(f"malformed expectations file: missing or wrong field {e}") from e
     names = [c.name for c in cases]
@@ -119,11 +121,10 @@ def select_cases(cases: list[Case], names: str | None) -> list[Case]:
     known = {c.name for c in cases}
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
-        raise UsageError(f"unknown case {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"the cases are: {', '.join(sorted(known))}")
+        raise UsageError(
+            f"unknown case {', '.join(map(repr, unknown)) or '(none given)'}; the cases are: {', '.join(sorted(known))}"
+        )
     return [c for c in cases if c.name in wanted]
-
-
 
 
 def hub_sources(data: Mapping[str, Any]) -> tuple[str, str, str]:
