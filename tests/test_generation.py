@@ -256,3 +256,14 @@ def test_ngram_ban_reads_rows_without_their_ignored_positions():
     # the same as each row alone, written without its ignored positions
     alone = ban_repeated_ngrams(scores[:1], torch.tensor([[2, 3, 2]]), 2)
     assert got[:1].tolist() == alone.tolist()
+
+
+def test_a_token_streamer_whose_run_fails_before_its_prompt_ends_for_its_reader(tiny):
+    """A reader waiting on the streamer gets the end (not a hang) when generate refuses its arguments."""
+    model, inputs = tiny
+    streamer = TokenStreamer(timeout=5)
+    with pytest.raises(ValueError):
+        model.generate(**inputs, max_new_tokens=0, streamer=streamer)
+    assert list(streamer) == [] and streamer.prompt_ids is None
+    ids = model.generate(**inputs, max_new_tokens=2, streamer=streamer)  # the next run streams as usual
+    assert torch.tensor(list(streamer)).T.tolist() == ids[:, -2:].tolist()

@@ -381,10 +381,10 @@ def test_bad_input_raises_clear_errors(env):
 def test_a_row_stream_ends_once():
     """After a cancel, late tokens and a late error from the worker change nothing."""
     stream = RowStream()
-    stream._put(5, -0.5)
+    stream.add(5, -0.5)
     stream.cancel()
-    stream._put(6, -0.5)
-    stream._finish(RuntimeError("late"))
+    stream.add(6, -0.5)
+    stream.finish(RuntimeError("late"))
     assert list(stream) == [5] and stream.result(timeout=1) == [5]
 
 

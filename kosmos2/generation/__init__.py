@@ -1,9 +1,10 @@
 """Text generation for KOSMOS-2: greedy, sampling and beam search over the decoder's KV cache.
 
 Token choices follow the reference implementation (``transformers`` 5.x), so the same checkpoint and
-inputs give the same ids. :mod:`.settings` (what is asked for, the streamer), :mod:`.scores` (score
-processing, pure), :mod:`.beam` (the beam-search step, pure), :mod:`.loop` (the decoding loops over a
-:class:`Decoder`) and :mod:`.api` (``generate`` and ``compute_transition_scores``, the model's methods).
+inputs give the same ids. :mod:`.settings` (what is asked for), :mod:`.stream` (tokens handed to another
+thread), :mod:`.scores` (score processing, pure), :mod:`.beam` (the beam-search step, pure), :mod:`.loop`
+(the decoding loops over a :class:`Decoder`) and :mod:`.api` (``generate`` and
+``compute_transition_scores``, the model's methods).
 """
 
 from .api import GenerativeModel, ImageDecoder, compute_transition_scores, eos_tensor, generate
@@ -30,7 +31,8 @@ from .scores import (
     top_k_filter,
     top_p_filter,
 )
-from .settings import DecodingSettings, GenerationConfig, Streamer, TokenStreamer
+from .settings import DecodingSettings, GenerationConfig, Streamer
+from .stream import RowStream, TokenStream, TokenStreamer
 
 __all__ = [
     "BeamState",
@@ -42,6 +44,8 @@ __all__ = [
     "GenerativeModel",
     "ImageDecoder",
     "Streamer",
+    "RowStream",
+    "TokenStream",
     "TokenStreamer",
     "apply_repetition_penalty",
     "ban_repeated_ngrams",

@@ -1,11 +1,9 @@
 """What a generation is asked for: the checkpoint's ``GenerationConfig``, the checked
-``DecodingSettings``, and the streamer protocol with its queue-backed ``TokenStreamer``."""
+``DecodingSettings``, and the ``Streamer`` protocol (see :mod:`.stream` for the one to iterate)."""
 
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -42,49 +40,6 @@ class Streamer(Protocol):
     def put(self, ids: torch.Tensor) -> None: ...
 
     def end(self) -> None: ...
-
-
-class TokenStreamer:
-    """A thread-safe streamer to iterate over while ``generate`` runs in another thread.
-
-    Iterating yields each step's new token ids as a list of ints (one per batch row) and stops after
-    ``end()``. With ``timeout`` (seconds) a step that takes longer raises ``queue.Empty``. The prompt ids
-    of the last run are kept in ``prompt_ids``. ``end()`` may be called again (e.g. by a caller's error
-    handler after ``generate`` already ended the stream): a run ends once.
-    """
-
-    _END = object()
-
-    def __init__(self, timeout: float | None = None) -> None:
-        self.timeout = timeout
-        self.prompt_ids: torch.Tensor | None = None
-        self._queue: queue.Queue = queue.Queue()
-        self._expect_prompt = True
-        self._ended = False
-        self._lock = threading.Lock()  # end() may come from another thread than put()
-
-    def put(self, ids: torch.Tensor) -> None:
-        with self._lock:
-            if self._expect_prompt:
-                self.prompt_ids = ids
-                self._expect_prompt = self._ended = False
-            else:
-                self._queue.put(ids.reshape(-1).tolist())
-
-    def end(self) -> None:
-        with self._lock:
-            if not self._ended:
-                self._ended = self._expect_prompt = True
-                self._queue.put(self._END)
-
-    def __iter__(self) -> TokenStreamer:
-        return self
-
-    def __next__(self) -> list[int]:
-        item = self._queue.get(timeout=self.timeout)
-        if item is self._END:
-            raise StopIteration
-        return item
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 :mod:`.prefix_cache` (each image's prefix keys and values, an LRU), :mod:`.engine` (batched generation with
 per-row positions), :mod:`.candidates` (detect's box candidates, on the engine's prefixes) and
 :mod:`.batcher` (concurrent requests gathered into batches on one worker thread, each row streamed to its
-own :class:`RowStream`)."""
+own :class:`~kosmos2.generation.RowStream`)."""
 
-from .batcher import BATCH_SIZES_KEPT, Batcher, RowStream, follow
+from ..generation import RowStream
+from .batcher import BATCH_SIZES_KEPT, Batcher, follow
 from .candidates import LOCATE_ROWS, Located, locate
 from .engine import Engine, Prepared, RowDecoder, layout
 from .prefix_cache import DEFAULT_MAX_IMAGES, PrefixCache, PrefixEntry

@@ -16,74 +16,11 @@ from typing import Any
 import torch
 
 from .. import generation
-from ..generation import DecodingSettings
+from ..generation import DecodingSettings, RowStream
 from .engine import Engine
 from .rows import Row, check_one_sequence
 
 BATCH_SIZES_KEPT = 1000
-
-
-class RowStream:
-    """One request's new tokens as they are generated: iterate for ids, or wait with :meth:`result`.
-
-    Iteration ends after the row's last token (EOS, or its ``max_new_tokens``); an error of the
-    batch it ran in is raised there. :meth:`cancel` drops the row (its batch goes on without it).
-    ``logprobs[i]`` is the raw log-probability of ``tokens[i]`` (set before the token is iterated).
-    """
-
-    _END = object()
-
-    def __init__(self, timeout: float | None = None) -> None:
-        self.timeout = timeout
-        self.tokens: list[int] = []
-        self.logprobs: list[float] = []
-        self.error: BaseException | None = None
-        self.cancelled = threading.Event()
-        self.done = threading.Event()
-        self._queue: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()  # the worker's _put/_finish against the consumer's cancel()
-
-    def _put(self, token: int, logprob: float) -> None:
-        with self._lock:
-            if not self.done.is_set():
-                self.tokens.append(token)
-                self.logprobs.append(logprob)
-                self._queue.put(token)
-
-    def _finish(self, error: BaseException | None = None) -> None:
-        with self._lock:
-            if not self.done.is_set():
-                self.error = error
-                self.done.set()
-                self._queue.put(self._END)
-
-    def cancel(self) -> None:
-        """Stop receiving tokens; the row stops taking part in its batch."""
-        self.cancelled.set()
-        self._finish()
-
-    def next_token(self, timeout: float | None) -> int | None:
-        """The row's next new id, or None once it is complete (the batch's error is raised then);
-        ``queue.Empty`` after ``timeout`` seconds without either."""
-        item = self._queue.get(timeout=timeout)
-        if item is self._END:
-            self._queue.put(self._END)  # a complete row stays complete
-            if self.error is not None:
-                raise self.error
-            return None
-        return item
-
-    def __iter__(self) -> Iterator[int]:
-        while (token := self.next_token(self.timeout)) is not None:
-            yield token
-
-    def result(self, timeout: float | None = None) -> list[int]:
-        """All new ids of the row, once it is done (raises the batch's error, or TimeoutError)."""
-        if not self.done.wait(timeout):
-            raise TimeoutError(f"the row was not done after {timeout} s")
-        if self.error is not None:
-            raise self.error
-        return list(self.tokens)
 
 
 class _FanOut:
@@ -99,9 +36,9 @@ class _FanOut:
         for stream, limit, token, logprob in zip(self.streams, self.limits, ids.tolist(), logprobs.tolist()):
             if stream.done.is_set():
                 continue
-            stream._put(token, logprob)
+            stream.add(token, logprob)
             if token in self.eos_ids or len(stream.tokens) >= limit:
-                stream._finish()
+                stream.finish()
 
     def all_done(self) -> bool:
         """No row takes tokens any more (each ended or was cancelled): the batch can stop."""
@@ -313,9 +250,9 @@ class Batcher:
                 )
         except Exception as e:  # every row of the batch gets the error, raised in its consumer's thread
             for stream in streams:
-                stream._finish(e)
+                stream.finish(e)
         for stream in streams:
-            stream._finish()
+            stream.finish()
 
 
 _BATCHERS: weakref.WeakSet[Batcher] = weakref.WeakSet()  # every live batcher, reset in a forked child
@@ -341,7 +278,7 @@ def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Generat
             grew = waited = False
             for i in list(live):
                 try:
-                    token = streams[i].next_token(streams[i].timeout if tick_s is None else tick_s)
+                    token = streams[i].next_item(streams[i].timeout if tick_s is None else tick_s)
                 except queue.Empty:
                     if tick_s is None:
                         raise  # the stream's own timeout
@@ -362,7 +299,7 @@ def follow(streams: Sequence[RowStream], tick_s: float | None = None) -> Generat
 def _deliver(stream: RowStream, tokens: list[int], logprobs: list[float], eos_ids: set[int]) -> None:
     """Give a finished (beam search) row's tokens up to and including its first EOS."""
     for token, logprob in zip(tokens, logprobs):
-        stream._put(token, logprob)
+        stream.add(token, logprob)
         if token in eos_ids:
             break
-    stream._finish()
+    stream.finish()
