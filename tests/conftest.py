@@ -1,14 +1,28 @@
-"""Shared fixtures: tiny random checkpoints in the hub layout, built once per test session."""
+"""Shared fixtures (tiny random checkpoints in the hub layout, built once per test session), the test
+support modules on the import path (``tests/support``: the fake hub, launch, the reference, the stand-ins),
+and the ``e2e`` marker on every test under ``tests/e2e`` (``python -m pytest -m "not e2e"``: the fast part;
+the few slow whole-program runs elsewhere carry the marker themselves)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from kosmos2.tiny import write_tiny_checkpoint
-from launch import serve
+sys.path.insert(0, str(Path(__file__).parent / "support"))
+
+from kosmos2.tiny import write_tiny_checkpoint  # noqa: E402  (after the path: the same import order for all)
+from launch import serve  # noqa: E402
+
+E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

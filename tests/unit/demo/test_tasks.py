@@ -21,8 +21,8 @@ from kosmos2.demo import settings as demo_settings
 from kosmos2.demo.inputs import InputError
 from kosmos2.demo.tasks import build_request
 from kosmos2.hub import CheckpointError
+from launch import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # On a 64x64 image these pixel boxes are SPEC.md's example boxes: patch pairs (44, 863) and (5, 911).
 SNOWMAN_BOX = (25, 3, 63, 53)  # (0.390625, 0.046875, 0.984375, 0.828125)
 FIRE_BOX = (11, 1, 31, 57)  # (0.171875, 0.015625, 0.484375, 0.890625)

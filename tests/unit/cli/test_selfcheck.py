@@ -29,8 +29,8 @@ from kosmos2.cli.selfcheck.compare import Agreement, Produced, agreement, box_io
 from kosmos2.cli.selfcheck.expectations import SCORE_SLICES, Case, cases_from, default_expectations
 from reference import reference_processor
 from reference_model import reference_model
+from launch import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "real-checkpoint" / "snowman-expectations.json"
 NEW_TOKENS = 128  # the recorded runs' setting
 
@@ -217,7 +217,8 @@ def _run_cli(args: list[str], env_update: dict[str, str], tmp_path: Path) -> sub
                           capture_output=True, text=True, timeout=180)
 
 
-@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE=1", "unreachable endpoint"])
+# the unreachable endpoint waits out huggingface_hub's retries (1 + 2 + 4 + 8 + 8 s): with the e2e tests
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE=1", pytest.param("unreachable endpoint", marks=pytest.mark.e2e)])
 def test_without_the_hub_it_says_so_in_one_line(tmp_path, how):
     env = {"HF_HUB_OFFLINE": "1"} if how == "HF_HUB_OFFLINE=1" else {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
     done = _run_cli([], env, tmp_path)

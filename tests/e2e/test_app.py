@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from launch import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CAT = ROOT / "assets" / "cat.jpg"  # 451 x 300
 FAST = {"max_new_tokens": 4}
 

@@ -1,4 +1,4 @@
-"""A cold start, as on a fresh Space: the default checkpoint comes from a hub (``tests/fakehub.py``, a local
+"""A cold start, as on a fresh Space: the default checkpoint comes from a hub (``tests/support/fakehub.py``, a local
 stand-in serving the tiny checkpoint under the real model's id, slowly on purpose); the model loads at
 start-up in the background (``--preload``), the status line says what is happening with the download's
 progress, requests made meanwhile wait and then answer, and a failed load says why and is tried again.
@@ -22,10 +22,9 @@ from kosmos2.demo.loading import DEFAULT_CHECKPOINT, ModelHolder
 from kosmos2.hub import MODEL_FILES, PROCESSOR_FILES
 from kosmos2.tiny import write_tiny_checkpoint
 from kosmos2.ui import runner as ui_runner
-from launch import ROOT, serve_subprocess
+from launch import ROOT, STANDINS, serve_subprocess
 
 CHROMIUM = Path("/usr/bin/chromium")
-STANDINS = ROOT / "tests" / "standins"
 RATE = 60_000  # bytes/s: the tiny checkpoint's 0.6 MB take about 10 s
 SLOW = 8_000  # bytes/s: the browser test's download until its request is made
 WEIGHTS = ("config.json", "generation_config.json", "model.safetensors")  # the download with progress
@@ -42,7 +41,7 @@ def tiny_repo(tmp_path_factory) -> Path:
 @pytest.fixture
 def hub_here(tmp_path, monkeypatch):
     """huggingface_hub in this process pointed at ``url`` (a fake hub), with an empty cache and 32 KiB
-    reads (the stand-in's, see ``tests/standins/hubchunks``)."""
+    reads (the stand-in's, see ``tests/support/standins/hubchunks``)."""
     def point(url: str) -> None:
         c = huggingface_hub.constants
         monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", c.HUGGINGFACE_CO_URL_TEMPLATE.replace(c.ENDPOINT, url))

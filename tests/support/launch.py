@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is tests/support/launch.py)
+STANDINS = ROOT / "tests" / "support" / "standins"  # packages put on a served app's PYTHONPATH
 LOCAL_URL = re.compile(rb"Running on local URL:\s+(https?://[^\s,]+)")  # what Blocks.launch prints
 
 

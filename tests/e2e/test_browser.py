@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
+from launch import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
 SHOTS = ROOT / "test-output"
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

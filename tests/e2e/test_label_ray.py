@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from launch import ROOT
-from test_label import DETECT, journal_lines, make_folder, without_timing
+from labelling import DETECT, journal_lines, make_folder, without_timing
 
 if not os.environ.get("CI"):
     pytest.importorskip("ray.data", reason="Ray is optional: pip install -r requirements-ray.txt")

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 import kosmos2
+from launch import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300  # a hang, not the expected time (the module takes ~30 s)
 
 

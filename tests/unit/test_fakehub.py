@@ -1,4 +1,4 @@
-"""The fake Hub (tests/fakehub.py) really serves huggingface_hub's downloads over plain HTTP."""
+"""The fake Hub (tests/support/fakehub.py) really serves huggingface_hub's downloads over plain HTTP."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ from kosmos2.demo import loading
 from kosmos2.demo.tasks import TASKS
 from kosmos2.ui import server
 from kosmos2.ui.runner import Runner
-from launch import serve
-from test_label import split_scores
+from launch import ROOT, serve
+from labelling import split_scores
 
 CLIENTS, REQUESTS = 8, 10
 WAIT_S = 120  # deadline of every wait
@@ -128,7 +128,7 @@ def test_excess_load_is_turned_away_with_a_busy_error(holder, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(decoder, "forward", held)
-    image = handle_file(str(Path(__file__).resolve().parents[1] / "assets" / "cat.jpg"))
+    image = handle_file(str(ROOT / "assets" / "cat.jpg"))
     with serve(holder) as url:
         client = Client(url, verbose=False)
 

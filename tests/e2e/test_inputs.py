@@ -8,8 +8,6 @@ comes back is exactly the upright RGB image the model saw, and is compared with 
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image, ImageFile
 
 from kosmos2.demo import inputs, loading
+from images import png_bomb
 from launch import ROOT, serve
 
 CAT = ROOT / "assets" / "cat.jpg"  # 451 x 300
@@ -93,19 +92,6 @@ def close(pixel, expected, tolerance=12) -> bool:
 
 
 # ----------------------------------------------------------------------------- image files
-
-
-def png_bomb(path: Path, width: int, height: int) -> Path:
-    """A real 1-bit PNG of ``width`` x ``height`` black pixels, compressed row by row (a few kB)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    packer = zlib.compressobj(9)
-    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-    return path
 
 
 @pytest.mark.parametrize("pixels", [Image.MAX_IMAGE_PIXELS + 1_000_000, 2 * Image.MAX_IMAGE_PIXELS + 1_000_000],

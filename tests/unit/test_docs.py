@@ -21,8 +21,8 @@ import re
 from pathlib import Path
 
 import yaml
+from launch import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 ARCHITECTURE = DOCS / "architecture.md"
@@ -38,6 +38,7 @@ CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^()\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 NAMED_PATH = re.compile(r"`(kosmos2/[^`\s]*)`")
+NAMED_TEST = re.compile(r"`((?:tests/[\w/]*/)?test_\w+\.py)`")
 
 
 def pages() -> list[Path]:
@@ -120,6 +121,15 @@ def test_every_module_named_in_the_architecture_page_exists():
     gone = sorted(name for name in named
                   if not ((ROOT / name / "__init__.py").is_file() if name.endswith("/") else (ROOT / name).is_file()))
     assert gone == [], f"docs/architecture.md names modules that do not exist: {gone}"
+
+
+def test_every_test_file_the_docs_name_exists():
+    tests = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("test_*.py")}
+    by_name = {Path(t).name for t in tests}
+    named = {(page.name, name) for page in pages() for name in NAMED_TEST.findall(page.read_text(encoding="utf-8"))}
+    assert named, "the docs name no test file"
+    gone = sorted((page, name) for page, name in named if name not in (tests if "/" in name else by_name))
+    assert gone == [], f"the docs name test files that do not exist: {gone}"
 
 
 def test_the_front_matter_still_runs_app_py():

@@ -1,4 +1,4 @@
-"""ZeroGPU's execution model, with a stand-in for the ``spaces`` package (``tests/standins/spaces``: a
+"""ZeroGPU's execution model, with a stand-in for the ``spaces`` package (``tests/support/standins/spaces``: a
 fork per ``@spaces.GPU`` call, pickled arguments and results, a duration limit): the served app loads
 the model once, in the main process at start-up; each call generates in its own child, without the
 main process's batcher thread; results equal the normal path's; calls at once work; streaming works."""
@@ -15,10 +15,9 @@ from kosmos2.demo.loading import ModelHolder
 from kosmos2.demo.generate import generate_each
 from kosmos2.demo.settings import GenerationSettings
 from kosmos2.demo.tasks import build_request
-from launch import ROOT, serve_subprocess
+from launch import ROOT, STANDINS, serve_subprocess
 
 CAT = ROOT / "assets" / "cat.jpg"
-STANDINS = ROOT / "tests" / "standins"
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ shapes and types the examples show, and identical ids to the reference model on 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from PIL import Image
 
+from launch import ROOT
 from reference_model import reference_model
 
-IMAGE = Path(__file__).resolve().parent.parent / "assets" / "cat.jpg"
+IMAGE = ROOT / "assets" / "cat.jpg"
 
 
 def test_processor_example(tiny_checkpoint):

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from launch import ROOT
+
 PACKAGE = ROOT / "kosmos2"
 
 # Written by hand from the layout: the model library, then generation, the two model classes, serving, the
@@ -123,3 +124,13 @@ def test_every_error_the_package_defines_is_a_user_error_and_the_entry_points_ca
         names = {ast.unparse(t) for t in caught}
         assert "UserError" in names, entry
         assert not names & {"InputError", "SettingError", "UsageError", "JournalError", "OutputError"}, entry
+
+
+def test_the_unit_tests_mirror_the_package_and_the_e2e_tests_are_marked():
+    unit = ROOT / "tests" / "unit"
+    folders = {p.relative_to(unit).as_posix() for p in unit.rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    packages = {p.parent.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("__init__.py")}
+    assert folders and folders <= packages, f"tests/unit folders that are no package of kosmos2: {folders - packages}"
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not e2e", "tests/e2e"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "no tests collected" in listed.stdout and "deselected" in listed.stdout, listed.stdout[-2000:]
