@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from kosmos2.tiny import write_tiny_checkpoint
+
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 
-from kosmos2.tiny import write_tiny_checkpoint  # noqa: E402  (after the path: the same import order for all)
-from launch import serve  # noqa: E402
+from launch import serve  # noqa: E402  (tests/support is importable from the line above on)
 
 E2E = Path(__file__).parent / "e2e"
 

@@ -15,7 +15,7 @@ from ..demo.settings import Setting
 from ..demo.tasks import Example, Task
 from . import hosting
 from .hosting import on_gpu
-from .runner import Runner
+from .runner import Runner, Submission
 from .tabs import ASSETS
 
 
@@ -117,7 +117,7 @@ def _api_fn(runner: Runner, task: Task, docs: Mapping[str, str]) -> Callable:
     def fn(**values: Any) -> Iterator[tuple]:
         text = values.pop(text_name) if text_name else None
         image, boxes, grounding_on = values.pop("image"), values.pop("boxes", []), values.pop("grounding", True)
-        yield from runner.api(task.name, image, text, boxes, grounding_on, values)
+        yield from runner.api(Submission(task.name, image, text, boxes, grounding_on, values))
 
     fn.__name__ = task.name
     signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in docs])

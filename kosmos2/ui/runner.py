@@ -7,6 +7,7 @@ import asyncio
 import html
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -41,6 +42,20 @@ INT8_BANNER = (
     "quality has not been verified against the full-precision model."
 )
 USER_ERROR = "Generation failed because of an internal error; please try again."
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a tab or an API call sends for one run: the task's name, its raw inputs (checked by the run),
+    its settings by name (the task's group) and the quarter turns the box annotator rotated the image by."""
+
+    task: str
+    image: Any
+    text: str | None
+    boxes: Any
+    grounding_on: bool
+    settings: Mapping[str, Any]
+    quarter_turns: int = 0
 
 
 class Runner:
@@ -83,25 +98,15 @@ class Runner:
         return TINY_MCP_NOTE if self.holder.get().is_tiny else None
 
     def stream(
-        self,
-        task: str,
-        image: Any,
-        text: str | None,
-        boxes: Any,
-        grounding_on: bool,
-        settings: Mapping[str, Any],
-        quarter_turns: int = 0,
-        min_interval_s: float | None = None,
-        partial: bool = True,
+        self, sent: Submission, min_interval_s: float | None = None, partial: bool = True
     ) -> Iterator[tuple[Any, TaskResult | None]]:
         """Validated run yielding (RGB image, result), partial results at most every ``min_interval_s``
-        (default ``STREAM_INTERVAL_S``; None in their place without ``partial``); ``settings`` by name, the
-        task's group. User errors become ``gr.Error`` with their message only, other errors a generic one
-        (details go to the server log)."""
+        (default ``STREAM_INTERVAL_S``; None in their place without ``partial``). User errors become
+        ``gr.Error`` with their message only, other errors a generic one (details go to the server log)."""
         try:
-            spec = find_task(task, self.tasks)
-            request = build_request(spec, image, text, boxes, grounding_on, quarter_turns)
-            chosen = task_settings(spec, settings)
+            spec = find_task(sent.task, self.tasks)
+            request = build_request(spec, sent.image, sent.text, sent.boxes, sent.grounding_on, sent.quarter_turns)
+            chosen = task_settings(spec, sent.settings)
             loaded = self.holder.get()
             interval = STREAM_INTERVAL_S if min_interval_s is None else min_interval_s
             for result in run_task(loaded, spec, request, chosen, interval, partial):
@@ -109,23 +114,14 @@ class Runner:
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
         except Exception:
-            log.exception("task %s failed", task)
+            log.exception("task %s failed", sent.task)
             raise gr.Error(USER_ERROR, print_exception=False) from None
 
-    def ui(
-        self,
-        task: str,
-        image: Any,
-        text: str | None,
-        boxes: Any,
-        grounding_on: bool,
-        settings: Mapping[str, Any],
-        quarter_turns: int = 0,
-    ) -> Iterator[tuple]:
+    def ui(self, sent: Submission) -> Iterator[tuple]:
         """UI outputs: linked HTML, timing, raw text, entities JSON, annotated PNG (final step only), and
         the result."""
         uri = None
-        for shown, result in self.stream(task, image, text, boxes, grounding_on, settings, quarter_turns):
+        for shown, result in self.stream(sent):
             assert result is not None  # (partial results asked for)
             uri = uri or view.image_data_uri(shown)
             png = self.outputs.save(draw.annotate(shown, result.annotations())) if result.done else gr.update()
@@ -146,17 +142,13 @@ class Runner:
         png = self.outputs.save(draw.annotate(shown, result.annotations()))
         return _tab_outputs(view.image_data_uri(shown), result, png)
 
-    def api(
-        self, task: str, image: Any, text: str | None, boxes: Any, grounding_on: bool, settings: Mapping[str, Any]
-    ) -> Iterator[tuple]:
+    def api(self, sent: Submission) -> Iterator[tuple]:
         """API outputs: caption, entities, path of the annotated PNG, once at the end. Until then it yields
         "no change" every ``API_POLL_S`` seconds, so that Gradio can stop it when the client cancels or goes
         away: closing this generator drops the request's rows from their batch at the next step. The first
         "no change" comes before any work: Gradio can close a generator only once it has yielded."""
         yield gr.skip(), gr.skip(), gr.skip()
-        for shown, result in self.stream(
-            task, image, text, boxes, grounding_on, settings, min_interval_s=API_POLL_S, partial=False
-        ):
+        for shown, result in self.stream(sent, min_interval_s=API_POLL_S, partial=False):
             if result is None:
                 yield gr.skip(), gr.skip(), gr.skip()
             else:

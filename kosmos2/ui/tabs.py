@@ -16,7 +16,7 @@ from ..demo.inputs import MAX_TEXT_CHARS
 from ..demo.settings import DETECTION_SETTINGS, SETTINGS, Setting
 from ..demo.tasks import Example, Task
 from .hosting import on_gpu
-from .runner import Runner
+from .runner import Runner, Submission
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the example images, beside app.py
 SETTINGS_PER_ROW = 3
@@ -126,7 +126,7 @@ def tab(runner: Runner, tasks: list[Task], events: dict, cache_examples: bool = 
         image, boxes, turns = _annotator_value(image) if boxed else (image, [], 0)
         text, grounding_on = values.pop("text", None), values.pop("grounding", True)
         try:
-            for *shown, result in runner.ui(task, image, text, boxes, grounding_on, values, turns):
+            for *shown, result in runner.ui(Submission(task, image, text, boxes, grounding_on, values, turns)):
                 if first.mode.refilters:  # the candidates, kept for the filters and the heat map
                     phrases = list(result.detection.phrases)
                     yield (*shown, result.detection, gr.update(choices=phrases, value=phrases[0] if phrases else None))

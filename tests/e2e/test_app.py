@@ -131,11 +131,12 @@ def test_unreadable_and_enormous_images(client, tmp_path):
 def test_ui_handler_streams_partial_views_then_the_png(monkeypatch):
     from kosmos2.demo import loading
     from kosmos2.ui import runner as ui_runner
+    from kosmos2.ui.runner import Submission
 
     monkeypatch.setattr(ui_runner, "STREAM_INTERVAL_S", 0.0)
     runner = ui_runner.Runner(loading.ModelHolder(force_tiny=True))
     settings = {"max_new_tokens": 12}
-    *partials, final = runner.ui("refer", str(CAT), None, [[40, 30, 200, 150]], True, settings)
+    *partials, final = runner.ui(Submission("refer", str(CAT), None, [[40, 30, 200, 150]], True, settings))
     assert len(partials) >= 2
     for page, timing, raw, entities, png, _ in partials:
         assert "generating…" in page and "k2-caption" in page and timing.startswith("generating")

@@ -11,6 +11,7 @@ from gradio_client.exceptions import AppError
 
 from kosmos2.demo import loading
 from kosmos2.ui import runner as ui_runner
+from kosmos2.ui.runner import Submission
 from launch import ROOT, serve
 
 CAT = ROOT / "assets" / "cat.jpg"
@@ -61,9 +62,9 @@ def test_the_streaming_ui_handler_fails_the_same_way(failing_once):
     runner = ui_runner.Runner(failing_once)
     settings = {"max_new_tokens": 4}
     with pytest.raises(gr.Error) as info:
-        list(runner.ui("caption", str(CAT), None, [], True, settings))
+        list(runner.ui(Submission("caption", str(CAT), None, [], True, settings)))
     assert info.value.message == ui_runner.USER_ERROR
-    *_, (page, timing, raw, entities, png, _) = runner.ui("caption", str(CAT), None, [], True, settings)
+    *_, (page, timing, raw, entities, png, _) = runner.ui(Submission("caption", str(CAT), None, [], True, settings))
     assert "k2-caption" in page and "new tokens in" in timing
 
 
@@ -76,7 +77,7 @@ def test_int8_mode_is_labelled_experimental_in_the_page(monkeypatch):
     banner = ui_runner.Runner(holder).banner()
     assert banner["visible"] is True
     assert "Experimental int8 mode" in banner["value"] and "tiny checkpoint" in banner["value"]
-    *_, (caption, _, png) = ui_runner.Runner(holder).api("caption", str(CAT), None, [], True, {"max_new_tokens": 4})
+    *_, (caption, _, png) = ui_runner.Runner(holder).api(Submission("caption", str(CAT), None, [], True, {"max_new_tokens": 4}))
     assert caption.startswith("An image of") and png.endswith(".png")
 
 
@@ -93,5 +94,5 @@ def test_a_bug_while_building_the_request_is_a_short_error_not_a_bare_one(monkey
 
     monkeypatch.setattr(ui_runner, "build_request", broken)
     with pytest.raises(gr.Error) as info:
-        list(ui_runner.Runner(loading.ModelHolder(force_tiny=True)).api("caption", str(CAT), None, [], True, {}))
+        list(ui_runner.Runner(loading.ModelHolder(force_tiny=True)).api(Submission("caption", str(CAT), None, [], True, {})))
     assert info.value.message == ui_runner.USER_ERROR

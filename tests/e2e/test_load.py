@@ -22,7 +22,7 @@ from PIL import Image
 from kosmos2.demo import loading
 from kosmos2.demo.tasks import TASKS
 from kosmos2.ui import server
-from kosmos2.ui.runner import Runner
+from kosmos2.ui.runner import Runner, Submission
 from launch import ROOT, serve
 from labelling import split_scores
 
@@ -77,7 +77,7 @@ def test_concurrent_clients_get_exactly_their_own_results(holder, tmp_path):
     lone = Runner(holder)  # each request alone, one after the other
     expected = []
     for task, image, text, boxes in requests:
-        *_, (caption, entities, png) = lone.api(task, image, text, boxes, True, SETTINGS)
+        *_, (caption, entities, png) = lone.api(Submission(task, image, text, boxes, True, SETTINGS))
         expected.append((caption, entities, _pixels(png)))
     state_before = _mutable_globals()
 
