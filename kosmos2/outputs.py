@@ -64,13 +64,9 @@ class TextModelOutput(ModelOutput):
 
 
 @dataclass
-class Kosmos2ModelOutput(ModelOutput):
-    """Output of ``Kosmos2Model``."""
+class Kosmos2ModelOutput(TextModelOutput):
+    """Output of ``Kosmos2Model``: the text decoder's, then the image's parts."""
 
-    last_hidden_state: torch.Tensor
-    past_key_values: KVCache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
     image_embeds: torch.Tensor | None = None
     projection_attentions: torch.Tensor | None = None
     vision_model_output: VisionModelOutput | None = None

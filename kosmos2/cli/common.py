@@ -48,6 +48,13 @@ def add_setting_flags(group: argparse._ArgumentGroup, spec: Mapping[str, Setting
         )
 
 
+def add_settings_groups(p: argparse.ArgumentParser, generation: str, detection: str) -> None:
+    """The generation and the detection setting flags, each in a group with its title; read back by
+    :func:`setting_flags`."""
+    add_setting_flags(p.add_argument_group(generation), SETTINGS)
+    add_setting_flags(p.add_argument_group(detection), DETECTION_SETTINGS)
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--tiny``, ``--dtype`` and ``--quantize``: which model, loaded how."""
     p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")

@@ -13,7 +13,6 @@ import sys
 
 from ..demo.draw import annotate
 from ..demo.execute import run_tasks
-from ..demo.settings import DETECTION_SETTINGS, SETTINGS
 from ..demo.tasks import PHRASES, TASKS, Task, build_request
 from ..errors import UserError
 from .common import (
@@ -21,7 +20,7 @@ from .common import (
     UsageError,
     add_model_flags,
     add_phrase_flag,
-    add_setting_flags,
+    add_settings_groups,
     model_holder,
     program,
     refuse,
@@ -74,8 +73,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the annotated image (PNG) here")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_flags(p)
-    add_setting_flags(p.add_argument_group("generation settings"), SETTINGS)
-    add_setting_flags(p.add_argument_group("detection settings (--task detect)"), DETECTION_SETTINGS)
+    add_settings_groups(p, "generation settings", "detection settings (--task detect)")
     return p
 
 

@@ -19,21 +19,11 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from ...demo.loading import MAX_BATCH_SIZE, TINY_CHECKPOINT, ModelHolder, progress
-from ...demo.settings import DETECTION_SETTINGS, SETTINGS
 from ...demo.signals import SignalGuard, StopRequested, stop_on_signals
 from ...demo.tasks import TASKS
 from ...errors import UserError
 from ...hub import CheckpointError
-from ..common import (
-    OneLineParser,
-    UsageError,
-    add_model_flags,
-    add_phrase_flag,
-    add_setting_flags,
-    model_holder,
-    program,
-    setting_flags,
-)
+from .. import common
 from . import records
 from .outputs import Outputs
 from .ray_engine import import_ray
@@ -48,13 +38,13 @@ _EXTENSIONS = ", ".join(e.lstrip(".") for e in records.IMAGE_EXTENSIONS)  # for 
 
 def parser() -> argparse.ArgumentParser:
     """The ``label`` subcommand's arguments; the setting flags come from the settings specs."""
-    p = OneLineParser(
-        prog=f"{program()} label",
+    p = common.OneLineParser(
+        prog=f"{common.program()} label",
         description="Label every image of a folder with KOSMOS-2 (COCO, YOLO or JSONL); rerun the same "
         "command to resume an interrupted run.",
     )
     p.add_argument("folder", type=Path, help=f"folder of images ({_EXTENSIONS})")
-    add_phrase_flag(p, "a phrase to find (repeatable; one category each, in this order); for detect and ground")
+    common.add_phrase_flag(p, "a phrase to find (repeatable; one category each, in this order); for detect and ground")
     p.add_argument(
         "--task",
         choices=LABEL_TASKS,
@@ -76,9 +66,8 @@ def parser() -> argparse.ArgumentParser:
         help="the JSONL journal (default: --out for jsonl, OUT with .jsonl for coco, OUT/labels.jsonl for yolo)",
     )
     p.add_argument("--recursive", action="store_true", help="also label the images in sub-folders")
-    add_model_flags(p)
-    add_setting_flags(p.add_argument_group("detection settings (detect)"), DETECTION_SETTINGS)
-    add_setting_flags(p.add_argument_group("generation settings (ground, caption)"), SETTINGS)
+    common.add_model_flags(p)
+    common.add_settings_groups(p, "generation settings (ground, caption)", "detection settings (detect)")
     ray = p.add_argument_group("engine")
     ray.add_argument(
         "--engine",
@@ -131,24 +120,24 @@ def prepare(args: argparse.Namespace) -> Job:
     wrong."""
     folder = args.folder.resolve()
     if not folder.is_dir():
-        raise UsageError(f"{args.folder} is not a folder")
-    plan = Plan.make(args.task, args.phrases, setting_flags(args, TASKS[args.task]))
+        raise common.UsageError(f"{args.folder} is not a folder")
+    plan = Plan.make(args.task, args.phrases, common.setting_flags(args, TASKS[args.task]))
     files = records.find_images(folder, args.recursive)
     if not files:
-        raise UsageError(
+        raise common.UsageError(
             f"no images ({_EXTENSIONS}) in {args.folder}"
             + ("" if args.recursive else " (--recursive looks in sub-folders too)")
         )
     if args.format == "yolo" and (pairs := records.yolo_collisions(files)):
-        raise UsageError(f"{pairs[0][0]} and {pairs[0][1]} would share one YOLO label file; rename one")
+        raise common.UsageError(f"{pairs[0][0]} and {pairs[0][1]} would share one YOLO label file; rename one")
     if args.engine == "ray":
         import_ray()
         if args.workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {args.workers}")
+            raise common.UsageError(f"--workers must be at least 1, got {args.workers}")
     elif args.address or args.workers != 1:
-        raise UsageError("--address and --workers apply to --engine ray")
+        raise common.UsageError("--address and --workers apply to --engine ray")
     outputs = Outputs.check(args.format, args.out, args.journal)
-    holder = model_holder(args, fallback=False)
+    holder = common.model_holder(args, fallback=False)
     job = Job(folder, files, plan, outputs, holder, args)
     records.check_resumable(outputs.journal, job.params())
     job.journal = records.read_journal(outputs.journal)
