@@ -22,8 +22,10 @@ def attend(
     head_mask: torch.Tensor | None = None,
     need_weights: bool = False,
     causal: bool = False,
+    dropout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scaled dot-product attention over (batch, heads, len, head_dim) tensors; ``mask`` is additive.
+    """Scaled dot-product attention over (batch, heads, len, head_dim) tensors; ``mask`` is additive;
+    ``dropout`` drops attention weights (0 outside training).
 
     ``causal`` masks keys after each query (the queries being the last T of the S keys); it needs
     ``mask`` None. SDPA does the work unless the weights are wanted or ``head_mask`` (heads,) scales
@@ -33,7 +35,8 @@ def attend(
     if causal and mask is not None:
         raise ValueError("pass either an additive mask or causal=True, not both")
     if not need_weights and head_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and q.shape[-2] > 1), None
+        is_causal = causal and q.shape[-2] > 1
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal), None
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, T, S)
     if mask is not None:
         scores = scores + mask
@@ -41,7 +44,7 @@ def attend(
         t, s = scores.shape[-2:]
         allowed = torch.ones(t, s, dtype=torch.bool, device=scores.device).tril(s - t)
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    weights = scores.softmax(dim=-1)
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout) if dropout else scores.softmax(dim=-1)
     if head_mask is not None:
         weights = weights * head_mask.view(1, -1, 1, 1).to(weights.dtype)
     return torch.matmul(weights, v), (weights if need_weights else None)
@@ -50,12 +53,13 @@ def attend(
 class MultiHeadAttention(nn.Module):
     """q/k/v/out projections with biases; optional LayerNorm on the merged heads before ``out_proj``."""
 
-    def __init__(self, dim: int, num_heads: int, inner_norm_eps: float | None = None) -> None:
+    def __init__(self, dim: int, num_heads: int, inner_norm_eps: float | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by the number of heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.dropout = dropout
         self.q_proj = Linear(dim, dim)
         self.k_proj = Linear(dim, dim)
         self.v_proj = Linear(dim, dim)
@@ -87,7 +91,8 @@ class MultiHeadAttention(nn.Module):
         v = self._heads(self.v_proj(source))
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
-        out, weights = attend(q, k, v, mask, head_mask, need_weights, causal)
+        dropout = self.dropout if self.training else 0.0
+        out, weights = attend(q, k, v, mask, head_mask, need_weights, causal, dropout)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (B, T, D)
         if self.inner_attn_ln is not None:
             out = self.inner_attn_ln(out)

@@ -31,6 +31,10 @@ class Kosmos2TextConfig:
     attention_heads: int = 32
     activation_function: str = "gelu"
     layer_norm_eps: float = 1e-5
+    dropout: float = 0.1  # on the embeddings, each sub-layer's output (training only)
+    attention_dropout: float = 0.1  # on the attention weights, the projection's included
+    activation_dropout: float = 0.0  # after the FFN's GELU
+    layerdrop: float = 0.0  # chance of skipping a whole decoder block
     scale_embedding: bool = True
     use_cache: bool = True
     pad_token_id: int = 1
@@ -68,6 +72,7 @@ class Kosmos2VisionConfig:
     patch_size: int = 14
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
 
     @property
     def num_patches(self) -> int:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from .errors import UserError
 
-MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json")
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "adapter_config.json",
+)
 PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadAttention
 from .cache import KVCache
@@ -90,9 +91,11 @@ class TextFFN(nn.Module):
         self.fc1 = Linear(config.embed_dim, config.ffn_dim)
         self.fc2 = Linear(config.ffn_dim, config.embed_dim)
         self.ffn_layernorm = nn.LayerNorm(config.ffn_dim, eps=config.layer_norm_eps)
+        self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.ffn_layernorm(F.gelu(self.fc1(x))))
+        x = F.dropout(F.gelu(self.fc1(x)), self.activation_dropout, self.training)
+        return F.dropout(self.fc2(self.ffn_layernorm(x)), self.dropout, self.training)
 
 
 class TextBlock(nn.Module):
@@ -102,7 +105,8 @@ class TextBlock(nn.Module):
         super().__init__()
         d, eps = config.embed_dim, config.layer_norm_eps
         self.layer_idx = layer_idx
-        self.self_attn = MultiHeadAttention(d, config.attention_heads, inner_norm_eps=eps)
+        self.self_attn = MultiHeadAttention(d, config.attention_heads, eps, config.attention_dropout)
+        self.dropout = config.dropout
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
         self.ffn = TextFFN(config)
         self.final_layer_norm = nn.LayerNorm(d, eps=eps)
@@ -125,7 +129,7 @@ class TextBlock(nn.Module):
             need_weights=need_weights,
             causal=causal,
         )
-        x = x + attn
+        x = x + F.dropout(attn, self.dropout, self.training)
         return x + self.ffn(self.final_layer_norm(x)), weights
 
 
@@ -139,6 +143,7 @@ class TextTransformer(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=config.pad_token_id)
         self.layers = nn.ModuleList(TextBlock(config, i) for i in range(config.layers))
         self.layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
 
     def embed(
         self,
@@ -162,7 +167,8 @@ class TextTransformer(nn.Module):
             else:
                 position_ids = torch.arange(x.shape[1], device=x.device) + (pad + 1 + past_length)
                 position_ids = position_ids.expand(x.shape[0], -1)
-        return x + sinusoidal_positions(position_ids, x.shape[-1], self.config.pad_token_id).to(x.dtype)
+        x = x + sinusoidal_positions(position_ids, x.shape[-1], self.config.pad_token_id).to(x.dtype)
+        return F.dropout(x, self.config.dropout, self.training)
 
     def forward(
         self,
@@ -199,6 +205,7 @@ class TextTransformer(nn.Module):
             image_embeds = image_embeds_position_mask = None
 
         x = self.embed(input_ids, inputs_embeds, image_embeds, image_embeds_position_mask, position_ids, past_length)
+        x = F.dropout(x, self.config.dropout, self.training)  # a second time, as the original does
         if (
             head_mask is None
             and not output_attentions
@@ -214,7 +221,14 @@ class TextTransformer(nn.Module):
         hidden_states = [x] if output_hidden_states else None
         attentions: list[torch.Tensor] | None = [] if output_attentions else None
         for layer, layer_head_mask in zip(self.layers, head_masks):
-            x, weights = layer(x, mask, cache, layer_head_mask, output_attentions, causal)
+            if self.training and self.config.layerdrop > 0 and float(torch.rand([])) < self.config.layerdrop:
+                continue
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, weights = checkpoint(
+                    layer, x, mask, cache, layer_head_mask, output_attentions, causal, use_reentrant=False
+                )
+            else:
+                x, weights = layer(x, mask, cache, layer_head_mask, output_attentions, causal)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:

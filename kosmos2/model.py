@@ -16,9 +16,10 @@ from .attention import MultiHeadAttention
 from .cache import KVCache
 from .config import Kosmos2Config
 from .generation import GenerationConfig, compute_transition_scores, generate
-from .hub import MODEL_FILES, require_files, resolve_checkpoint
+from .hub import MODEL_FILES, CheckpointError, require_files, resolve_checkpoint
 from .language import Kosmos2TextForCausalLM, Kosmos2TextModel
 from .layers import Linear
+from .lora import ADAPTER_CONFIG, load_adapter, merge_lora, read_adapter_config
 from .outputs import (
     Kosmos2ForConditionalGenerationModelOutput,
     Kosmos2ModelOutput,
@@ -43,7 +44,9 @@ class Kosmos2ImageToTextProjection(nn.Module):
         d = config.text_config.embed_dim
         self.dense = Linear(config.vision_config.hidden_size, d)
         self.latent_query = nn.Parameter(torch.empty(config.latent_query_num, d))
-        self.x_attn = MultiHeadAttention(d, config.text_config.attention_heads)
+        self.x_attn = MultiHeadAttention(
+            d, config.text_config.attention_heads, dropout=config.text_config.attention_dropout
+        )
 
     def forward(self, features: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, 1+P, h) -> (B, Q, D) image embeddings and, if asked, (B, heads, Q, 1+P+Q) weights."""
@@ -74,6 +77,24 @@ class _Kosmos2Base(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.image_to_text_projection.latent_query.device
+
+    def gradient_checkpointing_enable(self) -> None:
+        """In training, recompute each vision and decoder block's activations during the backward pass
+        instead of keeping them: less memory for about one more forward's time."""
+        self._set_gradient_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep the activations again (the default)."""
+        self._set_gradient_checkpointing(False)
+
+    def _set_gradient_checkpointing(self, on: bool) -> None:
+        self.text_model.model.gradient_checkpointing = on
+        self.vision_model.model.gradient_checkpointing = on
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether :meth:`gradient_checkpointing_enable` is in effect."""
+        return self.text_model.model.gradient_checkpointing
 
     def get_image_features(
         self, pixel_values: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False
@@ -152,7 +173,8 @@ class _Kosmos2Base(nn.Module):
         local_files_only: bool | None = None,
         quantize: str | None = None,
     ):
-        """Load a checkpoint folder or hub repository (safetensors only; single file or sharded).
+        """Load a checkpoint folder or hub repository (safetensors only; single file or sharded), or a LoRA
+        adapter folder (peft's layout), merged into the base model its ``adapter_config.json`` names.
 
         The model is built on the meta device and each tensor is converted to ``dtype`` (default
         float32) as it is read, then placed on ``device`` (default CPU). ``quantize="int8"`` then gives
@@ -162,6 +184,18 @@ class _Kosmos2Base(nn.Module):
         """
         check_quantize(quantize, device or "cpu")
         folder = resolve_checkpoint(path_or_repo_id, MODEL_FILES, revision, local_files_only)
+        if (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
+            model = cls._base_of_adapter(folder, dtype, device, revision, local_files_only)
+            load_adapter(model, folder)
+            merge_lora(model)
+        else:
+            model = cls._from_folder(folder, dtype, device)
+        if quantize is not None:
+            quantize_int8(model)
+        return model.eval()
+
+    @classmethod
+    def _from_folder(cls, folder: Path, dtype: torch.dtype | str | None, device: torch.device | str | None):
         require_files(folder, ["config.json"], "The KOSMOS-2 checkpoint")
         config = Kosmos2Config.from_json_file(folder / "config.json")
         tensors = read_weights(folder, resolve_dtype(dtype), device or "cpu")
@@ -172,9 +206,21 @@ class _Kosmos2Base(nn.Module):
             model.text_model.tie_weights()
         if (folder / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_json_file(folder / "generation_config.json")
-        if quantize is not None:
-            quantize_int8(model)
-        return model.eval()
+        return model
+
+    @classmethod
+    def _base_of_adapter(
+        cls,
+        folder: Path,
+        dtype: torch.dtype | str | None,
+        device: torch.device | str | None,
+        revision: str | None,
+        local_files_only: bool | None,
+    ):
+        _, base = read_adapter_config(folder)
+        if not base:
+            raise CheckpointError(f"{folder / ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
+        return cls.from_pretrained(base, dtype, device, revision, local_files_only)
 
 
 class Kosmos2Model(_Kosmos2Base):
@@ -291,9 +337,12 @@ class Kosmos2ForConditionalGeneration(_Kosmos2Base):
     compute_transition_scores = staticmethod(compute_transition_scores)
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of position t's logits against label t+1, skipping labels equal to -100."""
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of position t's logits against label t+1, skipping labels equal to -100: the mean over
+    the labels counted, or (``reduction="sum"``) their sum."""
     if labels.shape != logits.shape[:2]:
         raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
     targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().to(logits.device), ignore_index=-100)
+    return F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten().to(logits.device), ignore_index=-100, reduction=reduction
+    )

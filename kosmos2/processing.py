@@ -17,6 +17,7 @@ from . import grounding
 from .batch import RETURN_TENSORS, BatchFeature, as_tensor_type
 from .hub import PROCESSOR_FILES, CheckpointError, require_files, resolve_checkpoint
 from .image_processing import ImageInput, Kosmos2ImageProcessor
+from .lora import ADAPTER_CONFIG, read_adapter_config
 from .tokenization import Kosmos2Tokenizer
 
 _TRUNCATE = (True, "longest_first", "only_first")
@@ -130,8 +131,12 @@ class Kosmos2Processor:
         cls, path_or_repo_id: str | Path, revision: str | None = None, local_files_only: bool | None = None
     ) -> Kosmos2Processor:
         """Load the processor of a checkpoint folder or hub repository (only the tokenizer and
-        image-settings files are downloaded)."""
-        folder = resolve_checkpoint(path_or_repo_id, PROCESSOR_FILES, revision, local_files_only)
+        image-settings files are downloaded). An adapter folder without them gives its base model's."""
+        folder = resolve_checkpoint(path_or_repo_id, (*PROCESSOR_FILES, ADAPTER_CONFIG), revision, local_files_only)
+        if (folder / ADAPTER_CONFIG).is_file() and not (folder / "tokenizer.json").is_file():
+            _, base = read_adapter_config(folder)
+            if base:
+                return cls.from_pretrained(base, revision, local_files_only)
         require_files(folder, ["tokenizer.json"], "The processor")
         if not any((folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json")):
             raise CheckpointError(

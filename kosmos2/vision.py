@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadAttention
 from .config import Kosmos2VisionConfig
@@ -55,7 +56,7 @@ class VisionEncoderLayer(nn.Module):
     def __init__(self, config: Kosmos2VisionConfig) -> None:
         super().__init__()
         h, eps = config.hidden_size, config.layer_norm_eps
-        self.self_attn = MultiHeadAttention(h, config.num_attention_heads)
+        self.self_attn = MultiHeadAttention(h, config.num_attention_heads, dropout=config.attention_dropout)
         self.layer_norm1 = nn.LayerNorm(h, eps=eps)
         self.mlp = VisionMLP(config)
         self.layer_norm2 = nn.LayerNorm(h, eps=eps)
@@ -79,6 +80,7 @@ class VisionTransformer(nn.Module):
         self.embeddings = VisionEmbeddings(config)
         self.pre_layrnorm = nn.LayerNorm(h, eps=eps)  # sic: the checkpoint's spelling
         self.encoder = VisionEncoder(config)
+        self.gradient_checkpointing = False
         self.post_layernorm = nn.LayerNorm(h, eps=eps)
 
     def forward(
@@ -88,7 +90,10 @@ class VisionTransformer(nn.Module):
         hidden_states = [x] if output_hidden_states else None
         attentions: list[torch.Tensor] | None = [] if output_attentions else None
         for layer in self.encoder.layers:
-            x, weights = layer(x, need_weights=output_attentions)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, weights = checkpoint(layer, x, output_attentions, use_reentrant=False)
+            else:
+                x, weights = layer(x, need_weights=output_attentions)
             if hidden_states is not None:
                 hidden_states.append(x)
             if attentions is not None:

@@ -1,5 +1,5 @@
 """The ``kosmos2`` command (also ``python -m kosmos2``): one task on one image (:mod:`.task`), or a
-subcommand: ``label`` (:mod:`.label`), ``selfcheck`` (:mod:`.selfcheck`)."""
+subcommand: ``label`` (:mod:`.label`), ``train`` (:mod:`.train`), ``selfcheck`` (:mod:`.selfcheck`)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,23 @@ def _label(argv: list[str]) -> int:
     return main(argv)
 
 
+def _train(argv: list[str]) -> int:
+    from .train import main
+
+    return main(argv)
+
+
 def _selfcheck(argv: list[str]) -> int:
     from .selfcheck import main
 
     return main(argv)
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"label": _label, "selfcheck": _selfcheck}  # loaded when used
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "label": _label,
+    "train": _train,
+    "selfcheck": _selfcheck,
+}  # loaded when used
 
 
 def main(argv: list[str] | None = None) -> int:
