@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..errors import UserError
 from ..image_processing import ImageError, open_image, to_rgb
 from ..processing import Kosmos2Processor
 from .examples import Example
@@ -17,7 +18,7 @@ LOSS_ON = ("all", "answer")
 IGNORE = -100
 
 
-class ExampleError(ValueError):
+class ExampleError(UserError, ValueError):
     """An example the processor cannot turn into a training row (its text, its image, its length)."""
 
 

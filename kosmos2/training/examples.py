@@ -10,7 +10,8 @@ the model's own text (``<phrase>`` tags and ``<object>`` patch tokens). Four for
 - ``refexp``: JSON lines ``{"image", "expression", "box"}``, the box ``[x1, y1, x2, y2]`` in pixels.
 - ``grounded``: JSON lines ``{"image", "text", "bboxes"?, "prompt"?}``: ``text`` with ``<phrase>`` tags,
   ``bboxes`` one entry per phrase in the processor's ``bboxes=`` form (normalised floats), ``prompt`` the
-  part of the text given to the model (by default, everything before the first ``<phrase>``).
+  start of ``text`` given to the model, its phrases with their boxes (by default, everything before the
+  first ``<phrase>``).
 
 A record that cannot be used (a missing image, a box outside its image, missing fields) becomes a
 :class:`Problem` naming its file and line, never an example.
@@ -65,7 +66,7 @@ class Problem:
         return f"{self.where}: {self.reason}"
 
 
-class _Skip(Exception):
+class _Skip(UserError):
     """A record's problem, raised while reading it."""
 
 
@@ -339,16 +340,19 @@ def _grounded_record(record: dict[str, Any] | None, why: str | None) -> Any:
         if not isinstance(text, str) or not text.strip():
             raise _Skip("no text")
         image = _image(images, record.get("image"))
+        prompt = record.get("prompt")
+        if prompt is not None and (not isinstance(prompt, str) or not text.startswith(prompt)):
+            raise _Skip("its prompt is not the start of its text")
+        boxes = _as_tuples(record.get("bboxes"))
         try:
-            text = grounding.insert_object_tags(text, _as_tuples(record.get("bboxes")))
+            tagged = grounding.insert_object_tags(text, boxes)
+            # the prompt's own phrases keep their boxes: the model is given them
+            given = prompt and grounding.insert_object_tags(prompt, boxes and boxes[: prompt.count("<phrase>")])
         except ValueError as e:
             raise _Skip(str(e)) from e
-        prompt = record.get("prompt")
-        if prompt is None:
-            return [Example(image, *split_prompt(text), where)]
-        if not isinstance(prompt, str) or not text.startswith(prompt):
-            raise _Skip("its prompt is not the start of its text")
-        return [Example(image, prompt, text[len(prompt) :], where)]
+        if not given:
+            return [Example(image, *split_prompt(tagged), where)]
+        return [Example(image, given, tagged[len(given) :], where)]
 
     return examples
 
