@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
         prog=program(),
         description="Run a KOSMOS-2 task on an image.",
         epilog=f"Also: {program()} label DIR ... labels a folder (COCO, YOLO or JSONL; see {program()} "
-        f"label --help), and {program()} selfcheck checks the real checkpoint against recorded "
+        f"label --help), {program()} train --data FILE --out DIR fine-tunes on labelled data (see {program()} "
+        f"train --help), and {program()} selfcheck checks the real checkpoint against recorded "
         f"outputs (see {program()} selfcheck --help).",
     )
     p.add_argument("image", help="image file")

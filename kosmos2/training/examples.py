@@ -20,8 +20,9 @@ A record that cannot be used (a missing image, a box outside its image, missing 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,9 @@ class Problem:
         return f"{self.where}: {self.reason}"
 
 
+Reader = Iterator[tuple[str, Callable[[Path], list[Example]]]]  # (where, the examples of its record)
+
+
 class _Skip(UserError):
     """A record's problem, raised while reading it."""
 
@@ -108,12 +112,17 @@ def read_examples(path: Path, images: Path, fmt: str = "auto") -> tuple[list[Exa
         fmt = detect_format(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
-    readers = {"journal": _journal, "coco": _coco, "refexp": _refexp, "grounded": _grounded}
+    readers: dict[str, Callable[[Path], Reader]] = {
+        "journal": _journal,
+        "coco": _coco,
+        "refexp": partial(_per_line, make=_refexp_examples),
+        "grounded": partial(_per_line, make=_grounded_examples),
+    }
     examples: list[Example] = []
     problems: list[Problem] = []
-    for where, record in readers[fmt](path):
+    for where, make in readers[fmt](path):
         try:
-            examples.extend(record(images, where))
+            examples.extend(make(images))
         except _Skip as e:
             problems.append(Problem(where, str(e)))
     return examples, problems
@@ -139,8 +148,9 @@ def _first_record(path: Path) -> Any:
     raise DataError(f"{path} is empty")
 
 
-def _lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
-    """(where, record or None, why not) for each non-blank line of a JSON-lines file."""
+def _per_line(path: Path, make: Callable[..., list[Example]]) -> Reader:
+    """For each non-blank line of a JSON-lines file: where it is, and ``make(record, images, where=where)`` (or the
+    reason it is not a record)."""
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -148,9 +158,16 @@ def _lines(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | None]
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            yield where, None, f"not JSON ({e.msg})"
+            yield where, partial(_refuse, f"not JSON ({e.msg})")
             continue
-        yield (where, record, None) if isinstance(record, dict) else (where, None, "not a JSON object")
+        if isinstance(record, dict):
+            yield where, partial(make, record, where=where)
+        else:
+            yield where, partial(_refuse, "not a JSON object")
+
+
+def _refuse(reason: str, images: Path) -> list[Example]:
+    raise _Skip(reason)
 
 
 def _image(images: Path, name: object) -> Path:
@@ -203,7 +220,7 @@ def _normalised_boxes(boxes: object) -> list[grounding.Box]:
 # --------------------------------------------------------------------------- the formats
 
 
-def _journal(path: Path) -> Iterator[tuple[str, Any]]:
+def _journal(path: Path) -> Reader:
     run = path.with_name(path.name + ".run.json")
     if not run.is_file():
         raise DataError(f"{path} is read as a label journal, but {run.name} (its run's parameters) is not beside it")
@@ -214,34 +231,30 @@ def _journal(path: Path) -> Iterator[tuple[str, Any]]:
     task, phrases = params.get("task"), params.get("phrases") or []
     if task not in ("caption", "ground", "detect"):
         raise DataError(f"{run}: a journal of task {task!r}; train reads caption, ground and detect journals")
-    for where, record, why in _lines(path):
-        yield where, _journal_record(record, why, task, phrases)
+    yield from _per_line(path, partial(_journal_examples, task=task, phrases=phrases))
 
 
-def _journal_record(record: dict[str, Any] | None, why: str | None, task: str, phrases: Sequence[str]) -> Any:
-    def examples(images: Path, where: str) -> list[Example]:
-        if record is None:
-            raise _Skip(str(why))
-        if "failed" in record:
-            raise _Skip(f"labelling failed: {record['failed']}")
-        image = _image(images, record.get("file"))
-        entities = record.get("entities")
-        if not isinstance(entities, list):
-            raise _Skip("no entities list")
-        if task == "caption":
-            return [Example(image, *split_prompt("<grounding>" + _caption_text(record, entities)), where)]
-        by_row: dict[int, list[grounding.Box]] = {}
-        for e in entities:
-            row = e.get("row") if isinstance(e, dict) else None
-            if not isinstance(row, int) or not 0 <= row < len(phrases):
-                raise _Skip(f"an entity's row {row!r} is not a phrase of the run ({len(phrases)} phrases)")
-            by_row.setdefault(row, []).extend(_normalised_boxes(e.get("boxes")))
-        return [
-            Example(image, phrase_prompt(phrases[row]), grounding.object_markup(boxes), where)
-            for row, boxes in sorted(by_row.items())
-        ]
-
-    return examples
+def _journal_examples(
+    record: dict[str, Any], images: Path, where: str, task: str, phrases: Sequence[str]
+) -> list[Example]:
+    if "failed" in record:
+        raise _Skip(f"labelling failed: {record['failed']}")
+    image = _image(images, record.get("file"))
+    entities = record.get("entities")
+    if not isinstance(entities, list):
+        raise _Skip("no entities list")
+    if task == "caption":
+        return [Example(image, *split_prompt("<grounding>" + _caption_text(record, entities)), where)]
+    by_row: dict[int, list[grounding.Box]] = {}
+    for e in entities:
+        row = e.get("row") if isinstance(e, dict) else None
+        if not isinstance(row, int) or not 0 <= row < len(phrases):
+            raise _Skip(f"an entity's row {row!r} is not a phrase of the run ({len(phrases)} phrases)")
+        by_row.setdefault(row, []).extend(_normalised_boxes(e.get("boxes")))
+    return [
+        Example(image, phrase_prompt(phrases[row]), grounding.object_markup(boxes), where)
+        for row, boxes in sorted(by_row.items())
+    ]
 
 
 def _caption_text(record: dict[str, Any], entities: list[Any]) -> str:
@@ -272,7 +285,7 @@ def _caption_text(record: dict[str, Any], entities: list[Any]) -> str:
     return text if text.startswith("<phrase>") else " " + text
 
 
-def _coco(path: Path) -> Iterator[tuple[str, Any]]:
+def _coco(path: Path) -> Reader:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         images = {im["id"]: im for im in data["images"]}
@@ -286,75 +299,54 @@ def _coco(path: Path) -> Iterator[tuple[str, Any]]:
             groups.setdefault((a.get("image_id"), a.get("category_id")), []).append(a)
     for (image_id, category_id), group in groups.items():
         where = f"{path}: annotation {group[0].get('id')}"
-        yield where, _coco_group(images.get(image_id), names.get(category_id), group)
+        yield where, partial(_coco_examples, images.get(image_id), names.get(category_id), group, where)
 
 
-def _coco_group(image: dict[str, Any] | None, name: str | None, group: list[dict[str, Any]]) -> Any:
-    def examples(images: Path, where: str) -> list[Example]:
-        if image is None or name is None:
-            raise _Skip("its image_id or category_id is not in the file")
-        path = _image(images, image.get("file_name"))
-        width, height = image.get("width"), image.get("height")
-        if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0):
-            raise _Skip(f"image {image.get('id')} has no width and height")
-        boxes = []
-        for a in group:
-            b = a.get("bbox")
-            if not (isinstance(b, list) and len(b) == 4):
-                raise _Skip(f"annotation {a.get('id')}: bbox must be [x, y, width, height]")
-            boxes.append(normalised([b[0], b[1], b[0] + b[2], b[1] + b[3]], width, height))
-        return [Example(path, phrase_prompt(name), grounding.object_markup(boxes), where)]
-
-    return examples
-
-
-def _refexp(path: Path) -> Iterator[tuple[str, Any]]:
-    for where, record, why in _lines(path):
-        yield where, _refexp_record(record, why)
+def _coco_examples(
+    image: dict[str, Any] | None, name: str | None, group: list[dict[str, Any]], where: str, images: Path
+) -> list[Example]:
+    if image is None or name is None:
+        raise _Skip("its image_id or category_id is not in the file")
+    path = _image(images, image.get("file_name"))
+    width, height = image.get("width"), image.get("height")
+    if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0):
+        raise _Skip(f"image {image.get('id')} has no width and height")
+    boxes = []
+    for a in group:
+        b = a.get("bbox")
+        if not (isinstance(b, list) and len(b) == 4):
+            raise _Skip(f"annotation {a.get('id')}: bbox must be [x, y, width, height]")
+        boxes.append(normalised([b[0], b[1], b[0] + b[2], b[1] + b[3]], width, height))
+    return [Example(path, phrase_prompt(name), grounding.object_markup(boxes), where)]
 
 
-def _refexp_record(record: dict[str, Any] | None, why: str | None) -> Any:
-    def examples(images: Path, where: str) -> list[Example]:
-        if record is None:
-            raise _Skip(str(why))
-        expression = record.get("expression")
-        if not isinstance(expression, str) or not expression.strip():
-            raise _Skip("no expression")
-        image = _image(images, record.get("image"))
-        box = normalised(record.get("box"), *displayed_size(image))
-        return [Example(image, phrase_prompt(expression), grounding.object_markup([box]), where)]
-
-    return examples
+def _refexp_examples(record: dict[str, Any], images: Path, where: str) -> list[Example]:
+    expression = record.get("expression")
+    if not isinstance(expression, str) or not expression.strip():
+        raise _Skip("no expression")
+    image = _image(images, record.get("image"))
+    box = normalised(record.get("box"), *displayed_size(image))
+    return [Example(image, phrase_prompt(expression), grounding.object_markup([box]), where)]
 
 
-def _grounded(path: Path) -> Iterator[tuple[str, Any]]:
-    for where, record, why in _lines(path):
-        yield where, _grounded_record(record, why)
-
-
-def _grounded_record(record: dict[str, Any] | None, why: str | None) -> Any:
-    def examples(images: Path, where: str) -> list[Example]:
-        if record is None:
-            raise _Skip(str(why))
-        text = record.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise _Skip("no text")
-        image = _image(images, record.get("image"))
-        prompt = record.get("prompt")
-        if prompt is not None and (not isinstance(prompt, str) or not text.startswith(prompt)):
-            raise _Skip("its prompt is not the start of its text")
-        boxes = _as_tuples(record.get("bboxes"))
-        try:
-            tagged = grounding.insert_object_tags(text, boxes)
-            # the prompt's own phrases keep their boxes: the model is given them
-            given = prompt and grounding.insert_object_tags(prompt, boxes and boxes[: prompt.count("<phrase>")])
-        except ValueError as e:
-            raise _Skip(str(e)) from e
-        if not given:
-            return [Example(image, *split_prompt(tagged), where)]
-        return [Example(image, given, tagged[len(given) :], where)]
-
-    return examples
+def _grounded_examples(record: dict[str, Any], images: Path, where: str) -> list[Example]:
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise _Skip("no text")
+    image = _image(images, record.get("image"))
+    prompt = record.get("prompt")
+    if prompt is not None and (not isinstance(prompt, str) or not text.startswith(prompt)):
+        raise _Skip("its prompt is not the start of its text")
+    boxes = _as_tuples(record.get("bboxes"))
+    try:
+        tagged = grounding.insert_object_tags(text, boxes)
+        # the prompt's own phrases keep their boxes: the model is given them
+        given = prompt and grounding.insert_object_tags(prompt, boxes and boxes[: prompt.count("<phrase>")])
+    except ValueError as e:
+        raise _Skip(str(e)) from e
+    if not given:
+        return [Example(image, *split_prompt(tagged), where)]
+    return [Example(image, given, tagged[len(given) :], where)]
 
 
 def _as_tuples(value: Any) -> Any:

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from kosmos2.tiny import tiny_config
 from launch import ROOT
+from scenes import SCENES, write_scenes
 
-SCENES = [("red", [10, 10, 40, 40]), ("blue", [50, 20, 90, 45]), ("green", [5, 25, 30, 48]), ("yellow", [60, 5, 95, 30])]
 
 
 def kosmos2(*args: object, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -33,11 +32,7 @@ def kosmos2(*args: object, env: dict | None = None, timeout: float = 300) -> sub
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("scenes")
-    lines = []
-    for colour, box in SCENES:
-        Image.new("RGB", (100, 50), colour).save(folder / f"{colour}.png")
-        lines.append(json.dumps({"image": f"{colour}.png", "expression": f"the {colour} thing", "box": box}))
-    (folder / "refexp.jsonl").write_text("\n".join(lines) + "\n")
+    write_scenes(folder)
     return folder
 
 

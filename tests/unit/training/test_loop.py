@@ -4,12 +4,10 @@ here and in the reference, and an output folder of another run is refused."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from kosmos2 import AutoProcessor, Kosmos2ForConditionalGeneration
@@ -19,19 +17,15 @@ from kosmos2.tiny import tiny_config
 from kosmos2.training import Trainer, TrainError, TrainSettings, World, read_examples
 from kosmos2.training.loop import Order, learning_rate_factor
 from reference_model import pixel_values, prompt_inputs
+from scenes import write_scenes
 
-SCENES = [("red", [10, 10, 40, 40]), ("blue", [50, 20, 90, 45]), ("green", [5, 25, 30, 48])]
 NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("scenes")
-    lines = []
-    for colour, box in SCENES:
-        Image.new("RGB", (100, 50), colour).save(folder / f"{colour}.png")
-        lines.append(json.dumps({"image": f"{colour}.png", "expression": f"the {colour} thing", "box": box}))
-    (folder / "refexp.jsonl").write_text("\n".join(lines) + "\n")
+    write_scenes(folder, 3)
     return folder
 
 
