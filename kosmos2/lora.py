@@ -47,6 +47,10 @@ class LoraSpec:
     def __post_init__(self) -> None:
         if self.r < 1:
             raise AdapterError(f"the LoRA rank must be at least 1, got {self.r}")
+        if self.lora_alpha <= 0:
+            raise AdapterError(
+                f"the LoRA alpha must be positive (the update is scaled by alpha / r), got {self.lora_alpha}"
+            )
         if not 0 <= self.lora_dropout < 1:
             raise AdapterError(f"the LoRA dropout must be in [0, 1), got {self.lora_dropout}")
         try:
@@ -58,6 +62,7 @@ class LoraSpec:
 
     @property
     def scaling(self) -> float:
+        """What the low-rank update is multiplied by: ``lora_alpha / r``."""
         return self.lora_alpha / self.r
 
 
@@ -103,6 +108,12 @@ def add_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
     names = _targets(model, spec.target_modules)
     if not names:
         raise AdapterError(f"no linear layer of the model matches the LoRA target pattern {spec.target_modules!r}")
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    tied = [n for n in names if counts[id(model.get_submodule(n).weight)] > 1]
+    if tied:
+        raise AdapterError(f"{tied[0]} shares its weight with another layer (tied); leave it out of the LoRA targets")
     model.requires_grad_(False)
     for name in names:
         _replace(model, name, LoraLinear(cast(nn.Linear, model.get_submodule(name)), spec))

@@ -185,7 +185,7 @@ class _Kosmos2Base(nn.Module):
         check_quantize(quantize, device or "cpu")
         folder = resolve_checkpoint(path_or_repo_id, MODEL_FILES, revision, local_files_only)
         if (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file():
-            model = cls._base_of_adapter(folder, dtype, device, revision, local_files_only)
+            model = cls._base_of_adapter(folder, dtype, device, local_files_only)
             load_adapter(model, folder)
             merge_lora(model)
         else:
@@ -214,13 +214,12 @@ class _Kosmos2Base(nn.Module):
         folder: Path,
         dtype: torch.dtype | str | None,
         device: torch.device | str | None,
-        revision: str | None,
         local_files_only: bool | None,
     ):
         _, base = read_adapter_config(folder)
         if not base:
             raise CheckpointError(f"{folder / ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
-        return cls.from_pretrained(base, dtype, device, revision, local_files_only)
+        return cls.from_pretrained(base, dtype, device, None, local_files_only)  # the revision is the adapter's
 
 
 class Kosmos2Model(_Kosmos2Base):

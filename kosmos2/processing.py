@@ -136,7 +136,7 @@ class Kosmos2Processor:
         if (folder / ADAPTER_CONFIG).is_file() and not (folder / "tokenizer.json").is_file():
             _, base = read_adapter_config(folder)
             if base:
-                return cls.from_pretrained(base, revision, local_files_only)
+                return cls.from_pretrained(base, None, local_files_only)  # the revision is the adapter's
         require_files(folder, ["tokenizer.json"], "The processor")
         if not any((folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json")):
             raise CheckpointError(

@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch.distributed as dist
+
+from ..config import Kosmos2Config, Kosmos2TextConfig
 from ..demo.loading import DEFAULT_CHECKPOINT, progress
 from ..demo.signals import StopRequested, stop_on_signals
 from ..errors import UserError
@@ -119,8 +122,11 @@ def settings_of(args: argparse.Namespace) -> TrainSettings:
     )
 
 
-def usable(path: Path, images: Path, fmt: str, encoder: Encoder, strict: bool) -> list[Example]:
-    """The data file's examples that the model can take, the others reported (or, ``strict``, refused)."""
+def usable(
+    path: Path, images: Path, fmt: str, encoder: Encoder, strict: bool, say: Callable[[str], None]
+) -> list[Example]:
+    """The data file's examples that the model can take; the others are reported with ``say`` (or, with
+    ``strict``, refused)."""
     examples, problems = read_examples(path, images, fmt)
     kept = []
     for e in examples:
@@ -129,22 +135,40 @@ def usable(path: Path, images: Path, fmt: str, encoder: Encoder, strict: bool) -
             kept.append(e)
         except ExampleError as error:
             problems.append(Problem(e.where, str(error).removeprefix(f"{e.where}: ")))
+    if problems and strict:
+        raise common.UsageError(
+            f"{len(problems)} record(s) of {path} cannot be used (--strict), the first: {problems[0]}"
+        )
     if problems:
         shown = "\n".join(f"  {p}" for p in problems[:SHOWN_PROBLEMS])
         more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        if strict:
-            raise common.UsageError(f"{len(problems)} record(s) of {path} cannot be used (--strict):\n{shown}{more}")
-        progress(f"leaving out {len(problems)} record(s) of {path} that cannot be used:\n{shown}{more}")
+        say(f"leaving out {len(problems)} record(s) of {path} that cannot be used:\n{shown}{more}")
     if not kept:
         raise common.UsageError(f"{path} has no usable examples")
     return kept
 
 
+def _positions(source: Path) -> int:
+    """The checkpoint's longest sequence (an adapter folder has no config: the architecture's default)."""
+    config = source / "config.json"
+    if config.is_file():
+        return Kosmos2Config.from_json_file(config).text_config.max_position_embeddings
+    return Kosmos2TextConfig().max_position_embeddings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kosmos2 train ...``; returns the exit status (2: a bad command, nothing written; 130 or
-    143 after Ctrl-C or SIGTERM, the last checkpoint kept)."""
+    """``python -m kosmos2 train ...``; returns the exit status (2: a bad command, nothing written; 1: an error
+    while training, the last checkpoint kept; 130 or 143 after Ctrl-C or SIGTERM, the last checkpoint kept)."""
     try:
-        args = parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        args = parser().parse_args(argv)
         settings = settings_of(args)
         world = World.from_env(args.device)
         say = progress if world.main else (lambda _: None)
@@ -156,37 +180,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..processing import Kosmos2Processor
 
         processor = Kosmos2Processor.from_pretrained(source)
-        encoder = Encoder(processor, settings.loss_on)
-        images = args.images or args.data.parent
-        examples = usable(args.data, images, args.format, encoder, args.strict)
-        validation = (
-            usable(args.val, args.images or args.val.parent, args.format, encoder, args.strict) if args.val else []
-        )
-        if check_output(args.out, run_params(settings, base, examples)):
+        encoder = Encoder(processor, settings.loss_on, _positions(source))
+        examples = usable(args.data, args.images or args.data.parent, args.format, encoder, args.strict, say)
+        validation = []
+        if args.val:
+            validation = usable(args.val, args.images or args.val.parent, args.format, encoder, args.strict, say)
+        dtype = resolve_dtype(args.dtype)
+        if check_output(args.out, run_params(settings, base, examples, dtype, world.size)):
             say(f"{args.out} already holds this finished run: nothing to do")
             return 0
-        say(
-            f"{len(examples)} examples"
-            + (f", {len(validation)} held out" if validation else "")
-            + f"; loading {checkpoint}"
-        )
-        model = Kosmos2ForConditionalGeneration.from_pretrained(
-            source, dtype=resolve_dtype(args.dtype), device=world.device
-        )
+        held_out = f", {len(validation)} held out" if validation else ""
+        say(f"{len(examples)} examples{held_out}; loading {checkpoint}")
+        model = Kosmos2ForConditionalGeneration.from_pretrained(source, dtype=dtype, device=world.device)
         trainer = Trainer(model, processor, examples, settings, args.out, source, base, validation, world)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    resume = f"rerun the same command to resume from the last checkpoint in {args.out}"
     try:
         with stop_on_signals():
             result = trainer.train()
     except StopRequested as stop:
-        say(f"stopped ({stop}); rerun the same command to resume from the last checkpoint in {args.out}")
+        say(f"stopped ({stop}); {resume}")
         return stop.exit_status
-    first, last = (
-        result.losses[0][1] if result.losses else float("nan"),
-        result.losses[-1][1] if result.losses else float("nan"),
-    )
+    except UserError as e:  # e.g. an image changed since it was checked
+        print(f"error: {e}; {resume}", file=sys.stderr)
+        return 1
+    first, last = result.losses[0][1], result.losses[-1][1]
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     say(
         f"trained {result.steps} steps{resumed} in {result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s); "

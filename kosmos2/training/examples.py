@@ -53,6 +53,7 @@ class Example:
 
     @property
     def text(self) -> str:
+        """The whole text the model learns: the prompt, then the answer."""
         return self.prompt + self.answer
 
 
@@ -106,12 +107,12 @@ def detect_format(path: Path) -> str:
 def read_examples(path: Path, images: Path, fmt: str = "auto") -> tuple[list[Example], list[Problem]]:
     """The examples of data file ``path`` (format ``fmt`` or detected), image paths taken relative to
     ``images``, and the records left out."""
-    if not path.is_file():
-        raise DataError(f"no such data file: {path}")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise DataError(f"no such data file: {path}")
     readers: dict[str, Callable[[Path], Reader]] = {
         "journal": _journal,
         "coco": _coco,
@@ -199,12 +200,15 @@ def normalised(box: object, width: float, height: float) -> grounding.Box:
         raise _Skip(f"box {list(box)} is empty or inverted")
     if x1 < -_PIXEL_SLACK or y1 < -_PIXEL_SLACK or x2 > width + _PIXEL_SLACK or y2 > height + _PIXEL_SLACK:
         raise _Skip(f"box {list(box)} lies outside the {width:g}x{height:g} image")
-    return (
+    inside = (
         min(max(x1 / width, 0.0), 1.0),
         min(max(y1 / height, 0.0), 1.0),
         min(max(x2 / width, 0.0), 1.0),
         min(max(y2 / height, 0.0), 1.0),
     )
+    if not (inside[2] > inside[0] and inside[3] > inside[1]):
+        raise _Skip(f"box {list(box)} has no area inside the {width:g}x{height:g} image")
+    return inside
 
 
 def _normalised_boxes(boxes: object) -> list[grounding.Box]:
@@ -311,6 +315,12 @@ def _coco_examples(
     width, height = image.get("width"), image.get("height")
     if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0):
         raise _Skip(f"image {image.get('id')} has no width and height")
+    shown = displayed_size(path)
+    if shown != (width, height):
+        raise _Skip(
+            f"image {image.get('id')} is {width}x{height} in the file but {path} is {shown[0]}x{shown[1]} as shown "
+            "(EXIF orientation applied)"
+        )
     boxes = []
     for a in group:
         b = a.get("bbox")

@@ -40,7 +40,8 @@ from .metrics import box_hits
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "train.json"
-STATE_FILE = "trainer_state.pt"
+STATE_TENSORS = "trainer_state.safetensors"  # the optimizer's moments, every process's random state
+STATE_FILE = "trainer_state.json"  # the rest, written last: a checkpoint without it is incomplete
 _COPIED = (*PROCESSOR_FILES, "generation_config.json")
 _TIED = "text_model.lm_head.weight"
 
@@ -82,7 +83,7 @@ class TrainSettings:
             problems.append(f"epochs must be positive, got {self.epochs}")
         if not self.lr > 0:
             problems.append(f"lr must be positive, got {self.lr}")
-        for name in ("warmup", "save_every", "val_every"):
+        for name in ("warmup", "save_every", "val_every", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.loss_on not in LOSS_ON:
@@ -124,12 +125,18 @@ class World:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL's collectives use the current device
         if size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cuda":
+                dist.init_process_group("nccl", device_id=device)
+            else:
+                dist.init_process_group("gloo")
         return cls(rank, size, device)
 
     @property
     def main(self) -> bool:
+        """Whether this is the process that writes and prints."""
         return self.rank == 0
 
     def total(self, value: float) -> float:
@@ -149,6 +156,7 @@ class World:
         return out
 
     def wait(self) -> None:
+        """Wait for every process to get here."""
         if self.size > 1:
             dist.barrier()
 
@@ -166,6 +174,7 @@ class Order:
         self._perms: dict[int, list[int]] = {}
 
     def total_steps(self, settings: TrainSettings) -> int:
+        """Optimizer steps of the run: ``steps``, or ``epochs`` passes rounded up."""
         if settings.steps is not None:
             return settings.steps
         return max(1, math.ceil(settings.epochs * self.count / self.per_step))
@@ -203,7 +212,7 @@ def _copy_files(source: Path, folder: Path, names: Sequence[str]) -> None:
             shutil.copyfile(source / name, folder / name)
 
 
-def save_model(model: nn.Module, folder: Path, source: Path) -> None:
+def save_model(model: Kosmos2ForConditionalGeneration, folder: Path, source: Path) -> None:
     """``model`` as a hub-layout checkpoint in ``folder``: its weights (the tied LM head once, as the
     embedding), and the source checkpoint's config and processor files."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,13 +222,12 @@ def save_model(model: nn.Module, folder: Path, source: Path) -> None:
     if (source / "config.json").is_file():
         shutil.copyfile(source / "config.json", folder / "config.json")
     else:  # the source is an adapter: its base's architecture is the model's
-        config = getattr(model, "config", None)
-        if config is None:
-            raise TrainError(f"{source} has no config.json to save the model with")
-        config.save(folder / "config.json")
+        model.config.save(folder / "config.json")
 
 
-def _save_weights(model: nn.Module, folder: Path, source: Path, base: str, lora: LoraSpec | None) -> None:
+def _save_weights(
+    model: Kosmos2ForConditionalGeneration, folder: Path, source: Path, base: str, lora: LoraSpec | None
+) -> None:
     if lora is None:
         save_model(model, folder, source)
     else:
@@ -240,14 +248,28 @@ def _restore_weights(model: nn.Module, folder: Path, lora: LoraSpec | None) -> N
             target.copy_(tensors[key])
 
 
-def latest_checkpoint(out: Path) -> tuple[int, Path] | None:
-    """The last complete checkpoint in ``out`` (its step and folder), if any."""
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """The checkpoint folders this loop writes in ``out`` (``checkpoint-<step>``), complete or not."""
     found = []
     for p in out.glob("checkpoint-*"):
         step = p.name.removeprefix("checkpoint-")
-        if step.isdigit() and (p / STATE_FILE).is_file():
+        if step.isdigit() and p.is_dir():
             found.append((int(step), p))
+    return found
+
+
+def latest_checkpoint(out: Path) -> tuple[int, Path] | None:
+    """The last complete checkpoint in ``out`` (its step and folder), if any."""
+    found = [(step, p) for step, p in _checkpoints(out) if (p / STATE_FILE).is_file()]
     return max(found) if found else None
+
+
+def _drop_checkpoints(out: Path, keep: Path | None = None) -> None:
+    for _, p in _checkpoints(out):
+        if p != keep:
+            shutil.rmtree(p)
+    for p in out.glob(".checkpoint-*.partial"):
+        shutil.rmtree(p)
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
@@ -258,22 +280,31 @@ def fingerprint(examples: Sequence[Example]) -> str:
     return h.hexdigest()[:16]
 
 
-def run_params(settings: TrainSettings, base: str, examples: Sequence[Example]) -> dict[str, Any]:
-    """What a run is (a rerun resumes only the same): the settings that change its result, the base model
-    and the examples."""
-    kept = {k: v for k, v in asdict(settings).items() if k not in ("save_every", "val_every")}
-    return {**kept, "base": base, "examples": fingerprint(examples)}
+def run_params(
+    settings: TrainSettings, base: str, examples: Sequence[Example], dtype: torch.dtype, processes: int
+) -> dict[str, Any]:
+    """What a run is (a rerun resumes only the same): the settings that change its result, the base model,
+    its dtype, the examples and the number of processes (each step's examples depend on it)."""
+    unchanged = ("save_every", "val_every", "gradient_checkpointing")  # the result does not depend on these
+    kept = {k: v for k, v in asdict(settings).items() if k not in unchanged}
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {**kept, "base": base, "dtype": dtype_name, "processes": processes, "examples": fingerprint(examples)}
 
 
 def check_output(out: Path, run: dict[str, Any]) -> bool:
     """Whether ``out`` holds a finished run of ``run`` (True), is empty or an unfinished one (False);
     :class:`TrainError` when it holds anything else, so nothing of another run is overwritten."""
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"{out} is a file; --out names a folder")
     if not out.exists() or not any(out.iterdir()):
         return False
     params = out / RUN_FILE
     if not params.is_file():
         raise TrainError(f"{out} is not empty and holds no training run; use another --out")
-    before = json.loads(params.read_text(encoding="utf-8"))
+    try:
+        before = json.loads(params.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TrainError(f"{params} is not JSON ({e.msg}); use another --out, or delete it") from e
     differ = [k for k in sorted(set(before) | set(run)) if before.get(k) != run.get(k)]
     if differ:
         shown = "; ".join(f"{k}: {before.get(k)!r} then, {run.get(k)!r} now" for k in differ)
@@ -310,10 +341,11 @@ class Trainer:
         self.processor = processor
         self.order = Order(len(self.examples), settings, self.world)
         self.total = self.order.total_steps(settings)
-        self.run = run_params(settings, base, self.examples)
+        self.run = run_params(settings, base, self.examples, model.dtype, self.world.size)
         torch.manual_seed(settings.seed)  # the same fresh adapters in every process
         if settings.lora is not None:
             add_lora(model, settings.lora)
+        torch.manual_seed(settings.seed + self.world.rank)  # then each process its own dropout masks
         if settings.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.model = model
@@ -362,39 +394,31 @@ class Trainer:
     def save_checkpoint(self, step: int, result: TrainResult) -> None:
         """Write ``checkpoint-<step>`` (weights, optimizer, every process's random state) whole, then drop
         the older ones."""
-        rng = self.world.gather(torch.get_rng_state())
+        rng = self.world.gather(_rng_state(self.world.device))
         if self.world.main:
             final = self.out / f"checkpoint-{step}"
             partial = self.out / f".checkpoint-{step}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             _save_weights(self.model, partial, self.source, self.base, self.settings.lora)
-            state = {
-                "step": step,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": rng,
-                "result": asdict(result),
-            }
-            torch.save(state, partial / STATE_FILE)
+            _save_state(partial, step, self.optimizer, self.scheduler, rng, result)
             os.replace(partial, final)
-            for p in self.out.glob("checkpoint-*"):
-                if p != final:
-                    shutil.rmtree(p)
+            _drop_checkpoints(self.out, keep=final)
         self.world.wait()
 
     def resume(self) -> TrainResult:
         """Continue from the last checkpoint in ``out`` (a fresh result when there is none)."""
         found = latest_checkpoint(self.out)
+        seen = self.world.gather(found[0] if found else 0)
+        if len(set(seen)) > 1:
+            raise TrainError(
+                f"the processes see different checkpoints in {self.out} (steps {seen}): --out must be a folder "
+                "every process shares"
+            )
         if found is None:
             return TrainResult(steps=0)
         step, folder = found
         _restore_weights(self.model, folder, self.settings.lora)
-        state = torch.load(folder / STATE_FILE, weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng[self.world.rank] if self.world.rank < len(rng) else rng[0])
-        saved = state["result"]
+        saved = _load_state(folder, self.optimizer, self.scheduler, self.world)
         return TrainResult(
             steps=step,
             losses=[tuple(x) for x in saved["losses"]],
@@ -438,7 +462,7 @@ class Trainer:
             max_new_tokens=answer_tokens + 8,
         )
         text = self.processor.decode(generated[0].tolist())
-        return box_hits(example.text, text.split("</image>", 1)[-1])
+        return box_hits(example.text, text.split("</image>", 1)[-1], example.prompt)
 
     # ---- the whole run
 
@@ -469,7 +493,8 @@ class Trainer:
             if self.validation and (last or (self.settings.val_every and (step + 1) % self.settings.val_every == 0)):
                 v_loss, hits, entities = self.evaluate()
                 result.validations.append((step + 1, v_loss, hits, entities))
-                bar.write(f"step {step + 1}: held-out loss {v_loss:.4f}, boxes found {hits}/{entities}")
+                if self.world.main and progress:
+                    bar.write(f"step {step + 1}: held-out loss {v_loss:.4f}, boxes found {hits}/{entities}")
             if not last and self.settings.save_every and (step + 1) % self.settings.save_every == 0:
                 self.save_checkpoint(step + 1, result)
         bar.close()
@@ -489,6 +514,60 @@ class Trainer:
                 _save_weights(self.model, self.out, self.source, self.base, lora)
             summary = {**asdict(result), "settings": self.run}
             (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-            for p in self.out.glob("checkpoint-*"):
-                shutil.rmtree(p)
+            _drop_checkpoints(self.out)
         self.world.wait()
+
+
+def _save_state(
+    folder: Path,
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rng: list[dict[str, torch.Tensor]],
+    result: TrainResult,
+) -> None:
+    """The trainer's state as safetensors (tensors) and JSON (the rest); no pickle."""
+    optim = optimizer.state_dict()
+    tensors = {f"optimizer.{i}.{k}": v.contiguous() for i, s in optim["state"].items() for k, v in s.items()}
+    tensors |= {f"rng.{rank}.{k}": v for rank, state in enumerate(rng) for k, v in state.items()}
+    save_file(tensors, str(folder / STATE_TENSORS))
+    rest = {
+        "step": step,
+        "param_groups": optim["param_groups"],
+        "scheduler": scheduler.state_dict(),
+        "result": asdict(result),
+    }
+    (folder / STATE_FILE).write_text(json.dumps(rest) + "\n", encoding="utf-8")
+
+
+def _load_state(
+    folder: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, world: World
+) -> dict[str, Any]:
+    """Restore what :func:`_save_state` wrote (this process's random state among them); returns the saved
+    result."""
+    tensors = load_file(str(folder / STATE_TENSORS))
+    rest = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        kind, index, name = key.split(".", 2)
+        if kind == "optimizer":
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+    scheduler.load_state_dict(rest["scheduler"])
+    prefix = f"rng.{world.rank}."
+    _set_rng_state({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}, world.device)
+    return rest["result"]
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random state: the CPU generator's, and its GPU's (dropout draws there on a GPU)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

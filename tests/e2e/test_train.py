@@ -75,7 +75,9 @@ def test_label_then_train_then_the_trained_model_answers(tiny_checkpoint, scenes
         (["--lora", "0"], "rank must be at least 1"),
         (["--merge"], "--merge applies to --lora"),
         (["--format", "yaml"], "invalid choice"),
-        (["--lora", "4", "--lora-target", "nothing"], None),
+        (["--lora", "4", "--lora-target", "nothing"], "no linear layer"),
+        (["--lora", "4", "--lora-alpha", "0"], "alpha must be positive"),
+        (["--max-grad-norm", "-1"], "max_grad_norm must be 0 or more"),
     ],
 )
 def test_a_bad_command_says_one_line_exits_2_and_writes_nothing(tiny_checkpoint, scenes, tmp_path, flags, message):
@@ -93,6 +95,7 @@ def test_strict_refuses_a_file_with_a_bad_record_and_the_default_leaves_it_out(t
     data.write_text(good + json.dumps({"image": "gone.png", "expression": "x", "box": [0, 0, 5, 5]}) + "\n")
     strict = _train(data, tiny_checkpoint, tmp_path / "a", "--images", scenes, "--strict", "--steps", 1)
     assert strict.returncode == 2 and f"{data}:5: no such image" in strict.stderr
+    assert len(strict.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()
     lenient = _train(data, tiny_checkpoint, tmp_path / "b", "--images", scenes, "--steps", 1)
     assert lenient.returncode == 0, lenient.stderr

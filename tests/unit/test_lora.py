@@ -108,6 +108,10 @@ def test_bad_specs_and_files_are_refused(tiny_checkpoint, tmp_path):
     model = Kosmos2ForConditionalGeneration.from_pretrained(tiny_checkpoint)
     with pytest.raises(AdapterError, match="no linear layer"):
         add_lora(model, LoraSpec(target_modules=r"nothing\.here"))
+    with pytest.raises(AdapterError, match="tied"):  # the LM head is the embedding matrix
+        add_lora(model, LoraSpec(target_modules=r"text_model\.lm_head"))
+    with pytest.raises(AdapterError, match="alpha must be positive"):
+        LoraSpec(lora_alpha=0)
     with pytest.raises(AdapterError, match="rank must be at least 1"):
         LoraSpec(r=0)
     with pytest.raises(AdapterError, match="not a regular expression"):

@@ -219,3 +219,31 @@ def test_a_grounded_prompt_keeps_the_boxes_of_its_own_phrases(tmp_path):
         "<grounding><phrase> a cat</phrase><object><patch_index_0000><patch_index_0495></object> and"
     )
     assert examples[0].answer == "<phrase> a dog</phrase><object><patch_index_0528><patch_index_1023></object>"
+
+
+def test_a_box_with_no_area_inside_the_image_and_a_coco_size_that_is_not_the_files_are_problems(tmp_path):
+    Image.new("RGB", (100, 50)).save(tmp_path / "a.png")
+    # [100, 10, 100.4, 20] lies within the half-pixel slack but is empty once clamped to the image
+    (tmp_path / "r.jsonl").write_text(json.dumps({"image": "a.png", "expression": "x", "box": [100, 10, 100.4, 20]}) + "\n")
+    examples, problems = read_examples(tmp_path / "r.jsonl", tmp_path)
+    assert not examples and "no area inside the 100x50 image" in str(problems[0])
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 50, "height": 100}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 9, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    examples, problems = read_examples(tmp_path / "c.json", tmp_path)
+    assert not examples and str(problems[0]).endswith("is 50x100 in the file but " + str(tmp_path / "a.png") + " is 100x50 as shown (EXIF orientation applied)")
+
+
+def test_box_hits_count_the_answers_entities_only():
+    from kosmos2.training import box_hits
+
+    cat = "<phrase> a cat</phrase><object><patch_index_0000><patch_index_0495></object>"  # (0, 0, .5, .5)
+    dog = "<phrase> a dog</phrase><object><patch_index_0528><patch_index_1023></object>"  # (.5, .5, 1, 1)
+    far = "<phrase> a dog</phrase><object><patch_index_0000><patch_index_0033></object>"  # (0, 0, 1/16, 1/16)
+    target = f"<grounding>{cat} and{dog}"
+    assert box_hits(target, target) == (2, 2)
+    assert box_hits(target, target, prompt=f"<grounding>{cat} and") == (1, 1)
+    assert box_hits(target, f"<grounding>{cat} and{far}") == (1, 2)  # IoU 1/64 < 0.5

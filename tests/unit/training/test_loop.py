@@ -14,7 +14,7 @@ from kosmos2 import AutoProcessor, Kosmos2ForConditionalGeneration
 from kosmos2.image_processing import open_image
 from kosmos2.lora import LoraSpec
 from kosmos2.tiny import tiny_config
-from kosmos2.training import Trainer, TrainError, TrainSettings, World, read_examples
+from kosmos2.training import Trainer, TrainError, TrainSettings, World, check_output, read_examples, run_params
 from kosmos2.training.loop import Order, learning_rate_factor
 from reference_model import pixel_values, prompt_inputs
 from scenes import write_scenes
@@ -80,6 +80,14 @@ def test_fixed_targets_are_learned_until_the_model_writes_them(make_checkpoint, 
     assert ("adapter_model.safetensors" if lora else "model.safetensors") in files
     assert {"tokenizer.json", "preprocessor_config.json", "train.json", "run.json"} <= files
     assert not any(name.startswith("checkpoint-") for name in files)
+    import transformers  # with peft installed, transformers itself loads the adapter folder too
+
+    ref = transformers.Kosmos2ForConditionalGeneration.from_pretrained(str(tmp_path / "out")).eval()
+    ours = Kosmos2ForConditionalGeneration.from_pretrained(tmp_path / "out")
+    inputs = prompt_inputs(checkpoint, [[5, 6, 7]])
+    inputs["pixel_values"] = pixel_values(1, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**inputs).logits, ref(**inputs).logits, atol=1e-4, rtol=0)
 
 
 class _Stop(Exception):
@@ -102,11 +110,13 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(tiny_checkpoint,
     with pytest.raises(_Stop):
         _trainer(tiny_checkpoint, data, tmp_path / "cut", settings).train(progress=False, on_step=_stop_at(5))
     assert [p.name for p in (tmp_path / "cut").glob("checkpoint-*")] == ["checkpoint-3"]
+    (tmp_path / "cut" / "checkpoint-best").mkdir()  # the user's, not the loop's: kept
     resumed = _trainer(tiny_checkpoint, data, tmp_path / "cut", settings).train(progress=False)
     assert resumed.resumed_from == 3 and resumed.losses == whole.losses
     name = "adapter_model.safetensors" if lora else "model.safetensors"
     a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "cut" / name))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "cut" / "checkpoint-best").is_dir()
 
 
 def test_a_full_run_saves_a_checkpoint_the_reference_loads(tiny_checkpoint, data, tmp_path):
@@ -133,6 +143,12 @@ def test_an_output_folder_of_something_else_is_refused(tiny_checkpoint, data, tm
     _trainer(tiny_checkpoint, data, tmp_path / "out", TrainSettings(steps=1)).train(progress=False)
     with pytest.raises(TrainError, match="steps: 1 then, 2 now"):
         _trainer(tiny_checkpoint, data, tmp_path / "out", TrainSettings(steps=2)).train(progress=False)
+    examples = read_examples(data / "refexp.jsonl", data)[0]
+    two = run_params(TrainSettings(steps=1), str(tiny_checkpoint), examples, torch.float32, processes=2)
+    with pytest.raises(TrainError, match="processes: 1 then, 2 now"):
+        check_output(tmp_path / "out", two)
+    with pytest.raises(TrainError, match="dtype: 'float32' then, 'bfloat16' now"):
+        check_output(tmp_path / "out", {**two, "processes": 1, "dtype": "bfloat16"})
     with pytest.raises(TrainError, match="already holds this finished run"):
         _trainer(tiny_checkpoint, data, tmp_path / "out", TrainSettings(steps=1)).train(progress=False)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
