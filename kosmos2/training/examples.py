@@ -30,6 +30,7 @@ from PIL import Image
 
 from .. import grounding
 from ..errors import UserError
+from ..runfile import read_run
 
 FORMATS = ("journal", "coco", "refexp", "grounded")
 _EXIF_ORIENTATION = 0x0112
@@ -228,10 +229,7 @@ def _journal(path: Path) -> Reader:
     run = path.with_name(path.name + ".run.json")
     if not run.is_file():
         raise DataError(f"{path} is read as a label journal, but {run.name} (its run's parameters) is not beside it")
-    try:
-        params = json.loads(run.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{run} is not JSON ({e.msg})") from e
+    params = read_run(run, "it is written by label beside its journal")
     task, phrases = params.get("task"), params.get("phrases") or []
     if task not in ("caption", "ground", "detect"):
         raise DataError(f"{run}: a journal of task {task!r}; train reads caption, ground and detect journals")

@@ -34,6 +34,7 @@ from ..hub import PROCESSOR_FILES
 from ..lora import ADAPTER_WEIGHTS, LoraSpec, adapter_state_dict, add_lora, merge_lora, save_adapter
 from ..model import Kosmos2ForConditionalGeneration, next_token_loss
 from ..processing import Kosmos2Processor
+from ..runfile import changes, read_run
 from .batches import LOSS_ON, Encoder, Row, collate
 from .examples import Example
 from .metrics import box_hits
@@ -301,13 +302,8 @@ def check_output(out: Path, run: dict[str, Any]) -> bool:
     params = out / RUN_FILE
     if not params.is_file():
         raise TrainError(f"{out} is not empty and holds no training run; use another --out")
-    try:
-        before = json.loads(params.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TrainError(f"{params} is not JSON ({e.msg}); use another --out, or delete it") from e
-    differ = [k for k in sorted(set(before) | set(run)) if before.get(k) != run.get(k)]
-    if differ:
-        shown = "; ".join(f"{k}: {before.get(k)!r} then, {run.get(k)!r} now" for k in differ)
+    before = read_run(params, "use another --out, or delete it")
+    if shown := changes(before, run):
         raise TrainError(f"{out} holds another training run ({shown}); use another --out, or delete it")
     return (out / SUMMARY_FILE).is_file()
 

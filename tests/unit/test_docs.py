@@ -28,10 +28,8 @@ DOCS = ROOT / "docs"
 ARCHITECTURE = DOCS / "architecture.md"
 PACKAGE = ROOT / "kosmos2"
 MAX_README_LINES = 200
-QUICK_START = (
-    "pip install -r requirements.txt && python app.py",
-    "pip install -r requirements-dev.txt && python -m pytest",
-)
+QUICK_START = ("pip install -r requirements.txt && python app.py",
+               "pip install -r requirements-dev.txt && python -m pytest")
 SCREENSHOT = DOCS / "screenshot.png"
 SCREENSHOT_MAX_BYTES = 300 * 1024
 
@@ -70,9 +68,8 @@ def front_matter() -> dict:
 
 def test_the_readme_is_at_most_200_lines():
     lines = README.read_text(encoding="utf-8").splitlines()
-    assert len(lines) <= MAX_README_LINES, (
-        f"README.md has {len(lines)} lines; the limit is {MAX_README_LINES}: move the details to a page under docs/"
-    )
+    assert len(lines) <= MAX_README_LINES, (f"README.md has {len(lines)} lines; the limit is {MAX_README_LINES}: "
+                                            "move the details to a page under docs/")
 
 
 def test_every_relative_link_points_to_an_existing_file():
@@ -99,9 +96,7 @@ def test_the_screenshot_is_a_small_png_of_the_page():
 
     with Image.open(SCREENSHOT) as shot:
         assert (shot.format, shot.size) == ("PNG", (1280, 900)), (shot.format, shot.size)
-    assert SCREENSHOT.stat().st_size < SCREENSHOT_MAX_BYTES, (
-        "docs/screenshot.png is too large: rerun docs/screenshot.py"
-    )
+    assert SCREENSHOT.stat().st_size < SCREENSHOT_MAX_BYTES, "docs/screenshot.png is too large: rerun docs/screenshot.py"
 
 
 def _module_names() -> dict[str, Path]:
@@ -115,22 +110,16 @@ def _module_names() -> dict[str, Path]:
 
 def test_every_module_is_named_in_the_architecture_page():
     named = set(NAMED_PATH.findall(ARCHITECTURE.read_text(encoding="utf-8")))
-    missing = [
-        name
-        for name, path in _module_names().items()
-        if name not in named and path.relative_to(ROOT).as_posix() not in named
-    ]
+    missing = [name for name, path in _module_names().items()
+               if name not in named and path.relative_to(ROOT).as_posix() not in named]
     assert missing == [], f"docs/architecture.md has no row for: {missing}"
 
 
 def test_every_module_named_in_the_architecture_page_exists():
     named = set(NAMED_PATH.findall(ARCHITECTURE.read_text(encoding="utf-8")))
     assert named, "docs/architecture.md names no module"
-    gone = sorted(
-        name
-        for name in named
-        if not ((ROOT / name / "__init__.py").is_file() if name.endswith("/") else (ROOT / name).is_file())
-    )
+    gone = sorted(name for name in named
+                  if not ((ROOT / name / "__init__.py").is_file() if name.endswith("/") else (ROOT / name).is_file()))
     assert gone == [], f"docs/architecture.md names modules that do not exist: {gone}"
 
 

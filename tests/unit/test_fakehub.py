@@ -71,9 +71,7 @@ def test_hf_hub_download_and_missing_entry(repo_folder: Path, tmp_path: Path) ->
 def test_range_request(repo_folder: Path) -> None:
     data = (repo_folder / "model.safetensors").read_bytes()
     with FakeHub({REPO: repo_folder}) as hub:
-        req = urllib.request.Request(
-            f"{hub.url}/{REPO}/resolve/main/model.safetensors", headers={"Range": "bytes=1000-"}
-        )
+        req = urllib.request.Request(f"{hub.url}/{REPO}/resolve/main/model.safetensors", headers={"Range": "bytes=1000-"})
         with urllib.request.urlopen(req) as resp:
             assert resp.status == 206
             assert resp.headers["Content-Range"] == f"bytes 1000-{len(data) - 1}/{len(data)}"
@@ -143,9 +141,7 @@ def test_tqdm_class_sees_all_bytes(repo_folder: Path, tmp_path: Path) -> None:
     # Non-TTY (pytest captures stderr): the byte bars are created disabled, update() still runs.
     assert _Recorder.disabled[BYTES_BAR] is True
     # http_get reads in DOWNLOAD_CHUNK_SIZE (10 MiB) chunks: a smaller file is one update, at its end.
-    assert sorted(_Recorder.updates[BYTES_BAR]) == sorted(
-        len(b) for n, b in _files(repo_folder).items() if n != "README.md"
-    )
+    assert sorted(_Recorder.updates[BYTES_BAR]) == sorted(len(b) for n, b in _files(repo_folder).items() if n != "README.md")
 
 
 def test_progress_is_gradual_with_smaller_chunks(repo_folder: Path, tmp_path: Path, monkeypatch) -> None:

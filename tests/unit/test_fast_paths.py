@@ -47,23 +47,14 @@ def test_unmasked_prompt_and_steps_match_the_explicit_mask_path(pair):
     with torch.no_grad():
         image = ours.get_image_features(inputs["pixel_values"])[0]
         ones = torch.ones(cfg.layers, cfg.attention_heads)
-        explicit = decoder(
-            input_ids=ids, image_embeds=image, image_embeds_position_mask=image_mask, head_mask=ones
-        ).last_hidden_state
-        fast = decoder(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            image_embeds=image,
-            image_embeds_position_mask=image_mask,
-        ).last_hidden_state
+        explicit = decoder(input_ids=ids, image_embeds=image, image_embeds_position_mask=image_mask,
+                           head_mask=ones).last_hidden_state
+        fast = decoder(input_ids=ids, attention_mask=torch.ones_like(ids), image_embeds=image,
+                       image_embeds_position_mask=image_mask).last_hidden_state
         torch.testing.assert_close(fast, explicit)
         prompt_len = ids.shape[1] - 3
-        out = decoder(
-            input_ids=ids[:, :prompt_len],
-            image_embeds=image,
-            image_embeds_position_mask=image_mask[:, :prompt_len],
-            use_cache=True,
-        )
+        out = decoder(input_ids=ids[:, :prompt_len], image_embeds=image,
+                      image_embeds_position_mask=image_mask[:, :prompt_len], use_cache=True)
         steps = [out.last_hidden_state[:, -1]]
         for t in range(prompt_len, ids.shape[1]):
             out = decoder(input_ids=ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
@@ -117,11 +108,8 @@ def test_int8_linear_error_is_within_the_quantisation_bound():
         want = linear(x)
     s_w = linear.weight.abs().amax(dim=1) / 127  # (48,)
     s_x = (x.max().clamp(min=0) - x.min().clamp(max=0)) / 127
-    bound = (
-        (s_w / 2) * x.abs().sum(dim=1, keepdim=True)
-        + (s_x / 2) * linear.weight.abs().sum(dim=1)
+    bound = (s_w / 2) * x.abs().sum(dim=1, keepdim=True) + (s_x / 2) * linear.weight.abs().sum(dim=1) \
         + (s_w / 2) * (s_x / 2) * 64
-    )
     assert got.shape == want.shape and got.dtype == torch.float32
     assert bool(((got - want).abs() <= bound * 1.01 + 1e-6).all())
     assert not torch.equal(got, want)  # it really is quantised

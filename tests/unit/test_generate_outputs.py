@@ -60,11 +60,9 @@ def test_greedy_outputs_match_reference(pair, options):
     assert isinstance(got, GenerateDecoderOnlyOutput)
     _same_outputs(got, want)
     for normalize in (False, True):
-        assert torch.allclose(
-            ours.compute_transition_scores(got.sequences, got.scores, normalize_logits=normalize),
-            ref.compute_transition_scores(want.sequences, want.scores, normalize_logits=normalize),
-            atol=TOL,
-        )
+        assert torch.allclose(ours.compute_transition_scores(got.sequences, got.scores, normalize_logits=normalize),
+                              ref.compute_transition_scores(want.sequences, want.scores, normalize_logits=normalize),
+                              atol=TOL)
 
 
 def test_sampling_outputs_with_several_sequences_match_reference(pair):
@@ -72,11 +70,8 @@ def test_sampling_outputs_with_several_sequences_match_reference(pair):
     got, want = _both(ours, ref, inputs, seed=5, do_sample=True, top_k=20, temperature=0.8, num_return_sequences=2)
     assert got.sequences.shape[0] == 2 * inputs["input_ids"].shape[0]
     _same_outputs(got, want)
-    assert torch.allclose(
-        ours.compute_transition_scores(got.sequences, got.logits, normalize_logits=True),
-        ref.compute_transition_scores(want.sequences, want.logits, normalize_logits=True),
-        atol=TOL,
-    )
+    assert torch.allclose(ours.compute_transition_scores(got.sequences, got.logits, normalize_logits=True),
+                          ref.compute_transition_scores(want.sequences, want.logits, normalize_logits=True), atol=TOL)
 
 
 @pytest.mark.parametrize("returned", [1, 3])
@@ -88,12 +83,11 @@ def test_beam_search_outputs_match_reference(pair, returned):
     assert torch.allclose(got.sequences_scores, want.sequences_scores, atol=TOL)
     assert torch.equal(got.beam_indices.long(), want.beam_indices.long())
     transitions = ours.compute_transition_scores(got.sequences, got.scores, got.beam_indices)
-    assert torch.allclose(
-        transitions, ref.compute_transition_scores(want.sequences, want.scores, want.beam_indices), atol=TOL
-    )
+    assert torch.allclose(transitions, ref.compute_transition_scores(want.sequences, want.scores, want.beam_indices),
+                          atol=TOL)
     # the documented identity: summed transition scores over length ** penalty = sequences_scores
     lengths = (got.beam_indices >= 0).sum(dim=1)
-    assert torch.allclose(transitions.sum(dim=1) / lengths**0.8, got.sequences_scores, atol=TOL)
+    assert torch.allclose(transitions.sum(dim=1) / lengths ** 0.8, got.sequences_scores, atol=TOL)
 
 
 def test_beam_outputs_with_early_eos_match_reference(pair):
@@ -105,11 +99,8 @@ def test_beam_outputs_with_early_eos_match_reference(pair):
     _same_outputs(got, want)
     assert torch.equal(got.beam_indices.long(), want.beam_indices.long())
     assert (got.beam_indices < 0).any()  # some hypothesis ended before the longest
-    assert torch.allclose(
-        ours.compute_transition_scores(got.sequences, got.scores, got.beam_indices),
-        ref.compute_transition_scores(want.sequences, want.scores, want.beam_indices),
-        atol=TOL,
-    )
+    assert torch.allclose(ours.compute_transition_scores(got.sequences, got.scores, got.beam_indices),
+                          ref.compute_transition_scores(want.sequences, want.scores, want.beam_indices), atol=TOL)
 
 
 def test_default_return_stays_a_tensor_and_bad_counts_are_refused(pair):

@@ -38,9 +38,8 @@ def test_normalising_divides_x_by_the_width_and_y_by_the_height():
 def test_a_box_on_a_wide_image_becomes_the_hand_derived_patch_tokens():
     image = Image.new("RGB", (128, 64), "grey")
     request = build_request("refer", image, boxes=[(32, 8, 96, 40)])  # (0.25, 0.125, 0.75, 0.625)
-    assert request.prompts == (
-        "<grounding><phrase> It</phrase><object><patch_index_0136><patch_index_0631></object> is",
-    )
+    assert request.prompts == ("<grounding><phrase> It</phrase><object><patch_index_0136><patch_index_0631>"
+                               "</object> is",)
 
 
 def test_a_box_drawn_on_a_rotated_image_is_read_in_the_rotated_frame():
@@ -48,6 +47,5 @@ def test_a_box_drawn_on_a_rotated_image_is_read_in_the_rotated_frame():
     image = Image.new("RGB", (64, 32), "grey")
     request = build_request("refer", image, boxes=[(8, 16, 24, 48)], quarter_turns=1)
     assert request.image.size == (32, 64)
-    assert request.prompts == (
-        "<grounding><phrase> It</phrase><object><patch_index_0264><patch_index_0759></object> is",
-    )
+    assert request.prompts == ("<grounding><phrase> It</phrase><object><patch_index_0264><patch_index_0759>"
+                               "</object> is",)

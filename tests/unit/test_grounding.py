@@ -16,10 +16,8 @@ SNOWMAN = (
 )
 SNOWMAN_RESULT = (
     "An image of a snowman warming himself by a fire.",
-    [
-        ("a snowman", (12, 21), [(0.390625, 0.046875, 0.984375, 0.828125)]),
-        ("a fire", (41, 47), [(0.171875, 0.015625, 0.484375, 0.890625)]),
-    ],
+    [("a snowman", (12, 21), [(0.390625, 0.046875, 0.984375, 0.828125)]),
+     ("a fire", (41, 47), [(0.171875, 0.015625, 0.484375, 0.890625)])],
 )
 
 
@@ -146,33 +144,8 @@ def test_entities_to_pixel_boxes():
 
 
 def _random_grounded_string(rng: random.Random) -> str:
-    words = [
-        "An",
-        " image",
-        " of",
-        " a",
-        " snowman",
-        "  ",
-        " ",
-        ".",
-        ",",
-        " fire",
-        " ünï",
-        " 日本",
-        "\n",
-        "<",
-        ">",
-        " a < b",
-        "x>y",
-        "<grounding>",
-        "</image>",
-        "<image>",
-        "</s>",
-        "<s>",
-        "<b>",
-        "<phrase>",
-        "</phrase>",
-    ]
+    words = ["An", " image", " of", " a", " snowman", "  ", " ", ".", ",", " fire", " ünï", " 日本", "\n", "<", ">",
+             " a < b", "x>y", "<grounding>", "</image>", "<image>", "</s>", "<s>", "<b>", "<phrase>", "</phrase>"]
 
     def pair() -> str:
         a, b = rng.randrange(1024), rng.randrange(1024)

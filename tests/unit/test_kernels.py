@@ -15,9 +15,8 @@ from kosmos2.layers import Linear, cpu_kernel, onednn_supported
 from reference_model import CHECKPOINTS, pixel_values, prompt_inputs, reference_model, token_id
 
 # Skipped on a machine without oneDNN, but never in CI (``CI`` set), whose x86-64 machine must take that path.
-needs_onednn = pytest.mark.skipif(
-    not onednn_supported() and not os.environ.get("CI"), reason="needs an x86-64 CPU and PyTorch with oneDNN"
-)
+needs_onednn = pytest.mark.skipif(not onednn_supported() and not os.environ.get("CI"),
+                                  reason="needs an x86-64 CPU and PyTorch with oneDNN")
 
 
 def _linear(in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype = torch.float32) -> Linear:
@@ -27,22 +26,12 @@ def _linear(in_features: int, out_features: int, bias: bool = True, dtype: torch
     return layer
 
 
-@pytest.mark.parametrize(
-    "rows, dtype, onednn, want",
-    [
-        (1, torch.float32, True, "addmv"),
-        (1, torch.bfloat16, True, "addmv"),
-        (1, torch.float16, True, "linear"),
-        (2, torch.float32, True, "linear"),
-        (3, torch.float32, True, "linear"),
-        (4, torch.float32, True, "onednn"),
-        (256, torch.float32, True, "onednn"),
-        (257, torch.float32, True, "linear"),
-        (4, torch.bfloat16, True, "linear"),
-        (4, torch.float32, False, "linear"),
-        (1, torch.float32, False, "addmv"),
-    ],
-)
+@pytest.mark.parametrize("rows, dtype, onednn, want", [
+    (1, torch.float32, True, "addmv"), (1, torch.bfloat16, True, "addmv"), (1, torch.float16, True, "linear"),
+    (2, torch.float32, True, "linear"), (3, torch.float32, True, "linear"), (4, torch.float32, True, "onednn"),
+    (256, torch.float32, True, "onednn"), (257, torch.float32, True, "linear"), (4, torch.bfloat16, True, "linear"),
+    (4, torch.float32, False, "linear"), (1, torch.float32, False, "addmv"),
+])
 def test_kernel_by_row_count(rows, dtype, onednn, want):
     assert cpu_kernel(rows, dtype, onednn) == want
 
@@ -56,7 +45,6 @@ def calls(monkeypatch):
         def wrapped(*args, **kwargs):
             seen.append(name)
             return fn(*args, **kwargs)
-
         return wrapped
 
     monkeypatch.setattr(torch, "addmv", spy("addmv", torch.addmv))
@@ -113,10 +101,8 @@ def test_models_stay_token_identical_to_the_reference_for_one_row_and_four(name,
     model = Kosmos2ForConditionalGeneration.from_pretrained(folder)
     ref = reference_model(folder)
     grounding = token_id(folder, "<grounding>")
-    for texts in (
-        [[grounding, 10, 20, 30, 40]],  # one row: addmv in every decode step
-        [[grounding, 10, 20, 30, 40], [grounding, 11], [12, 13, 14], [grounding, 15, 16]],
-    ):  # oneDNN
+    for texts in ([[grounding, 10, 20, 30, 40]],  # one row: addmv in every decode step
+                  [[grounding, 10, 20, 30, 40], [grounding, 11], [12, 13, 14], [grounding, 15, 16]]):  # oneDNN
         inputs = prompt_inputs(folder, texts)
         inputs["pixel_values"] = pixel_values(len(texts), model.config.vision_config.image_size, seed=5)
         with torch.no_grad():

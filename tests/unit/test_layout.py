@@ -73,7 +73,7 @@ def test_the_import_graph_has_no_circles():
 
     def visit(node: str, path: list[str]) -> None:
         if node in path:
-            raise AssertionError("import circle: " + " -> ".join(path[path.index(node) :] + [node]))
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(node):] + [node]))
         if node in done:
             return
         for target in sorted(edges[node]):
@@ -85,25 +85,18 @@ def test_the_import_graph_has_no_circles():
 
 
 def test_no_module_imports_from_a_layer_above_its_own():
-    wrong = [
-        (name, target)
-        for name, targets in graph().items()
-        for target in targets
-        if layer(target) > layer(name)
-        or (layer(target) == layer(name) == LAYERS["ui"] and group(target) != group(name))
-    ]
+    wrong = [(name, target) for name, targets in graph().items() for target in targets
+             if layer(target) > layer(name) or (layer(target) == layer(name) == LAYERS["ui"] and group(target) != group(name))]
     assert wrong == [], wrong
 
 
 def test_the_demo_layer_imports_without_gradio():
     """Everything below the UI works in a process where Gradio cannot be imported."""
     names = sorted(n for n in modules() if layer(n) < LAYERS["ui"])
-    code = (
-        "import sys, importlib\n"
-        "for blocked in ('gradio', 'gradio_client', 'gradio_image_annotation'): sys.modules[blocked] = None\n"
-        f"for name in {names!r}: importlib.import_module(name)\n"
-        "print('ok', len(sys.modules))"
-    )
+    code = ("import sys, importlib\n"
+            "for blocked in ('gradio', 'gradio_client', 'gradio_image_annotation'): sys.modules[blocked] = None\n"
+            f"for name in {names!r}: importlib.import_module(name)\n"
+            "print('ok', len(sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
 
@@ -124,18 +117,10 @@ def test_every_error_the_package_defines_is_a_user_error_and_the_entry_points_ca
                 defined[f"{name}.{attr}"] = value
     assert "kosmos2.demo.inputs.InputError" in defined and "kosmos2.hub.CheckpointError" in defined
     assert [n for n, cls in defined.items() if not issubclass(cls, UserError) and n != "kosmos2.errors.UserError"] == []
-    for entry in (
-        "kosmos2/cli/task.py",
-        "kosmos2/cli/label/cli.py",
-        "kosmos2/cli/selfcheck/command.py",
-        "kosmos2/ui/server.py",
-        "kosmos2/ui/runner.py",
-    ):
-        caught = [
-            node.type
-            for node in ast.walk(ast.parse((ROOT / entry).read_text()))
-            if isinstance(node, ast.ExceptHandler) and node.type is not None
-        ]
+    for entry in ("kosmos2/cli/task.py", "kosmos2/cli/label/cli.py", "kosmos2/cli/selfcheck/command.py",
+                  "kosmos2/ui/server.py", "kosmos2/ui/runner.py"):
+        caught = [node.type for node in ast.walk(ast.parse((ROOT / entry).read_text()))
+                  if isinstance(node, ast.ExceptHandler) and node.type is not None]
         names = {ast.unparse(t) for t in caught}
         assert "UserError" in names, entry
         assert not names & {"InputError", "SettingError", "UsageError", "JournalError", "OutputError"}, entry
@@ -146,11 +131,6 @@ def test_the_unit_tests_mirror_the_package_and_the_e2e_tests_are_marked():
     folders = {p.relative_to(unit).as_posix() for p in unit.rglob("*") if p.is_dir() and p.name != "__pycache__"}
     packages = {p.parent.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("__init__.py")}
     assert folders and folders <= packages, f"tests/unit folders that are no package of kosmos2: {folders - packages}"
-    listed = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not e2e", "tests/e2e"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not e2e", "tests/e2e"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "no tests collected" in listed.stdout and "deselected" in listed.stdout, listed.stdout[-2000:]

@@ -17,6 +17,7 @@ from kosmos2.tiny import state_dict_shapes
 from reference_model import CHECKPOINTS, MODEL_B, pixel_values, prompt_inputs, reference_model, token_id
 
 
+
 @pytest.fixture(scope="module", params=sorted(CHECKPOINTS))
 def checkpoint(request, make_checkpoint) -> Path:
     return make_checkpoint(request.param, **CHECKPOINTS[request.param])
@@ -375,20 +376,12 @@ def test_inputs_embeds_match_the_reference_for_a_prompt_and_cached_steps(checkpo
     with torch.no_grad():
         runs = []
         for model in (ours, ref):
-            first = model(
-                pixel_values=pv,
-                inputs_embeds=_embeds(model, ids[:, :prompt]),
-                image_embeds_position_mask=slots[:, :prompt],
-                use_cache=True,
-            )
+            first = model(pixel_values=pv, inputs_embeds=_embeds(model, ids[:, :prompt]),
+                          image_embeds_position_mask=slots[:, :prompt], use_cache=True)
             steps, cache = [first.logits], first.past_key_values
             for t in range(prompt, ids.shape[1]):
-                out = model(
-                    inputs_embeds=_embeds(model, ids[:, t : t + 1]),
-                    past_key_values=cache,
-                    image_embeds=first.image_embeds,
-                    use_cache=True,
-                )
+                out = model(inputs_embeds=_embeds(model, ids[:, t : t + 1]), past_key_values=cache,
+                            image_embeds=first.image_embeds, use_cache=True)
                 steps.append(out.logits)
                 cache = out.past_key_values
             runs.append(steps)

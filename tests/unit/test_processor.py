@@ -130,16 +130,13 @@ def test_bboxes_batch_and_text_only(processors):
 
 
 @pytest.mark.parametrize("prompt", ["tags", "spaces", "empty"])
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"add_eos_token": True},
-        {"add_special_tokens": False},
-        {"add_special_tokens": False, "add_eos_token": True},
-        {"first_image_token_id": 100},
-        {"num_image_tokens": 3},
-    ],
-)
+@pytest.mark.parametrize("options", [
+    {"add_eos_token": True},
+    {"add_special_tokens": False},
+    {"add_special_tokens": False, "add_eos_token": True},
+    {"first_image_token_id": 100},
+    {"num_image_tokens": 3},
+])
 def test_special_token_options(processors, prompt, options):
     for images in (IMAGES["tiny"], None):
         assert_same(*_call_both(processors, text=PROMPTS[prompt], images=images, **options))
@@ -163,25 +160,22 @@ BATCH = [PROMPTS["tags"], "a", PROMPTS["two_phrases"], PROMPTS["unicode"]]
 
 
 @pytest.mark.parametrize("with_images", [True, False])
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"padding": True},
-        {"padding": "longest", "return_tensors": "pt"},
-        {"padding": True, "return_tensors": "np", "padding_side": "right"},
-        {"padding": "max_length", "max_length": 120, "return_tensors": "pt"},
-        {"padding": True, "pad_to_multiple_of": 8, "return_tensors": "pt"},
-        {"padding": "max_length", "max_length": 80, "pad_to_multiple_of": 16, "truncation": True},
-        {"padding": "max_length", "max_length": 70, "truncation": True, "return_tensors": "pt"},
-        {"padding": True, "truncation": True, "max_length": 72, "return_tensors": "pt"},
-        {"truncation": "longest_first", "max_length": 70},
-        {"max_length": 69},
-        {"padding": True, "add_eos_token": True, "return_tensors": "pt"},
-        {"padding": True, "add_special_tokens": False},
-        {"padding": "max_length", "return_tensors": "pt"},  # model_max_length from tokenizer_config.json
-        {"padding": True, "return_length": True},
-    ],
-)
+@pytest.mark.parametrize("options", [
+    {"padding": True},
+    {"padding": "longest", "return_tensors": "pt"},
+    {"padding": True, "return_tensors": "np", "padding_side": "right"},
+    {"padding": "max_length", "max_length": 120, "return_tensors": "pt"},
+    {"padding": True, "pad_to_multiple_of": 8, "return_tensors": "pt"},
+    {"padding": "max_length", "max_length": 80, "pad_to_multiple_of": 16, "truncation": True},
+    {"padding": "max_length", "max_length": 70, "truncation": True, "return_tensors": "pt"},
+    {"padding": True, "truncation": True, "max_length": 72, "return_tensors": "pt"},
+    {"truncation": "longest_first", "max_length": 70},
+    {"max_length": 69},
+    {"padding": True, "add_eos_token": True, "return_tensors": "pt"},
+    {"padding": True, "add_special_tokens": False},
+    {"padding": "max_length", "return_tensors": "pt"},  # model_max_length from tokenizer_config.json
+    {"padding": True, "return_length": True},
+])
 def test_batches(processors, with_images, options):
     texts = BATCH if with_images else [t for t in BATCH if t]
     images = [IMAGES[k] for k in ("rgb", "rgba", "gray", "tiny")] if with_images else None
@@ -207,9 +201,8 @@ def test_same_length_batch_is_not_padded(processors):
 
 
 def test_return_length_with_image_is_a_tensor_too(processors):
-    ours, ref = _call_both(
-        processors, text=BATCH, images=[IMAGES["tiny"]] * 4, padding=True, return_length=True, return_tensors="pt"
-    )
+    ours, ref = _call_both(processors, text=BATCH, images=[IMAGES["tiny"]] * 4, padding=True, return_length=True,
+                           return_tensors="pt")
     assert_same(ours, ref, length_as_list=True)
     assert isinstance(ours["length"], torch.Tensor)
 
@@ -293,9 +286,8 @@ def test_decode_matches_reference(processors):
     specials = [0, 1, 2, 3, ours.tokenizer.convert_tokens_to_ids("<mask>")]
     sequences = [ref.tokenizer(SNOWMAN)["input_ids"]]
     for _ in range(60):
-        sequences.append(
-            [rng.choice(specials) if rng.random() < 0.2 else rng.randrange(size) for _ in range(rng.randint(0, 30))]
-        )
+        sequences.append([rng.choice(specials) if rng.random() < 0.2 else rng.randrange(size)
+                          for _ in range(rng.randint(0, 30))])
     for skip in (False, True):
         expected = ref.batch_decode(sequences, skip_special_tokens=skip)
         assert ours.batch_decode(sequences, skip_special_tokens=skip) == expected
@@ -319,13 +311,9 @@ def test_tokenizer_errors(tags_processors):
 
 def test_post_process_generation(tags_processors):
     ours, ref = tags_processors
-    expected = (
-        "An image of a snowman warming himself by a fire.",
-        [
-            ("a snowman", (12, 21), [(0.390625, 0.046875, 0.984375, 0.828125)]),
-            ("a fire", (41, 47), [(0.171875, 0.015625, 0.484375, 0.890625)]),
-        ],
-    )
+    expected = ("An image of a snowman warming himself by a fire.",
+                [("a snowman", (12, 21), [(0.390625, 0.046875, 0.984375, 0.828125)]),
+                 ("a fire", (41, 47), [(0.171875, 0.015625, 0.484375, 0.890625)])])
     text = "<image>. the, to and of</image>" + SNOWMAN
     assert ours.post_process_generation(text) == expected == ref.post_process_generation(text)
     assert ours.post_process_generation(text, cleanup_and_extract=False) == SNOWMAN
@@ -365,12 +353,8 @@ def _image_inputs():
 def test_image_inputs_match_reference(image_processors, name):
     ours, ref = image_processors
     image = _image_inputs()[name]
-    torch.testing.assert_close(
-        ours(image, return_tensors="pt")["pixel_values"],
-        ref(image, return_tensors="pt")["pixel_values"],
-        atol=1e-4,
-        rtol=0,
-    )
+    torch.testing.assert_close(ours(image, return_tensors="pt")["pixel_values"],
+                               ref(image, return_tensors="pt")["pixel_values"], atol=1e-4, rtol=0)
 
 
 def test_one_image_for_several_prompts_is_processed_once(image_processors, monkeypatch):
@@ -396,12 +380,8 @@ def test_image_from_path_and_2d_array(image_processors, tmp_path):
     for source in (tmp_path / "a.png", str(tmp_path / "a.png")):
         torch.testing.assert_close(ours(source, return_tensors="pt")["pixel_values"], expected, atol=1e-4, rtol=0)
     gray = _random_image("L", (9, 11), 9)
-    torch.testing.assert_close(
-        ours(np.array(gray), return_tensors="pt")["pixel_values"],
-        ref(gray, return_tensors="pt")["pixel_values"],
-        atol=1e-4,
-        rtol=0,
-    )
+    torch.testing.assert_close(ours(np.array(gray), return_tensors="pt")["pixel_values"],
+                               ref(gray, return_tensors="pt")["pixel_values"], atol=1e-4, rtol=0)
 
 
 def test_bad_images_raise(tmp_path):
@@ -492,31 +472,28 @@ def test_from_pretrained_errors(tmp_path, make_checkpoint):
         Kosmos2Processor.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({}, "Give images, text, or both"),
-        ({"text": ["a", "b"], "images": IMAGES["tiny"]}, "2 prompts but 1 images"),
-        ({"text": "a", "images": [IMAGES["tiny"]] * 2}, "1 prompts but 2 images"),
-        ({"text": ["a", "b"], "bboxes": [None]}, "one entry per prompt"),
-        ({"text": "<phrase> a</phrase>", "bboxes": [(1, 2), (3, 4)]}, "2 entries but"),
-        ({"text": "<phrase> a</phrase>", "bboxes": [(10, 20, 30, 40)]}, "pixel coordinates"),
-        ({"text": "<phrase> a</phrase>", "bboxes": [(0.5, 0.1, 0.2, 0.9)]}, "x2 > x1"),
-        ({"text": ["a", 3]}, "string or a non-empty list of strings"),
-        ({"text": []}, "non-empty list"),
-        ({"text": "a", "padding": "sideways"}, "padding must be"),
-        ({"text": "a", "truncation": "only_second"}, "truncation must be"),
-        ({"text": "a", "max_length": 0}, "max_length must be"),
-        ({"text": "a", "max_length": 1, "add_eos_token": True}, "no room for the special tokens"),
-        ({"text": "a", "padding": True, "truncation": True, "max_length": 10, "pad_to_multiple_of": 4}, "multiple"),
-        ({"text": "a", "return_tensors": "tf"}, "return_tensors"),
-        ({"text": "a", "padding_side": "up"}, "padding_side"),
-        ({"text": "a", "num_image_tokens": 0}, "num_image_tokens"),
-        ({"text": "a", "images": IMAGES["tiny"], "first_image_token_id": 1200}, "first_image_token_id=1200"),
-        ({"text": "a", "images": IMAGES["tiny"], "first_image_token_id": -1}, "first_image_token_id=-1"),
-        ({"text": ["a", "b c d"], "return_tensors": "pt"}, "different lengths"),
-    ],
-)
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "Give images, text, or both"),
+    ({"text": ["a", "b"], "images": IMAGES["tiny"]}, "2 prompts but 1 images"),
+    ({"text": "a", "images": [IMAGES["tiny"]] * 2}, "1 prompts but 2 images"),
+    ({"text": ["a", "b"], "bboxes": [None]}, "one entry per prompt"),
+    ({"text": "<phrase> a</phrase>", "bboxes": [(1, 2), (3, 4)]}, "2 entries but"),
+    ({"text": "<phrase> a</phrase>", "bboxes": [(10, 20, 30, 40)]}, "pixel coordinates"),
+    ({"text": "<phrase> a</phrase>", "bboxes": [(0.5, 0.1, 0.2, 0.9)]}, "x2 > x1"),
+    ({"text": ["a", 3]}, "string or a non-empty list of strings"),
+    ({"text": []}, "non-empty list"),
+    ({"text": "a", "padding": "sideways"}, "padding must be"),
+    ({"text": "a", "truncation": "only_second"}, "truncation must be"),
+    ({"text": "a", "max_length": 0}, "max_length must be"),
+    ({"text": "a", "max_length": 1, "add_eos_token": True}, "no room for the special tokens"),
+    ({"text": "a", "padding": True, "truncation": True, "max_length": 10, "pad_to_multiple_of": 4}, "multiple"),
+    ({"text": "a", "return_tensors": "tf"}, "return_tensors"),
+    ({"text": "a", "padding_side": "up"}, "padding_side"),
+    ({"text": "a", "num_image_tokens": 0}, "num_image_tokens"),
+    ({"text": "a", "images": IMAGES["tiny"], "first_image_token_id": 1200}, "first_image_token_id=1200"),
+    ({"text": "a", "images": IMAGES["tiny"], "first_image_token_id": -1}, "first_image_token_id=-1"),
+    ({"text": ["a", "b c d"], "return_tensors": "pt"}, "different lengths"),
+])
 def test_bad_calls_raise(tags_processors, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tags_processors[0](**kwargs)

@@ -54,14 +54,8 @@ def test_detect_scores_are_the_same_bits_with_1_and_2_threads_on_mkls_avx2_paths
     env = {**os.environ, "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     env.pop("MKL_CBWR", None)  # as in a user's shell: kosmos2 sets it on import
     env.pop("OMP_NUM_THREADS", None)
-    done = subprocess.run(
-        [sys.executable, "-c", SCORES_AT_1_AND_2_THREADS, str(tiny_checkpoint)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = subprocess.run([sys.executable, "-c", SCORES_AT_1_AND_2_THREADS, str(tiny_checkpoint)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     scores = json.loads(done.stdout.splitlines()[-1])
     assert len(scores["1"]) == 8 and all(len(s) == 3 for s in scores["1"])  # 4 images x 2 phrases, 3 boxes

@@ -20,15 +20,8 @@ def test_full_size_parameter_count_matches_the_seed():
 
 def test_tiny_checkpoint_layout_and_ids(tiny_checkpoint):
     names = {p.name for p in tiny_checkpoint.iterdir()}
-    assert {
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "preprocessor_config.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    } <= names
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json"} <= names
     tok = Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json"))
     assert [tok.id_to_token(i) for i in range(4)] == ["<s>", "<pad>", "</s>", "<unk>"]
     mask = tok.token_to_id("<mask>")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
+from ...runfile import changes, read_run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tiff", ".tif")
 FORMATS = ("coco", "yolo", "jsonl")
@@ -143,13 +144,8 @@ def check_resumable(journal: Path, run: Mapping[str, Any]) -> None:
             f"{journal} exists but {params.name} (its run's parameters) does not; "
             "use another --out, or delete the journal to start over"
         )
-    try:
-        before = json.loads(params.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise JournalError(f"{params} is not JSON ({e.msg}); delete it and the journal to start over") from e
-    differ = [k for k in sorted(set(before) | set(run)) if before.get(k) != run.get(k)]
-    if differ:
-        shown = "; ".join(f"{k}: {before.get(k)!r} then, {run.get(k)!r} now" for k in differ)
+    before = read_run(params, "delete it and the journal to start over")
+    if shown := changes(before, run):
         raise JournalError(
             f"{journal} was written by a different command ({shown}); use another --out, "
             "or delete the journal to start over"

@@ -30,33 +30,22 @@ def test_help_names_label_and_selfcheck(capsys):
     assert info.value.code == 0 and "label DIR" in out and "selfcheck" in out, out
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        ([CAT, "--task", "caption", "--text", "hello"], "--text does not apply to --task caption"),
-        ([CAT, "--task", "caption", "--no-grounding"], "--no-grounding does not apply to --task caption"),
-        ([CAT, "--task", "caption", "--phrase", "a cat"], "--phrase does not apply to --task caption"),
-        ([CAT, "--task", "ask", "--text", "Why?", "--phrase", "a cat"], "--phrase does not apply to --task ask"),
-        ([CAT, "--task", "caption", "--box", "1,2,30,40"], "--box does not apply to --task caption"),
-        (
-            [COFFEE, "--task", "ground", "--text", "a cup", "--text", "a spoon"],
-            "--text is given more than once; for several phrases repeat --phrase",
-        ),
-        ([COFFEE, "--task", "ground", "--text", "a cup", "--phrase", "a spoon"], "give --text or --phrase, not both"),
-        ([CAT, "--max-new-tokens", "0"], "--max-new-tokens must be between 1 and 512, got 0"),
-        (
-            [CAT, "--task", "detect", "--phrase", "a cat", "--candidates", "33"],
-            "--candidates must be between 1 and 32, got 33",
-        ),
-        ([CAT, "--tiny", "--checkpoint", "somewhere"], "give --tiny or --checkpoint, not both"),
-        (
-            [CAT, "--dtype", "float64"],
-            "argument --dtype: invalid choice: 'float64' (choose from 'float32', 'bfloat16', "
-            "'float16') (see python -m kosmos2 --help)",
-        ),
-        ([], "the following arguments are required: image (see python -m kosmos2 --help)"),
-    ],
-)
+@pytest.mark.parametrize(("argv", "message"), [
+    ([CAT, "--task", "caption", "--text", "hello"], "--text does not apply to --task caption"),
+    ([CAT, "--task", "caption", "--no-grounding"], "--no-grounding does not apply to --task caption"),
+    ([CAT, "--task", "caption", "--phrase", "a cat"], "--phrase does not apply to --task caption"),
+    ([CAT, "--task", "ask", "--text", "Why?", "--phrase", "a cat"], "--phrase does not apply to --task ask"),
+    ([CAT, "--task", "caption", "--box", "1,2,30,40"], "--box does not apply to --task caption"),
+    ([COFFEE, "--task", "ground", "--text", "a cup", "--text", "a spoon"],
+     "--text is given more than once; for several phrases repeat --phrase"),
+    ([COFFEE, "--task", "ground", "--text", "a cup", "--phrase", "a spoon"], "give --text or --phrase, not both"),
+    ([CAT, "--max-new-tokens", "0"], "--max-new-tokens must be between 1 and 512, got 0"),
+    ([CAT, "--task", "detect", "--phrase", "a cat", "--candidates", "33"], "--candidates must be between 1 and 32, got 33"),
+    ([CAT, "--tiny", "--checkpoint", "somewhere"], "give --tiny or --checkpoint, not both"),
+    ([CAT, "--dtype", "float64"], "argument --dtype: invalid choice: 'float64' (choose from 'float32', 'bfloat16', "
+                                  "'float16') (see python -m kosmos2 --help)"),
+    ([], "the following arguments are required: image (see python -m kosmos2 --help)"),
+])
 def test_a_flag_that_does_not_apply_or_a_bad_value_is_one_error_line(capsys, argv, message):
     assert _error(capsys, *argv) == message
 

@@ -33,7 +33,6 @@ BAD = {"holiday.png": "not a supported image file", "cut.jpg": "damaged or trunc
 
 # ----------------------------------------------------------------------------- a folder to label
 
-
 def label(*args: str | Path) -> int:
     return main([str(a) for a in args])
 
@@ -53,96 +52,51 @@ def test_yolo_line_and_coco_bbox_of_a_known_box():
 
 
 def _entity(phrase: str, row: int, pixel_boxes: list, score: float | None = 0.5) -> dict:
-    return {
-        "phrase": phrase,
-        "row": row,
-        "span": [0, len(phrase)],
-        "boxes": [],
-        "pixel_boxes": pixel_boxes,
-        "scores": [score] * len(pixel_boxes),
-        "score": score,
-    }
+    return {"phrase": phrase, "row": row, "span": [0, len(phrase)], "boxes": [], "pixel_boxes": pixel_boxes,
+            "scores": [score] * len(pixel_boxes), "score": score}
 
 
 def test_coco_of_detect_records():
     records = [
-        {
-            "file": "a.jpg",
-            "width": 200,
-            "height": 100,
-            "caption": "",
-            "timing": {},
-            "entities": [
-                _entity("a cat", 1, [[0, 0, 20, 10]], 0.123456),
-                {**_entity("a dog", 0, [[5, 5, 15, 25], [100, 50, 200, 100]]), "scores": [0.9, 0.25]},
-            ],
-        },
+        {"file": "a.jpg", "width": 200, "height": 100, "caption": "", "timing": {},
+         "entities": [_entity("a cat", 1, [[0, 0, 20, 10]], 0.123456),
+                      {**_entity("a dog", 0, [[5, 5, 15, 25], [100, 50, 200, 100]]), "scores": [0.9, 0.25]}]},
         {"file": "sub/b.png", "width": 10, "height": 10, "caption": "", "timing": {}, "entities": []},
     ]
     assert labels.coco(records, "detect", PHRASES) == {
-        "images": [
-            {"id": 1, "file_name": "a.jpg", "width": 200, "height": 100},
-            {"id": 2, "file_name": "sub/b.png", "width": 10, "height": 10},
-        ],
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100},
+                   {"id": 2, "file_name": "sub/b.png", "width": 10, "height": 10}],
         "annotations": [
-            {
-                "id": 1,
-                "image_id": 1,
-                "category_id": 2,
-                "bbox": [0, 0, 20, 10],
-                "area": 200,
-                "score": 0.1235,
-                "iscrowd": 0,
-            },
-            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 20], "area": 200, "score": 0.9, "iscrowd": 0},
-            {
-                "id": 3,
-                "image_id": 1,
-                "category_id": 1,
-                "bbox": [100, 50, 100, 50],
-                "area": 5000,
-                "score": 0.25,
-                "iscrowd": 0,
-            },
-        ],
+            {"id": 1, "image_id": 1, "category_id": 2, "bbox": [0, 0, 20, 10], "area": 200, "score": 0.1235,
+             "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 20], "area": 200, "score": 0.9,
+             "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [100, 50, 100, 50], "area": 5000, "score": 0.25,
+             "iscrowd": 0}],
         "categories": [{"id": 1, "name": "a dog"}, {"id": 2, "name": "a cat"}],
     }
     files = labels.yolo(records, "detect", PHRASES, Path("/data/images"))
-    assert files["labels/a.txt"] == (
-        "1 0.050000 0.050000 0.100000 0.100000\n"
-        "0 0.050000 0.150000 0.050000 0.200000\n"
-        "0 0.750000 0.750000 0.500000 0.500000\n"
-    )
+    assert files["labels/a.txt"] == ("1 0.050000 0.050000 0.100000 0.100000\n"
+                                     "0 0.050000 0.150000 0.050000 0.200000\n"
+                                     "0 0.750000 0.750000 0.500000 0.500000\n")
     assert files["labels/sub/b.txt"] == ""
     assert files["classes.txt"] == "a dog\na cat\n"
-    assert yaml.safe_load(files["data.yaml"]) == {
-        "path": "/data/images",
-        "train": ".",
-        "val": ".",
-        "nc": 2,
-        "names": ["a dog", "a cat"],
-    }
+    assert yaml.safe_load(files["data.yaml"]) == {"path": "/data/images", "train": ".", "val": ".", "nc": 2,
+                                                  "names": ["a dog", "a cat"]}
 
 
 def test_ground_keeps_each_rows_own_phrase_only():
-    record = {
-        "file": "a.jpg",
-        "width": 100,
-        "height": 100,
-        "entities": [
-            _entity("a dog", 0, [[1, 2, 3, 4]]),
-            _entity("a ball", 0, [[5, 5, 9, 9]]),  # what the model said after the phrase: not a label
-            _entity("a dog", 0, [[6, 6, 8, 8]]),  # a second mention in the same row
-        ],
-    }  # row 1 ("a cat") found no box: no annotation
+    record = {"file": "a.jpg", "width": 100, "height": 100, "entities": [
+        _entity("a dog", 0, [[1, 2, 3, 4]]),
+        _entity("a ball", 0, [[5, 5, 9, 9]]),  # what the model said after the phrase: not a label
+        _entity("a dog", 0, [[6, 6, 8, 8]]),  # a second mention in the same row
+    ]}  # row 1 ("a cat") found no box: no annotation
     assert labels.annotations_of(record, "ground", PHRASES) == [labels.Annotation("a dog", (1, 2, 3, 4), 0.5)]
 
 
 def test_caption_categories_in_order_of_first_appearance():
-    records = [
-        {"entities": [_entity("a tree", 0, [[0, 0, 1, 1]]), _entity("the sky", 0, [])]},
-        {"entities": [_entity("a man", 0, [[0, 0, 1, 1]]), _entity("a tree", 0, [[1, 1, 2, 2]])]},
-    ]
+    records = [{"entities": [_entity("a tree", 0, [[0, 0, 1, 1]]), _entity("the sky", 0, [])]},
+               {"entities": [_entity("a man", 0, [[0, 0, 1, 1]]), _entity("a tree", 0, [[1, 1, 2, 2]])]}]
     assert labels.categories("caption", (), records) == ["a tree", "a man"]  # "the sky" has no box
 
 
@@ -152,13 +106,8 @@ def test_find_images_sorted_by_extension_any_case(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "folder.png").mkdir()
     assert labels.find_images(tmp_path) == ["a.png", "b.JPG", "d.tiff"]
-    assert labels.find_images(tmp_path, recursive=True) == [
-        "a.png",
-        "b.JPG",
-        "d.tiff",
-        "sub/deeper/f.gif",
-        "sub/e.webp",
-    ]
+    assert labels.find_images(tmp_path, recursive=True) == ["a.png", "b.JPG", "d.tiff", "sub/deeper/f.gif",
+                                                            "sub/e.webp"]
     assert labels.yolo_collisions(["a.jpg", "a.png", "b.png"]) == [("a.jpg", "a.png")]
 
 
@@ -205,7 +154,8 @@ def test_journal_resumes_only_the_same_command_and_one_writer_at_a_time(tmp_path
 @pytest.fixture(scope="module")
 def detect_coco(folder, tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("coco") / "labels.json"
-    assert label(folder, *DETECT, "--recursive", "--format", "coco", "--out", out, "--checkpoint", tiny_checkpoint) == 0
+    assert label(folder, *DETECT, "--recursive", "--format", "coco", "--out", out,
+                 "--checkpoint", tiny_checkpoint) == 0
     return out
 
 
@@ -237,18 +187,10 @@ def test_detect_coco_loads_in_pycocotools_and_matches_the_journal(detect_coco, f
     for name, r in done.items():  # each COCO box is the journal's normalised box in pixels
         image_id = next(i["id"] for i in coco.loadImgs(coco.getImgIds()) if i["file_name"] == name)
         expected = sorted(
-            (
-                coco.getCatIds(catNms=[PHRASES[e["row"]]])[0],
-                [
-                    round(x1 * r["width"]),
-                    round(y1 * r["height"]),
-                    round(x2 * r["width"]) - round(x1 * r["width"]),
-                    round(y2 * r["height"]) - round(y1 * r["height"]),
-                ],
-            )
-            for e in r["entities"]
-            for x1, y1, x2, y2 in e["boxes"]
-        )
+            (coco.getCatIds(catNms=[PHRASES[e["row"]]])[0],
+             [round(x1 * r["width"]), round(y1 * r["height"]),
+              round(x2 * r["width"]) - round(x1 * r["width"]), round(y2 * r["height"]) - round(y1 * r["height"])])
+            for e in r["entities"] for x1, y1, x2, y2 in e["boxes"])
         got = sorted((a["category_id"], a["bbox"]) for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])))
         assert got == expected
 
@@ -257,29 +199,14 @@ def test_yolo_from_the_same_journal_without_relabelling(detect_coco, folder, tmp
     journal = detect_coco.with_suffix(".jsonl")
     before = journal.read_bytes()
     out = tmp_path / "yolo"
-    assert (
-        label(
-            folder,
-            *DETECT,
-            "--recursive",
-            "--format",
-            "yolo",
-            "--out",
-            out,
-            "--journal",
-            journal,
-            "--checkpoint",
-            tiny_checkpoint,
-        )
-        == 0
-    )
+    assert label(folder, *DETECT, "--recursive", "--format", "yolo", "--out", out, "--journal", journal,
+                 "--checkpoint", tiny_checkpoint) == 0
     assert journal.read_bytes() == before
     err = capsys.readouterr().err
     assert "done 0 images, skipped 16" in err and "Model ready" not in err  # nothing to label: no model loaded
     done = {r["file"]: r for r in journal_lines(journal) if "failed" not in r}
     assert sorted(p.relative_to(out / "labels").as_posix() for p in (out / "labels").rglob("*.txt")) == sorted(
-        labels.yolo_label_path(f) for f in done
-    )
+        labels.yolo_label_path(f) for f in done)
     for name, r in done.items():
         lines = (out / "labels" / labels.yolo_label_path(name)).read_text().splitlines()
         assert len(lines) == sum(len(e["pixel_boxes"]) for e in r["entities"])
@@ -292,15 +219,14 @@ def test_yolo_from_the_same_journal_without_relabelling(detect_coco, folder, tmp
     assert data["names"] == list(PHRASES) and data["nc"] == 2 and Path(data["path"]) == folder.resolve()
 
 
-def test_a_run_reads_its_journal_once_and_writes_from_what_it_appended(folder, tmp_path, monkeypatch, tiny_checkpoint):
+def test_a_run_reads_its_journal_once_and_writes_from_what_it_appended(folder, tmp_path, monkeypatch,
+                                                                      tiny_checkpoint):
     reads = []
     real = labels.read_journal
     monkeypatch.setattr(labels, "read_journal", lambda path: reads.append(path) or real(path))
     out, journal = tmp_path / "labels.json", tmp_path / "journal.jsonl"
-    assert (
-        label(folder, *DETECT, "--format", "coco", "--out", out, "--journal", journal, "--checkpoint", tiny_checkpoint)
-        == 0
-    )
+    assert label(folder, *DETECT, "--format", "coco", "--out", out, "--journal", journal,
+                 "--checkpoint", tiny_checkpoint) == 0
     assert reads == [journal]  # read once before the model loads; the writer and the COCO file reuse it
     labelled = [r for r in journal_lines(journal) if "failed" not in r]
     assert len(json.loads(out.read_text())["images"]) == len(labelled) > 0  # every image appended is in the file
@@ -327,56 +253,19 @@ def test_outputs_get_the_usual_permissions_and_counts_read_in_the_singular(tmp_p
     before = os.umask(0o027)
     try:
         out = tmp_path / "labels.json"
-        assert (
-            label(
-                folder,
-                "--phrases",
-                "a cat",
-                "--threshold",
-                "0",
-                "--max-instances",
-                "1",
-                "--out",
-                out,
-                "--checkpoint",
-                tiny_checkpoint,
-            )
-            == 0
-        )
-        assert (
-            label(
-                folder,
-                "--phrases",
-                "a cat",
-                "--threshold",
-                "0",
-                "--max-instances",
-                "1",
-                "--format",
-                "yolo",
-                "--out",
-                tmp_path / "yolo",
-                "--journal",
-                out.with_suffix(".jsonl"),
-                "--checkpoint",
-                tiny_checkpoint,
-            )
-            == 0
-        )
+        assert label(folder, "--phrases", "a cat", "--threshold", "0", "--max-instances", "1", "--out", out,
+                     "--checkpoint", tiny_checkpoint) == 0
+        assert label(folder, "--phrases", "a cat", "--threshold", "0", "--max-instances", "1", "--format", "yolo",
+                     "--out", tmp_path / "yolo", "--journal", out.with_suffix(".jsonl"), "--checkpoint",
+                     tiny_checkpoint) == 0
         plain = tmp_path / "plain.txt"
         plain.write_text("made by open()")  # what the umask gives a new file
     finally:
         os.umask(before)
     mode = plain.stat().st_mode & 0o777
     assert mode == 0o640
-    written = [
-        out,
-        out.with_suffix(".jsonl"),
-        labels.run_file(out.with_suffix(".jsonl")),
-        tmp_path / "yolo" / "classes.txt",
-        tmp_path / "yolo" / "data.yaml",
-        tmp_path / "yolo" / "labels" / "cat.txt",
-    ]
+    written = [out, out.with_suffix(".jsonl"), labels.run_file(out.with_suffix(".jsonl")),
+               tmp_path / "yolo" / "classes.txt", tmp_path / "yolo" / "data.yaml", tmp_path / "yolo" / "labels" / "cat.txt"]
     assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: mode for p in written}
     err = capsys.readouterr().err
     assert f"wrote {out} (COCO: 1 image, 1 annotation, 1 category)" in err, err
@@ -387,23 +276,8 @@ def test_outputs_get_the_usual_permissions_and_counts_read_in_the_singular(tmp_p
 def test_ground_and_caption_to_jsonl(task, folder, tiny_checkpoint, tmp_path):
     out = tmp_path / "labels.jsonl"
     phrases = ["--phrases", PHRASES[0], "--phrases", PHRASES[1]] if task == "ground" else []
-    assert (
-        label(
-            folder,
-            "--task",
-            task,
-            *phrases,
-            "--format",
-            "jsonl",
-            "--out",
-            out,
-            "--max-new-tokens",
-            "6",
-            "--checkpoint",
-            tiny_checkpoint,
-        )
-        == 0
-    )
+    assert label(folder, "--task", task, *phrases, "--format", "jsonl", "--out", out, "--max-new-tokens", "6",
+                 "--checkpoint", tiny_checkpoint) == 0
     records = journal_lines(out)
     assert sorted(r["file"] for r in records) == labels.find_images(folder)  # not sub/: no --recursive
     for r in records:
@@ -420,19 +294,8 @@ def test_ground_and_caption_to_jsonl(task, folder, tiny_checkpoint, tmp_path):
 
 def _cli(folder: Path, out: Path, checkpoint: Path | None) -> list[str]:
     model = ["--checkpoint", str(checkpoint)] if checkpoint else ["--tiny"]
-    return [
-        sys.executable,
-        "-m",
-        "kosmos2",
-        "label",
-        str(folder),
-        *DETECT,
-        "--format",
-        "coco",
-        "--out",
-        str(out),
-        *model,
-    ]
+    return [sys.executable, "-m", "kosmos2", "label", str(folder), *DETECT, "--format", "coco", "--out", str(out),
+            *model]
 
 
 def scores_apart(records: list[dict]) -> tuple[list[dict], list[float]]:
@@ -451,9 +314,8 @@ def assert_same_labels_but_grouping(got: Path, want: Path) -> None:
     """The promise for runs whose images shared batches differently (a resumed run): the same journal records
     and COCO annotations, boxes included, and scores equal within a relative 1e-5 (the COCO file's, rounded
     to 4 decimals, within 1e-4)."""
-    (records, scores), (want_records, want_scores) = (
-        scores_apart(journal_lines(p.with_suffix(".jsonl"))) for p in (got, want)
-    )
+    (records, scores), (want_records, want_scores) = (scores_apart(journal_lines(p.with_suffix(".jsonl")))
+                                                      for p in (got, want))
     assert records == want_records
     assert scores == pytest.approx(want_scores, rel=1e-5, abs=0)
     coco, want_coco = (json.loads(p.read_text()) for p in (got, want))
@@ -470,9 +332,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_files(tmp_path, tiny_chec
     subprocess.run(_cli(folder, whole, tiny_checkpoint), cwd=ROOT, check=True, capture_output=True)
 
     journal = killed.with_suffix(".jsonl")
-    proc = subprocess.Popen(
-        _cli(folder, killed, tiny_checkpoint), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(_cli(folder, killed, tiny_checkpoint), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (journal.exists() and journal.read_bytes().count(b"\n") >= 4):
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -490,21 +351,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_files(tmp_path, tiny_chec
     assert f"skipped {lines_at_kill}" in rerun.stderr
     assert_same_labels_but_grouping(killed, whole)
     for out in (whole, killed):  # and the YOLO files, from each journal
-        assert (
-            label(
-                folder,
-                *DETECT,
-                "--format",
-                "yolo",
-                "--out",
-                out.parent / "yolo",
-                "--journal",
-                out.with_suffix(".jsonl"),
-                "--checkpoint",
-                tiny_checkpoint,
-            )
-            == 0
-        )
+        assert label(folder, *DETECT, "--format", "yolo", "--out", out.parent / "yolo", "--journal",
+                     out.with_suffix(".jsonl"), "--checkpoint", tiny_checkpoint) == 0
     for path in sorted((whole.parent / "yolo").rglob("*")):
         twin = killed.parent / "yolo" / path.relative_to(whole.parent / "yolo")
         assert path.is_dir() or path.read_bytes() == twin.read_bytes(), path  # (YOLO has no scores)
@@ -544,13 +392,8 @@ def test_a_sigkill_right_after_an_append_loses_nothing_reported_done(tmp_path, t
     out = tmp_path / "labels.json"
     args = _cli(folder, out, tiny_checkpoint)[4:]
     for appends in (1, 2, 6):
-        killed = subprocess.run(
-            [sys.executable, "-c", SIGNAL_IN_APPEND, "SIGKILL", str(appends), *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        killed = subprocess.run([sys.executable, "-c", SIGNAL_IN_APPEND, "SIGKILL", str(appends), *args], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert len(journal_lines(out.with_suffix(".jsonl"))) == appends
         out.with_suffix(".jsonl").unlink()
@@ -559,13 +402,8 @@ def test_a_sigkill_right_after_an_append_loses_nothing_reported_done(tmp_path, t
 def test_a_sigterm_during_an_append_counts_that_image_in_the_summary(tmp_path, tiny_checkpoint):
     out = tmp_path / "labels.json"
     args = _cli(make_folder(tmp_path / "images", count=8), out, tiny_checkpoint)[4:]
-    stopped = subprocess.run(
-        [sys.executable, "-c", SIGNAL_IN_APPEND, "SIGTERM", "2", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    stopped = subprocess.run([sys.executable, "-c", SIGNAL_IN_APPEND, "SIGTERM", "2", *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 143, stopped.stderr
     done = re.search(r"done (\d+) images, skipped 0 \(already in the journal\), failed (\d+)", stopped.stderr)
     assert done and int(done[1]) + int(done[2]) == len(journal_lines(out.with_suffix(".jsonl"))) >= 2, stopped.stderr
@@ -582,9 +420,8 @@ def test_sigterm_and_ctrl_c_finish_the_images_in_progress_and_say_how_to_resume(
     out = tmp_path / "labels.json"
     journal = out.with_suffix(".jsonl")
     before = set(Path(tempfile.gettempdir()).glob("kosmos2-tiny-*"))
-    proc = subprocess.Popen(
-        _cli(folder, out, None), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(_cli(folder, out, None), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 120
     while not (journal.exists() and journal.read_bytes().count(b"\n") >= 2):
         assert proc.poll() is None, "the run ended before the signal"
@@ -636,22 +473,10 @@ def _bad_cases(tmp: Path, folder: Path) -> dict[str, list]:
 
 
 CASES = [
-    "missing folder",
-    "empty folder",
-    "detect without phrases",
-    "ground without phrases",
-    "out under a file",
-    "out in a missing folder",
-    "out is a folder",
-    "unknown format",
-    "generation flag for detect",
-    "detection flag for ground",
-    "threshold out of range",
-    "phrases for caption",
-    "markup only phrase",
-    "tiny and a checkpoint",
-    "workers without ray",
-]
+    "missing folder", "empty folder", "detect without phrases", "ground without phrases", "out under a file",
+    "out in a missing folder", "out is a folder", "unknown format", "generation flag for detect",
+    "detection flag for ground", "threshold out of range", "phrases for caption", "markup only phrase",
+    "tiny and a checkpoint", "workers without ray"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -681,42 +506,30 @@ def test_offline_without_tiny_is_an_error_at_once_and_loads_no_random_weights(fo
     env.pop("KOSMOS2_CHECKPOINT", None)
     out = tmp_path / "out" / "labels.json"
     out.parent.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "kosmos2", "label", str(folder), *DETECT, "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = subprocess.run([sys.executable, "-m", "kosmos2", "label", str(folder), *DETECT, "--out", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.splitlines()[-1]
     assert last.startswith("error: Could not get 'microsoft/kosmos-2-patch14-224'") and last.endswith(
         "label never falls back to random weights (--tiny labels with the tiny random checkpoint, --checkpoint DIR "
-        "with a local copy)"
-    ), proc.stderr
+        "with a local copy)"), proc.stderr
     assert "tiny checkpoint" not in proc.stderr.replace(last, "") and "Model ready" not in proc.stderr, proc.stderr
     assert list(out.parent.iterdir()) == []
 
 
 def test_ray_missing_is_one_line(folder, tmp_path):
-    code = (
-        "import sys; sys.modules['ray'] = None; from kosmos2.cli.label import main; "
-        f"sys.exit(main({[str(folder), *DETECT, '--engine', 'ray', '--out', str(tmp_path / 'l.json')]!r}))"
-    )
+    code = ("import sys; sys.modules['ray'] = None; from kosmos2.cli.label import main; "
+            f"sys.exit(main({[str(folder), *DETECT, '--engine', 'ray', '--out', str(tmp_path / 'l.json')]!r}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr == "error: --engine ray needs Ray: pip install -r requirements-ray.txt\n"
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "case, message",
-    [
-        ("generation flag for detect", "error: --max-new-tokens does not apply to --task detect\n"),
-        ("detection flag for ground", "error: --threshold does not apply to --task ground\n"),
-    ],
-)
+@pytest.mark.parametrize("case, message", [
+    ("generation flag for detect", "error: --max-new-tokens does not apply to --task detect\n"),
+    ("detection flag for ground", "error: --threshold does not apply to --task ground\n"),
+])
 def test_a_setting_of_another_task_is_named(case, message, folder, tmp_path, capsys):
     assert label(*_bad_cases(tmp_path, folder)[case]) == 2
     assert capsys.readouterr().err == message

@@ -52,26 +52,16 @@ def _reference_run(model, processor, prompts, image, with_scores: bool) -> list[
     """As ``Kosmos2ModelIntegrationTest.run_example`` in transformers: one record per prompt."""
     inputs = processor(text=prompts, images=image, return_tensors="pt", padding=True)
     with torch.no_grad():
-        out = model.generate(
-            pixel_values=inputs["pixel_values"],
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            image_embeds=None,
-            image_embeds_position_mask=inputs["image_embeds_position_mask"],
-            use_cache=True,
-            max_new_tokens=NEW_TOKENS,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
+        out = model.generate(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                             attention_mask=inputs["attention_mask"], image_embeds=None,
+                             image_embeds_position_mask=inputs["image_embeds_position_mask"], use_cache=True,
+                             max_new_tokens=NEW_TOKENS, output_scores=True, return_dict_in_generate=True)
     records = []
     for ids, text in zip(out.sequences, processor.batch_decode(out.sequences, skip_special_tokens=True)):
         caption, entities = processor.post_process_generation(text)
-        record = {
-            "expected_ids": ids.tolist(),
-            "processed_text": processor.post_process_generation(text, cleanup_and_extract=False),
-            "caption": caption,
-            "entities": json.loads(json.dumps(entities)),
-        }
+        record = {"expected_ids": ids.tolist(),
+                  "processed_text": processor.post_process_generation(text, cleanup_and_extract=False),
+                  "caption": caption, "entities": json.loads(json.dumps(entities))}
         if with_scores:
             scores = out.scores
             record["scores_1_4_first3x3"] = torch.concat(scores[1:4])[:3, :3].tolist()
@@ -124,19 +114,8 @@ def _write(data: dict, folder: Path, name: str = "record.json") -> Path:
 
 def _selfcheck(capsys, tiny: Path, image: Path, expectations: Path, *extra: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    code = main(
-        [
-            "--checkpoint",
-            str(tiny),
-            "--image",
-            str(image),
-            "--expectations",
-            str(expectations),
-            "--device",
-            "cpu",
-            *extra,
-        ]
-    )
+    code = main(["--checkpoint", str(tiny), "--image", str(image), "--expectations", str(expectations),
+                 "--device", "cpu", *extra])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -166,9 +145,8 @@ def test_reference_record_passes_in_float32(capsys, tiny_checkpoint, image_png, 
 
 
 def test_other_modes_are_compared_with_float32(capsys, tiny_checkpoint, image_png, record, tmp_path):
-    code, out, _ = _selfcheck(
-        capsys, tiny_checkpoint, image_png, _write(record, tmp_path), "--cases", "referring expression generation"
-    )
+    code, out, _ = _selfcheck(capsys, tiny_checkpoint, image_png, _write(record, tmp_path),
+                              "--cases", "referring expression generation")
     assert code == 0, out  # the exit status follows float32 only
     header = out.splitlines()[1]
     assert "bfloat16 vs float32" in header and "int8 vs float32" in header
@@ -184,9 +162,8 @@ def test_a_changed_token_id_fails_and_says_where(capsys, tiny_checkpoint, image_
     ids = _entry(changed, "brief")["expected_ids"]
     position = 71 + 2  # the third new token (the prompt is 71 ids)
     ids[position] = ids[position] + 1
-    code, out, _ = _selfcheck(
-        capsys, tiny_checkpoint, image_png, _write(changed, tmp_path), "--modes", "float32", "--cases", "brief"
-    )
+    code, out, _ = _selfcheck(capsys, tiny_checkpoint, image_png, _write(changed, tmp_path),
+                              "--modes", "float32", "--cases", "brief")
     assert code == 1
     assert "MISMATCH (1)" in _table_row(out, "brief")
     want, got = ids[position], ids[position] - 1
@@ -198,30 +175,20 @@ def test_a_changed_box_fails_and_says_which_entity(capsys, tiny_checkpoint, imag
     entity = _entry(changed, "referring expression generation")["entities"][0]
     assert entity[0] == "It"  # the prompt's own <phrase> It</phrase><object>…</object>
     entity[2][0][0] += 1 / 32
-    code, out, _ = _selfcheck(
-        capsys,
-        tiny_checkpoint,
-        image_png,
-        _write(changed, tmp_path),
-        "--modes",
-        "float32",
-        "--cases",
-        "referring expression generation",
-    )
+    code, out, _ = _selfcheck(capsys, tiny_checkpoint, image_png, _write(changed, tmp_path),
+                              "--modes", "float32", "--cases", "referring expression generation")
     assert code == 1
     assert "MISMATCH (1)" in _table_row(out, "referring expression generation")
     assert "referring expression generation: entity 1 ('It'): boxes expected" in out
 
 
 @pytest.mark.parametrize("delta, code", [(1e-3, 1), (1e-6, 0)])
-def test_score_slices_are_compared_within_the_tolerance(
-    capsys, tiny_checkpoint, image_png, record, tmp_path, delta, code
-):
+def test_score_slices_are_compared_within_the_tolerance(capsys, tiny_checkpoint, image_png, record, tmp_path,
+                                                        delta, code):
     changed = copy.deepcopy(record)
     _entry(changed, "brief")["scores_last3_last3x3"][1][2] += delta
-    got, out, _ = _selfcheck(
-        capsys, tiny_checkpoint, image_png, _write(changed, tmp_path), "--modes", "float32", "--cases", "brief"
-    )
+    got, out, _ = _selfcheck(capsys, tiny_checkpoint, image_png, _write(changed, tmp_path),
+                             "--modes", "float32", "--cases", "brief")
     assert got == code, out
     if code:
         assert "brief: scores_last3_last3x3: max |difference| 1.00e-03 > 0.0001 at [1][2]" in out
@@ -246,22 +213,14 @@ def _closed_port() -> int:
 def _run_cli(args: list[str], env_update: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update({"HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}, **env_update)
-    return subprocess.run(
-        [sys.executable, "-m", "kosmos2", "selfcheck", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return subprocess.run([sys.executable, "-m", "kosmos2", "selfcheck", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
 
 
 # the unreachable endpoint waits out huggingface_hub's retries (1 + 2 + 4 + 8 + 8 s): with the e2e tests
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE=1", pytest.param("unreachable endpoint", marks=pytest.mark.e2e)])
 def test_without_the_hub_it_says_so_in_one_line(tmp_path, how):
-    env = (
-        {"HF_HUB_OFFLINE": "1"} if how == "HF_HUB_OFFLINE=1" else {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
-    )
+    env = {"HF_HUB_OFFLINE": "1"} if how == "HF_HUB_OFFLINE=1" else {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
     done = _run_cli([], env, tmp_path)
     assert done.returncode == 2, done
     assert done.stdout == ""
@@ -276,20 +235,17 @@ def test_with_an_image_but_no_checkpoint_offline_it_says_so_in_one_line(tmp_path
     assert len(done.stderr.splitlines()) == 1 and "microsoft/kosmos-2-patch14-224" in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--bogus"], "unrecognized arguments: --bogus"),
-        (["--modes", "bfloat16"], "--modes must start with float32"),
-        (["--modes", "float32,float64"], "unknown mode 'float64'"),
-        (["--device", "tpu"], "--device must be cpu or cuda"),
-        (["--cases", "nope"], "unknown case 'nope'"),
-        (["--atol", "-1"], "--atol must be >= 0"),
-        (["--expectations", "/nonexistent/record.json"], "expectations file not found"),
-        (["--checkpoint", "/nonexistent/folder", "--image", "IMAGE"], "Checkpoint folder not found"),
-        (["--checkpoint", "CHECKPOINT", "--image", "/nonexistent/snowman.png"], "No such image file"),
-    ],
-)
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--modes", "bfloat16"], "--modes must start with float32"),
+    (["--modes", "float32,float64"], "unknown mode 'float64'"),
+    (["--device", "tpu"], "--device must be cpu or cuda"),
+    (["--cases", "nope"], "unknown case 'nope'"),
+    (["--atol", "-1"], "--atol must be >= 0"),
+    (["--expectations", "/nonexistent/record.json"], "expectations file not found"),
+    (["--checkpoint", "/nonexistent/folder", "--image", "IMAGE"], "Checkpoint folder not found"),
+    (["--checkpoint", "CHECKPOINT", "--image", "/nonexistent/snowman.png"], "No such image file"),
+])
 def test_bad_arguments_give_one_error_line(capsys, tiny_checkpoint, image_png, args, message):
     args = [str(image_png) if a == "IMAGE" else str(tiny_checkpoint) if a == "CHECKPOINT" else a for a in args]
     capsys.readouterr()
@@ -325,9 +281,8 @@ def test_the_packaged_expectations_are_the_recorded_facts():
     assert brief["caption"] == "An image of a snowman warming himself by a fire."
     assert len(brief["ids"]) == 92 and set(SCORE_SLICES) <= set(brief)
     assert cases[2].prompts == ("<grounding>Describe this image in detail:", "<grounding>An image of")
-    assert cases[2].expected == tuple(
-        {k: c.expected[0][k] for k in ("processed_text", "caption", "entities")} for c in (cases[1], cases[0])
-    )
+    assert cases[2].expected == tuple({k: c.expected[0][k] for k in ("processed_text", "caption", "entities")}
+                                      for c in (cases[1], cases[0]))
     if SHARED.is_file():  # the project's shared copy, where it exists (not in CI)
         assert data == json.loads(SHARED.read_text(encoding="utf-8"))
 
@@ -341,16 +296,13 @@ def test_compare_reports_each_kind_of_mismatch():
     got = _produced().record()
     assert compare({"ids": [0, 5, 6, 2], "caption": "a cat", "entities": got["entities"]}, got) == []
     assert compare({"ids": [0, 5, 7, 2]}, got, prompt_length=2) == [
-        "ids differ at position 2 (new token 1): expected 7, got 6 (lengths 4 and 4)"
-    ]
+        "ids differ at position 2 (new token 1): expected 7, got 6 (lengths 4 and 4)"]
     assert compare({"ids": [0, 5, 6]}, got)[0].startswith("ids differ at position 3: expected the end, got 2")
     assert "caption differs at character 2" in compare({"caption": "a dog"}, got)[0]
     assert compare({"entities": [["a cat", [0, 5], [[0.0, 0.0, 0.5, 0.25]]]]}, got) == [
-        "entity 1 ('a cat'): boxes expected [[0.0, 0.0, 0.5, 0.25]], got [[0.0, 0.0, 0.5, 0.5]]"
-    ]
+        "entity 1 ('a cat'): boxes expected [[0.0, 0.0, 0.5, 0.25]], got [[0.0, 0.0, 0.5, 0.5]]"]
     assert compare({"entities": [["a dog", [0, 5], [[0.0, 0.0, 0.5, 0.5]]]]}, got) == [
-        "entity 1: phrase expected 'a dog', got 'a cat'"
-    ]
+        "entity 1: phrase expected 'a dog', got 'a cat'"]
     assert compare({"entities": []}, got) == ["entities: expected 0, got 1 (extra: 'a cat')"]
     assert compare({"scores_1_4_first3x3": [[1.0]]}, got) == ["scores_1_4_first3x3: no scores were produced"]
     scored = _produced(scores={"scores_1_4_first3x3": [[1.0, float("nan")]]}).record()
@@ -362,8 +314,7 @@ def test_compare_reports_each_kind_of_mismatch():
 def test_compare_case_prefixes_batch_rows():
     case = Case("b", "integration test", True, ("p", "q"), ({"caption": "a cat"}, {"caption": "a dog"}))
     assert compare_case(case, [_produced(), _produced()]) == [
-        "row 2: caption differs at character 2: expected …'a dog'…, got …'a cat'…"
-    ]
+        "row 2: caption differs at character 2: expected …'a dog'…, got …'a cat'…"]
     assert compare_case(case, [_produced()]) == ["1 rows produced for 2 prompts"]
 
 
@@ -375,9 +326,7 @@ def test_box_iou():
 
 
 def test_agreement_matches_entities_by_phrase():
-    ref = _produced(
-        ids=(0, 1, 5, 6, 7), entities=[("a cat", (0, 5), [(0, 0, 1, 1)]), ("a dog", (6, 11), [(0, 0, 1, 1)])]
-    )
+    ref = _produced(ids=(0, 1, 5, 6, 7), entities=[("a cat", (0, 5), [(0, 0, 1, 1)]), ("a dog", (6, 11), [(0, 0, 1, 1)])])
     same = agreement([ref], [ref])
     assert same == Agreement(None, (1.0, 1.0), 2) and same.text(False) == "tokens identical; IoU 1.00 (2/2 matched)"
     other = _produced(ids=(0, 1, 5, 9), entities=[("a dog", (6, 11), [(0.5, 0, 1.5, 1)])])
@@ -397,14 +346,7 @@ def test_unknown_case_names_are_a_usage_error():
 
 
 def test_two_integration_entries_with_one_name_are_refused():
-    entry = {
-        "name": "brief",
-        "prompt": "<grounding>An image of",
-        "expected_ids": [0],
-        "expected_text": "x",
-        "expected_processed_text": "x",
-        "expected_caption": "x",
-        "expected_entities": [],
-    }
+    entry = {"name": "brief", "prompt": "<grounding>An image of", "expected_ids": [0], "expected_text": "x",
+             "expected_processed_text": "x", "expected_caption": "x", "expected_entities": []}
     with pytest.raises(UsageError, match="case names must be unique"):
         cases_from({"integration_test": [entry, dict(entry)]})

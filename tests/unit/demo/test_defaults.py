@@ -34,17 +34,15 @@ def test_a_cuda_machine_loads_bfloat16_on_the_gpu():
     assert (model.dtype, model.device.type) == (torch.bfloat16, "cuda")
 
 
-@pytest.mark.parametrize(
-    "name, dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)]
-)
+@pytest.mark.parametrize("name, dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16),
+                                         ("float16", torch.float16)])
 def test_each_kosmos2_dtype_is_the_loaded_dtype(monkeypatch, name, dtype):
     monkeypatch.setenv("KOSMOS2_DTYPE", name)
     assert ModelHolder(force_tiny=True, device="cpu").get().model.dtype == dtype
 
 
-@pytest.mark.parametrize(
-    "variable, value", [("KOSMOS2_DTYPE", "float64"), ("KOSMOS2_DTYPE", "fp32"), ("KOSMOS2_QUANTIZE", "int4")]
-)
+@pytest.mark.parametrize("variable, value", [("KOSMOS2_DTYPE", "float64"), ("KOSMOS2_DTYPE", "fp32"),
+                                             ("KOSMOS2_QUANTIZE", "int4")])
 def test_a_bad_setting_is_refused_before_anything_loads(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValueError, match=f"{variable}.*{value}"):

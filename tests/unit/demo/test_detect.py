@@ -97,10 +97,8 @@ def test_a_score_exactly_at_the_threshold_is_kept_and_one_just_below_is_not():
     assert detection.select([at, below], threshold=0.25, max_instances=10, iou_limit=0.5) == [at]
 
 
-@pytest.mark.parametrize(
-    ("score", "shown"),
-    [(0.87, "0.87"), (0.01, "0.01"), (0.0099, "9.9e-3"), (4.3e-5, "4.3e-5"), (1.25e-12, "1.2e-12"), (0.0, "0.00")],
-)
+@pytest.mark.parametrize(("score", "shown"), [(0.87, "0.87"), (0.01, "0.01"), (0.0099, "9.9e-3"),
+                                               (4.3e-5, "4.3e-5"), (1.25e-12, "1.2e-12"), (0.0, "0.00")])
 def test_a_small_score_is_shown_with_two_significant_digits_not_as_zero(score, shown):
     assert draw.format_score(score) == shown
     assert draw.box_label("a cup", score) == f"a cup · {shown}"
@@ -114,10 +112,8 @@ def _found(scores: list[float]) -> Detection:
 def test_a_detect_that_keeps_no_box_gives_the_best_score_and_says_to_lower_the_threshold():
     found = _found([4.3e-5, 2e-5])
     timing = found.result(DetectionSettings(threshold=0.1)).timing_text()
-    assert timing == (
-        "0 boxes kept of 2 candidates in 0.50 s · the best scores 4.3e-5, under the box threshold 0.1: "
-        "lower it to see boxes"
-    )
+    assert timing == ("0 boxes kept of 2 candidates in 0.50 s · the best scores 4.3e-5, under the box threshold 0.1: "
+                      "lower it to see boxes")
     assert found.result(DetectionSettings(threshold=0.0)).timing_text() == "2 boxes kept of 2 candidates in 0.50 s"
 
 
@@ -145,11 +141,9 @@ def test_density_map_sums_the_scores_of_the_boxes_covering_each_half_cell():
 
 
 def test_box_scores_follow_the_entities_of_a_text():
-    text = (
-        "<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>"
-        " by<object><patch_index_0001><patch_index_0002></delimiter_of_multi_objects/><patch_index_0003>"
-        "<patch_index_0004></object>"
-    )
+    text = ("<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>"
+            " by<object><patch_index_0001><patch_index_0002></delimiter_of_multi_objects/><patch_index_0003>"
+            "<patch_index_0004></object>")
     logprobs = [math.log(0.5), math.log(0.8), None, math.log(0.9), math.log(0.4), math.log(0.5)]
     assert grounding.box_scores(text, logprobs) == [[pytest.approx(0.4)], [None], [pytest.approx(0.2)]]
     ids = [0, 44, 3, 9, 100, 44, 7, 101]  # 3 = </image>; 100, 101 (and 44 only after </image>) are locations
@@ -163,7 +157,8 @@ def test_scores_travel_with_the_entities_to_json_page_and_png():
     image = Image.new("RGB", (64, 64), (200, 200, 200))
     request = build_request("ground", image, "a snowman")
     text = "<grounding><phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>"
-    result = build_result(request, [text], done=True, patch_logprobs=[[math.log(0.5), math.log(0.8)]])
+    result = build_result(request, [text], done=True,
+                          patch_logprobs=[[math.log(0.5), math.log(0.8)]])
     (entity,) = result.entities
     assert entity.scores == [pytest.approx(0.4)] and result.entities_json()[0]["score"] == pytest.approx(0.4)
     assert "a snowman · 0.40" in view.render(view.image_data_uri(image), result)
@@ -199,27 +194,20 @@ def prompt_inputs_for(ids: list[int]) -> dict[str, torch.Tensor]:
 def test_locate_equals_the_reference_run_alone_per_candidate(pair):
     folder, ours, ref = pair
     location_ids = torch.tensor([token_id(folder, grounding.patch_index_token(i)) for i in range(CELLS)])
-    grounding_id, phrase, phrase_end, obj = (
-        token_id(folder, t) for t in ("<grounding>", "<phrase>", "</phrase>", "<object>")
-    )
+    grounding_id, phrase, phrase_end, obj = (token_id(folder, t) for t in ("<grounding>", "<phrase>", "</phrase>", "<object>"))
     prompts = [[grounding_id, phrase, 10, 20, phrase_end, obj], [grounding_id, phrase, 30, phrase_end, obj]]
     batch = prompt_inputs(folder, prompts)
     pixels = pixel_values(2, ours.config.vision_config.image_size)
     engine = Engine(ours)
-    located = locate(
-        engine,
-        engine.rows(pixels, batch["input_ids"], batch["image_embeds_position_mask"], batch["attention_mask"]),
-        location_ids,
-        candidates=4,
-        floor=0.0,
-    )
+    located = locate(engine, engine.rows(pixels, batch["input_ids"], batch["image_embeds_position_mask"],
+                                      batch["attention_mask"]), location_ids, candidates=4, floor=0.0)
     for r, row in enumerate(located):
         ids = batch["input_ids"][r][batch["attention_mask"][r].bool()].tolist()
-        want_first = _reference_next(ref, ids, pixels[r : r + 1])[location_ids]
+        want_first = _reference_next(ref, ids, pixels[r:r + 1])[location_ids]
         assert torch.allclose(row.first, want_first, atol=1e-5)
         assert row.tried == want_first.topk(4).indices.tolist()
         for k, c in enumerate(row.tried):  # the batched step = the reference on prompt + that first cell, alone
-            want_second = _reference_next(ref, ids + [int(location_ids[c])], pixels[r : r + 1])[location_ids]
+            want_second = _reference_next(ref, ids + [int(location_ids[c])], pixels[r:r + 1])[location_ids]
             assert torch.allclose(row.second[k], want_second, atol=1e-5)
 
 
@@ -228,23 +216,15 @@ def test_served_box_scores_are_the_reference_softmax_at_the_location_steps(pair)
     loaded = ModelHolder(str(folder)).get()
     image = Image.new("RGB", (64, 64), (90, 160, 60))
     request = build_request("detect", image, "a cat")  # ends in <object>: the next two tokens are a box
-    streams = loaded.batcher.submit_batch(
-        **loaded.processor(text=list(request.prompts), images=[image], return_tensors="pt"), max_new_tokens=2
-    )
+    streams = loaded.batcher.submit_batch(**loaded.processor(text=list(request.prompts), images=[image],
+                                                             return_tensors="pt"), max_new_tokens=2)
     new = streams[0].result(timeout=60)
     batch = loaded.processor(text=list(request.prompts), images=[image], return_tensors="pt")
     ids = batch["input_ids"][0].tolist()
     with torch.no_grad():
-        logits = (
-            ref(
-                pixel_values=batch["pixel_values"],
-                input_ids=torch.tensor([ids + new]),
-                image_embeds_position_mask=torch.nn.functional.pad(batch["image_embeds_position_mask"], (0, 2)),
-                attention_mask=torch.ones(1, len(ids) + 2, dtype=torch.long),
-            )
-            .logits[0]
-            .float()
-        )
+        logits = ref(pixel_values=batch["pixel_values"], input_ids=torch.tensor([ids + new]),
+                     image_embeds_position_mask=torch.nn.functional.pad(batch["image_embeds_position_mask"], (0, 2)),
+                     attention_mask=torch.ones(1, len(ids) + 2, dtype=torch.long)).logits[0].float()
     want = [float(logits[len(ids) - 1 + k].log_softmax(-1)[new[k]]) for k in range(2)]
     assert streams[0].logprobs == pytest.approx(want, abs=1e-4)
 
@@ -281,9 +261,8 @@ def test_one_batch_for_several_images_equals_each_alone(loaded):
     alone = [detect_many(loaded, [build_request("detect", im, "a cat")], settings)[0] for im in (a, b)]
     for x, y in zip(together, alone):
         assert [c.first for c in x.detection.candidates[0]] == [c.first for c in y.detection.candidates[0]]
-        assert [c.score for c in x.detection.candidates[0]] == pytest.approx(
-            [c.score for c in y.detection.candidates[0]], rel=1e-4
-        )
+        assert [c.score for c in x.detection.candidates[0]] == pytest.approx([c.score for c in y.detection.candidates[0]],
+                                                                              rel=1e-4)
 
 
 def test_generated_boxes_get_scores_in_every_task(loaded):
@@ -292,15 +271,12 @@ def test_generated_boxes_get_scores_in_every_task(loaded):
     assert all(len(e.scores) == len(e.boxes) for e in result.entities)
 
 
-@pytest.mark.parametrize(
-    "values, message",
-    [
-        ({"threshold": 1.5}, "Box threshold must be between 0 and 1"),
-        ({"threshold": -0.1}, "Box threshold must be between 0 and 1"),
-        ({"candidates": 33}, "Candidate cells must be between 1 and 32"),
-        ({"max_instances": 0}, "Max boxes per phrase must be between 1 and 32"),
-    ],
-)
+@pytest.mark.parametrize("values, message", [
+    ({"threshold": 1.5}, "Box threshold must be between 0 and 1"),
+    ({"threshold": -0.1}, "Box threshold must be between 0 and 1"),
+    ({"candidates": 33}, "Candidate cells must be between 1 and 32"),
+    ({"max_instances": 0}, "Max boxes per phrase must be between 1 and 32"),
+])
 def test_bad_detection_settings_are_refused_with_their_label(values, message):
     with pytest.raises(InputError, match=message):
         DetectionSettings.from_user(**values)
@@ -312,53 +288,16 @@ def test_detect_needs_phrases():
 
 
 def test_cli_detect_prints_scored_boxes_as_json():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kosmos2",
-            str(ROOT / "assets" / "coffee.jpg"),
-            "--task",
-            "detect",
-            "--text",
-            "a cup",
-            "--threshold",
-            "0",
-            "--max-instances",
-            "3",
-            "--json",
-            "--tiny",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-    )
+    proc = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "coffee.jpg"), "--task", "detect",
+                           "--text", "a cup", "--threshold", "0", "--max-instances", "3", "--json", "--tiny"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=180)
     assert proc.returncode == 0, proc.stderr
     (entity,) = json.loads(proc.stdout)["entities"]
-    assert (
-        entity["phrase"] == "a cup" and 1 <= len(entity["boxes"]) <= 3 and len(entity["scores"]) == len(entity["boxes"])
-    )
+    assert entity["phrase"] == "a cup" and 1 <= len(entity["boxes"]) <= 3 and len(entity["scores"]) == len(entity["boxes"])
     assert entity["score"] == max(entity["scores"])
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kosmos2",
-            str(ROOT / "assets" / "coffee.jpg"),
-            "--task",
-            "detect",
-            "--text",
-            "a cup",
-            "--threshold",
-            "2",
-            "--tiny",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-    )
+    bad = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "coffee.jpg"), "--task", "detect",
+                          "--text", "a cup", "--threshold", "2", "--tiny"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=180)
     assert bad.returncode == 2 and bad.stderr == "error: --threshold must be between 0 and 1, got 2.0\n"
 
 

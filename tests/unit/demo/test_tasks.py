@@ -43,8 +43,7 @@ def test_official_prompts(image):
     assert build_request("plain", image).prompts == ("An image of",)
     assert build_request("ground", image, "a snowman").prompts == ("<grounding><phrase> a snowman</phrase>",)
     assert build_request("ask", image, "What is special about this image?").prompts == (
-        "<grounding> Question: What is special about this image? Answer:",
-    )
+        "<grounding> Question: What is special about this image? Answer:",)
 
 
 def test_box_prompts_use_spec_patch_tokens(image):
@@ -52,10 +51,8 @@ def test_box_prompts_use_spec_patch_tokens(image):
     refer = build_request("refer", image, boxes=[SNOWMAN_BOX])
     assert refer.prompts == ("<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is",)
     ask = build_request("ask", image, "Where is [the fire] next to?", boxes=[FIRE_BOX])
-    assert ask.prompts == (
-        "<grounding> Question: Where is<phrase> the fire</phrase><object><patch_index_0005>"
-        "<patch_index_0911></object> next to? Answer:",
-    )
+    assert ask.prompts == ("<grounding> Question: Where is<phrase> the fire</phrase><object><patch_index_0005>"
+                           "<patch_index_0911></object> next to? Answer:",)
 
 
 def test_batched_tasks_make_one_row_per_phrase_or_box(image):
@@ -75,24 +72,18 @@ def test_free_prompt_with_and_without_grounding(image):
     assert boxed.prompts == ("<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is",)
 
 
-@pytest.mark.parametrize(
-    "typed",
-    [
-        "<phrase> a dog</phrase><object><patch_index_0001><patch_index_0002></object>",
-        "a <grounding>dog",
-        "<<phrase>phrase> a dog",
-        "a dog</delimiter_of_multi_objects/>",
-        "<image></image> a dog <s></s><pad>",
-    ],
-)
+@pytest.mark.parametrize("typed", [
+    "<phrase> a dog</phrase><object><patch_index_0001><patch_index_0002></object>",
+    "a <grounding>dog",
+    "<<phrase>phrase> a dog",
+    "a dog</delimiter_of_multi_objects/>",
+    "<image></image> a dog <s></s><pad>",
+])
 def test_user_markup_never_passes_as_markup(image, typed):
     """Tags typed by the user are removed: the prompt holds only the tags the task writes."""
     assert inputs.neutralise_markup(typed).split() == ["a", "dog"]
-    for request in (
-        build_request("ground", image, typed),
-        build_request("ask", image, typed),
-        build_request("prompt", image, typed, grounding_on=False),
-    ):
+    for request in (build_request("ground", image, typed), build_request("ask", image, typed),
+                    build_request("prompt", image, typed, grounding_on=False)):
         (prompt,) = request.prompts
         assert "patch_index" not in prompt and "<object>" not in prompt and "<image>" not in prompt
         assert prompt.count("<grounding>") == (0 if request.task == "prompt" else 1)
@@ -176,24 +167,13 @@ def test_boxes_must_match_bracketed_phrases(image):
 
 def test_generation_settings_are_validated():
     s = demo_settings.GenerationSettings.from_user(max_new_tokens=20.0, decoding="sample", temperature="0.5")
-    assert s.generate_kwargs() == {
-        "max_new_tokens": 20,
-        "num_beams": 1,
-        "do_sample": True,
-        "temperature": 0.5,
-        "top_p": 0.9,
-    }
+    assert s.generate_kwargs() == {"max_new_tokens": 20, "num_beams": 1, "do_sample": True, "temperature": 0.5,
+                                   "top_p": 0.9}
     assert demo_settings.GenerationSettings.from_user(decoding="beam", num_beams=4).generate_kwargs()["num_beams"] == 4
-    for bad, match in [
-        ({"max_new_tokens": 513}, "between 1 and 512"),
-        ({"max_new_tokens": 0}, "between"),
-        ({"max_new_tokens": 2.5}, "whole number"),
-        ({"temperature": float("nan")}, "Temperature"),
-        ({"top_p": "x"}, "must be a number"),
-        ({"decoding": "magic"}, "Decoding"),
-        ({"num_beams": 100}, "beams"),
-        ({"no_repeat_ngram_size": -1}, "n-gram"),
-    ]:
+    for bad, match in [({"max_new_tokens": 513}, "between 1 and 512"), ({"max_new_tokens": 0}, "between"),
+                       ({"max_new_tokens": 2.5}, "whole number"), ({"temperature": float("nan")}, "Temperature"),
+                       ({"top_p": "x"}, "must be a number"), ({"decoding": "magic"}, "Decoding"),
+                       ({"num_beams": 100}, "beams"), ({"no_repeat_ngram_size": -1}, "n-gram")]:
         with pytest.raises(InputError, match=match):
             demo_settings.GenerationSettings.from_user(**bad)
 
@@ -238,9 +218,8 @@ def test_labels_are_drawn_inside_the_image(background, box):
 
 def test_long_labels_are_shortened_to_fit():
     image = Image.new("RGB", (60, 40), "white")
-    out = draw.annotate(
-        image, [draw.Annotation("a very long label that cannot fit in sixty pixels", "#e6194b", [(30, 10, 59, 39)])]
-    )
+    out = draw.annotate(image, [draw.Annotation("a very long label that cannot fit in sixty pixels", "#e6194b",
+                                                [(30, 10, 59, 39)])])
     assert out.size == image.size
     per_row = (np.asarray(out) == (230, 25, 75)).all(axis=-1).sum(axis=1)
     assert per_row.max() > 45  # the shortened label's background spans almost the whole width
@@ -253,14 +232,10 @@ def test_labels_take_a_free_corner_of_their_box():
     assert draw.place_labels([(10, 5, 100, 100)], [(50, 20)], 300, 300) == [(10, 5)]  # no room above: inside
     # same top-left corner: the small box keeps the place above it, the big one's label goes above its right end
     assert draw.place_labels([(10, 50, 200, 200), (10, 50, 60, 90)], [(80, 20), (80, 20)], 300, 300) == [
-        (120, 30),
-        (10, 30),
-    ]
+        (120, 30), (10, 30)]
     # a small box just above a big one: the big box's label goes inside it rather than over the small box
     assert draw.place_labels([(0, 40, 300, 300), (0, 10, 40, 38)], [(100, 20), (30, 20)], 300, 300) == [
-        (0, 40),
-        (0, 10),
-    ]
+        (0, 40), (0, 10)]
 
 
 def test_labels_of_boxes_at_one_corner_are_all_readable():
@@ -272,13 +247,8 @@ def test_labels_of_boxes_at_one_corner_are_all_readable():
     colours, labels, boxes = ("#e6194b", "#3cb44b"), ("a big cup", "a spoon"), ((20, 60, 190, 190), (20, 60, 70, 100))
 
     def pixels(with_labels: bool) -> np.ndarray:
-        drawn = draw.annotate(
-            image,
-            [
-                draw.Annotation(label if with_labels else "", colour, [box])
-                for label, colour, box in zip(labels, colours, boxes)
-            ],
-        )
+        drawn = draw.annotate(image, [draw.Annotation(label if with_labels else "", colour, [box])
+                                      for label, colour, box in zip(labels, colours, boxes)])
         return np.asarray(drawn)
 
     labelled, boxes_only = pixels(True), pixels(False)
@@ -290,16 +260,11 @@ def test_labels_of_boxes_at_one_corner_are_all_readable():
         assert added[0] - added[1] >= 0.5 * (right - left + 4) * (bottom - top + 4), (label, added)
 
     request = build_request("ground", Image.new("RGB", (320, 320)), "a big cup\na spoon", [])
-    rows = [
-        "<grounding><phrase> a big cup</phrase><object><patch_index_0066><patch_index_1023></object>",
-        "<grounding><phrase> a spoon</phrase><object><patch_index_0066><patch_index_0330></object>",
-    ]
+    rows = ["<grounding><phrase> a big cup</phrase><object><patch_index_0066><patch_index_1023></object>",
+            "<grounding><phrase> a spoon</phrase><object><patch_index_0066><patch_index_0330></object>"]
     page = view.render("data:,", demo_results.build_result(request, rows, done=True))
-    found = re.findall(
-        r'<g class="k2-label"[^>]*><rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" '
-        r'height="([\d.]+)"',
-        page,
-    )
+    found = re.findall(r'<g class="k2-label"[^>]*><rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" '
+                       r'height="([\d.]+)"', page)
     (x1, y1, w1, h1), (x2, y2, w2, h2) = [tuple(map(float, f)) for f in found]
     assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1, found
 
@@ -322,26 +287,9 @@ def test_png_tempfiles_are_fresh(tmp_path):
 def test_cli_on_tiny_checkpoint(tmp_path):
     out = tmp_path / "annotated.png"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kosmos2",
-            str(ROOT / "assets" / "cat.jpg"),
-            "--task",
-            "refer",
-            "--box",
-            "40,30,200,150",
-            "--tiny",
-            "--max-new-tokens",
-            "6",
-            "--json",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=240,
+        [sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "refer", "--box", "40,30,200,150",
+         "--tiny", "--max-new-tokens", "6", "--json", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -358,35 +306,12 @@ def test_cli_on_tiny_checkpoint(tmp_path):
 
 
 def test_cli_reports_bad_input(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "refer", "--tiny"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert (
-        proc.returncode == 2 and proc.stderr == "error: --task refer needs a box: give --box x1,y1,x2,y2 (in pixels)\n"
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kosmos2",
-            str(ROOT / "assets" / "cat.jpg"),
-            "--task",
-            "caption",
-            "--threshold",
-            "0.3",
-            "--nms-iou",
-            "0.4",
-            "--tiny",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    proc = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "refer",
+                           "--tiny"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == "error: --task refer needs a box: give --box x1,y1,x2,y2 (in pixels)\n"
+    proc = subprocess.run([sys.executable, "-m", "kosmos2", str(ROOT / "assets" / "cat.jpg"), "--task", "caption",
+                           "--threshold", "0.3", "--nms-iou", "0.4", "--tiny"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
     assert proc.returncode == 2 and proc.stderr == "error: --threshold, --nms-iou does not apply to --task caption\n"
 
 
@@ -400,23 +325,20 @@ def test_entities_appear_when_their_object_closes(image):
     head = "<image>x</image><grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044>"
     partial = demo_results.build_result(request, [head])
     assert partial.caption == "An image of a snowman" and partial.entities == []
-    final = demo_results.build_result(request, [head + "<patch_index_0863></object> warming"], done=True)
+    final = demo_results.build_result(request, [head + "<patch_index_0863></object> warming"],
+                               done=True)
     (e,) = final.entities
     assert (e.phrase, e.span, e.boxes) == ("a snowman", (12, 21), [(0.390625, 0.046875, 0.984375, 0.828125)])
     assert e.pixel_boxes == [(25, 3, 63, 53)]  # x 64, y 64, rounded
-    assert (
-        final.raw == "<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044>"
-        "<patch_index_0863></object> warming"
-    )
+    assert final.raw == "<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044>" \
+                        "<patch_index_0863></object> warming"
 
 
 def test_rows_are_merged_with_one_colour_per_row(image):
 
     request = build_request("ground", image, "a snowman\na fire")
-    texts = [
-        "</image><grounding><phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>",
-        "</image><grounding><phrase> a fire</phrase><object><patch_index_0005><patch_index_0911></object>",
-    ]
+    texts = ["</image><grounding><phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>",
+             "</image><grounding><phrase> a fire</phrase><object><patch_index_0005><patch_index_0911></object>"]
     result = demo_results.build_result(request, texts, done=True)
     assert result.caption == "a snowman\na fire"
     assert [(e.phrase, e.span) for e in result.entities] == [("a snowman", (0, 9)), ("a fire", (10, 16))]
@@ -427,21 +349,16 @@ def test_runner_streams_then_finishes(tiny_checkpoint, image):
     loaded = loading.ModelHolder(str(tiny_checkpoint), device="cpu").get()
     assert not loaded.is_tiny  # a folder was given: no fallback
     settings = demo_settings.GenerationSettings.from_user(max_new_tokens=8)
-    results = list(
-        stream_generation(loaded, build_request("refer", image, boxes=[SNOWMAN_BOX]), settings, min_interval_s=0)
-    )
+    results = list(stream_generation(loaded, build_request("refer", image, boxes=[SNOWMAN_BOX]), settings, min_interval_s=0))
     *partials, final = results
     assert partials and not any(r.done for r in partials) and final.done
     assert [r.new_tokens for r in partials] == list(range(1, len(partials) + 1))
-    assert final.raw.startswith(
-        "<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is"
-    )
+    assert final.raw.startswith("<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is")
     assert final.first_token_s is not None and final.seconds >= final.first_token_s
 
 
 def test_each_row_is_decoded_and_parsed_once_per_new_token_and_not_at_all_without_partial_results(
-    tiny_checkpoint, image, monkeypatch
-):
+        tiny_checkpoint, image, monkeypatch):
     from kosmos2.demo import generate
     from kosmos2.demo.execute import run_task
 
@@ -481,11 +398,9 @@ def test_view_links_phrases_and_boxes_and_escapes_text(image):
     from kosmos2.demo import view
 
     request = build_request("caption", image)
-    text = (
-        "</image><grounding> An &<phrase> a snowman</phrase><object><patch_index_0044>"
-        "<patch_index_0863></object> by<phrase> a fire</phrase><object><patch_index_0005><patch_index_0911>"
-        "</object> 1 <img src=x onerror=alert(1)"
-    )
+    text = ("</image><grounding> An &<phrase> a snowman</phrase><object><patch_index_0044>"
+            "<patch_index_0863></object> by<phrase> a fire</phrase><object><patch_index_0005><patch_index_0911>"
+            "</object> 1 <img src=x onerror=alert(1)")
     result = demo_results.build_result(request, [text], done=True)
     html = view.render(view.image_data_uri(image), result)
     assert result.caption.endswith("1 <img src=x onerror=alert(1)")
@@ -529,11 +444,8 @@ def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoin
 
     loaded = loading.ModelHolder(str(tiny_checkpoint), device="cpu").get()
     settings = demo_settings.GenerationSettings.from_user(max_new_tokens=6)
-    requests = [
-        build_request("caption", image),
-        build_request("ground", image, "a snowman\na fire"),
-        build_request("ask", image.rotate(90, expand=True), "What is this?"),
-    ]
+    requests = [build_request("caption", image), build_request("ground", image, "a snowman\na fire"),
+                build_request("ask", image.rotate(90, expand=True), "What is this?")]
     alone = [generate_each(loaded, [r], settings)[0].raw for r in requests]
     batcher, wait_s = loaded.batcher, 120  # only a hang reaches the deadline, however loaded the machine
     before = len(batcher.batch_sizes)
@@ -560,36 +472,23 @@ def test_concurrent_runs_share_a_batch_and_get_their_lone_results(tiny_checkpoin
 
 
 def test_tokens_per_second_counts_decoding_after_the_first_token(image):
-    result = demo_results.TaskResult(
-        "caption", "", [], "", [], [], (1, 1), done=True, new_tokens=11, seconds=3.0, first_token_s=1.0
-    )
+    result = demo_results.TaskResult("caption", "", [], "", [], [], (1, 1), done=True, new_tokens=11, seconds=3.0,
+                              first_token_s=1.0)
     assert result.tokens_per_s == 5.0  # 10 tokens in the 2 s after the first one
     assert result.timing_text() == "11 new tokens in 3.00 s · first token after 1.00 s · 5.0 tokens/s after the first"
     beams = demo_results.TaskResult("caption", "", [], "", [], [], (1, 1), done=True, new_tokens=12, seconds=3.0)
     assert beams.timing_text() == "12 new tokens in 3.00 s · 4.0 tokens/s"  # no first token's time: the whole run
 
 
-@pytest.mark.parametrize(
-    "task, text, boxes, reference_text",
-    [
-        ("refer", None, [SNOWMAN_BOX], "<grounding><phrase> It</phrase> is"),
-        (
-            "ask",
-            "Where is [the fire] next to?",
-            [FIRE_BOX],
-            "<grounding> Question: Where is<phrase> the fire</phrase> next to? Answer:",
-        ),
-        (
-            "prompt",
-            "[A snowman] near [a fire].",
-            [SNOWMAN_BOX, FIRE_BOX],
-            "<grounding><phrase> A snowman</phrase> near<phrase> a fire</phrase>.",
-        ),
-    ],
-)
-def test_box_prompts_tokenize_like_the_reference_processor_with_bboxes(
-    tiny_checkpoint, image, task, text, boxes, reference_text
-):
+@pytest.mark.parametrize("task, text, boxes, reference_text", [
+    ("refer", None, [SNOWMAN_BOX], "<grounding><phrase> It</phrase> is"),
+    ("ask", "Where is [the fire] next to?", [FIRE_BOX],
+     "<grounding> Question: Where is<phrase> the fire</phrase> next to? Answer:"),
+    ("prompt", "[A snowman] near [a fire].", [SNOWMAN_BOX, FIRE_BOX],
+     "<grounding><phrase> A snowman</phrase> near<phrase> a fire</phrase>."),
+])
+def test_box_prompts_tokenize_like_the_reference_processor_with_bboxes(tiny_checkpoint, image, task, text, boxes,
+                                                                        reference_text):
     """Our prompts carry the patch tokens inline; the reference processor inserts them from
     ``bboxes``: both give the same ids."""
     from reference import reference_processor
@@ -609,16 +508,12 @@ def test_light_colours_are_darkened_for_text_on_white():
 
 
 def test_region_descriptions_take_the_colours_the_boxes_were_drawn_with():
-    drawn = [
-        {"xmin": 10, "ymin": 10, "xmax": 100, "ymax": 80, "label": "", "color": (230, 25, 75)},
-        {"xmin": 150, "ymin": 60, "xmax": 300, "ymax": 200, "label": "", "color": (60, 180, 75)},
-    ]
+    drawn = [{"xmin": 10, "ymin": 10, "xmax": 100, "ymax": 80, "label": "", "color": (230, 25, 75)},
+             {"xmin": 150, "ymin": 60, "xmax": 300, "ymax": 200, "label": "", "color": (60, 180, 75)}]
     request = tasks.build_request("refer", Image.new("RGB", (320, 240)), boxes=drawn)
     assert request.box_colours == ("#e6194b", "#3cb44b")  # hex of the drawn RGB triples
-    texts = [
-        "<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is red",
-        "<grounding><phrase> It</phrase><object><patch_index_0005><patch_index_0911></object> is green",
-    ]
+    texts = ["<grounding><phrase> It</phrase><object><patch_index_0044><patch_index_0863></object> is red",
+             "<grounding><phrase> It</phrase><object><patch_index_0005><patch_index_0911></object> is green"]
     result = demo_results.build_result(request, texts)
     assert [e.colour for e in result.entities] == ["#e6194b", "#3cb44b"]
     # Without colours on the boxes (API pixel lists) the palette is used, one colour per row.
@@ -633,10 +528,8 @@ def test_the_page_shows_an_asked_questions_answer_alone_and_the_caption_keeps_th
 
     drawn = [{"xmin": 10, "ymin": 10, "xmax": 100, "ymax": 80, "label": "", "color": (230, 25, 75)}]
     request = build_request("ask", Image.new("RGB", (320, 240)), "What is [this] doing?", drawn)
-    text = (
-        "<grounding> Question: What is<phrase> this</phrase><object><patch_index_0044><patch_index_0863></object> "
-        "doing? Answer: It is<phrase> sleeping</phrase><object><patch_index_0005><patch_index_0911></object>."
-    )
+    text = ("<grounding> Question: What is<phrase> this</phrase><object><patch_index_0044><patch_index_0863></object> "
+            "doing? Answer: It is<phrase> sleeping</phrase><object><patch_index_0005><patch_index_0911></object>.")
     result = demo_results.build_result(request, [text], done=True)
     assert result.caption == "Question: What is this doing? Answer: It is sleeping."  # the API's caption
     page = view.render("data:,", result)
@@ -649,18 +542,15 @@ def test_the_page_shows_an_asked_questions_answer_alone_and_the_caption_keeps_th
 def test_drawn_boxes_are_numbered_in_the_order_given_on_the_labels_and_in_the_text():
     from kosmos2.demo import view
 
-    request = build_request(
-        "prompt", Image.new("RGB", (320, 240)), "[a cup] and [a spoon]", [[10, 10, 100, 80], [150, 60, 300, 200]]
-    )
-    text = (
-        "<grounding><phrase> a cup</phrase><object><patch_index_0044><patch_index_0863></object> and<phrase> a "
-        "spoon</phrase><object><patch_index_0005><patch_index_0911></object> on<phrase> a table</phrase><object>"
-        "<patch_index_0000><patch_index_1023></object>"
-    )
+    request = build_request("prompt", Image.new("RGB", (320, 240)), "[a cup] and [a spoon]",
+                            [[10, 10, 100, 80], [150, 60, 300, 200]])
+    text = ("<grounding><phrase> a cup</phrase><object><patch_index_0044><patch_index_0863></object> and<phrase> a "
+            "spoon</phrase><object><patch_index_0005><patch_index_0911></object> on<phrase> a table</phrase><object>"
+            "<patch_index_0000><patch_index_1023></object>")
     result = demo_results.build_result(request, [text], done=True)
     assert [a.label for a in result.annotations()] == ["Box 1 · a cup", "Box 2 · a spoon", "a table"]
     page = view.render("data:,", result)
-    assert page.count('class="k2-boxno"') == 2 and '>Box 1</span> <span class="k2-ph" data-e="0"' in page, page
+    assert page.count('class="k2-boxno"') == 2 and ">Box 1</span> <span class=\"k2-ph\" data-e=\"0\"" in page, page
     assert result.entities_json()[0]["phrase"] == "a cup"  # the API's entities are unchanged
 
 

@@ -93,13 +93,8 @@ def test_beam_search_matches_reference(pair, options):
 
 @pytest.mark.parametrize(
     "options",
-    [
-        dict(no_repeat_ngram_size=2),
-        dict(no_repeat_ngram_size=2, num_beams=3),
-        dict(repetition_penalty=1.3),
-        dict(min_new_tokens=5),
-        dict(use_cache=False),
-    ],
+    [dict(no_repeat_ngram_size=2), dict(no_repeat_ngram_size=2, num_beams=3), dict(repetition_penalty=1.3),
+     dict(min_new_tokens=5), dict(use_cache=False)],
 )
 def test_processors_and_cacheless_decoding_match_reference(pair, options):
     ours, ref, inputs = pair
@@ -185,11 +180,8 @@ def test_token_streamer_iterates_in_another_thread(tiny):
 def test_streamer_is_ended_when_generate_rejects_its_arguments(tiny):
     """A consumer iterating a streamer in another thread must not wait forever on a failed call."""
     model, inputs = tiny
-    for bad in (
-        {"max_new_tokens": 0},
-        {"max_new_tokens": 2, "num_beams": 2},
-        {"max_new_tokens": 2, "image_embeds_position_mask": None},
-    ):
+    for bad in ({"max_new_tokens": 0}, {"max_new_tokens": 2, "num_beams": 2},
+                {"max_new_tokens": 2, "image_embeds_position_mask": None}):
         recorder = _Recorder()
         with pytest.raises(ValueError):
             model.generate(**{**inputs, **bad}, streamer=recorder)

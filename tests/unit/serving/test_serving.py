@@ -153,10 +153,8 @@ def test_batched_rows_get_the_tokens_of_lone_rows(env):
         assert _until_eos(got[i, -NEW:].tolist()) == _until_eos(want[0, -NEW:].tolist())
 
 
-@pytest.mark.parametrize(
-    "penalties",
-    [dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2), dict(repetition_penalty=0.7, no_repeat_ngram_size=3)],
-)
+@pytest.mark.parametrize("penalties", [dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2),
+                                       dict(repetition_penalty=0.7, no_repeat_ngram_size=3)])
 def test_batched_rows_with_penalties_get_the_tokens_of_lone_rows(env, penalties):
     """The pads in the middle of a batched row are invisible to the penalty and the n-gram ban, so a
     batch (through the engine and through the batcher) gives each row the reference's lone tokens."""
@@ -193,12 +191,8 @@ def test_batched_decode_logits_match_lone_rows_unlike_the_shifted_reference_batc
     padded_row = int((batch["attention_mask"] == 0).sum(dim=1).argmax())
     for i, (prompt, image) in enumerate(zip(PROMPTS, images)):
         with torch.no_grad():
-            lone = ref.generate(
-                **_inputs(processor, prompt, image),
-                max_new_tokens=NEW,
-                output_logits=True,
-                return_dict_in_generate=True,
-            ).logits
+            lone = ref.generate(**_inputs(processor, prompt, image), max_new_tokens=NEW, output_logits=True,
+                                return_dict_in_generate=True).logits
         for step, (ours, want) in enumerate(zip(steps, lone)):
             torch.testing.assert_close(ours[i], want[0], rtol=1e-4, atol=1e-4, msg=f"row {i} step {step}")
         if i == padded_row:
@@ -223,7 +217,7 @@ def test_engine_streams_the_prompt_then_each_step(env):
     got = Engine(model).generate(**batch, max_new_tokens=NEW, streamer=streamer)
     steps = list(streamer)
     assert torch.equal(streamer.prompt_ids, batch["input_ids"])
-    assert torch.equal(torch.tensor(steps).T, got[:, -len(steps) :])
+    assert torch.equal(torch.tensor(steps).T, got[:, -len(steps):])
 
 
 # ----------------------------------------------------------------------------- the batcher
@@ -267,7 +261,7 @@ def test_batcher_gives_each_concurrent_caller_its_own_tokens(env):
     for i, (prompt, image) in enumerate(zip(PROMPTS, images)):
         with torch.no_grad():
             want = ref.generate(**_inputs(processor, prompt, image), max_new_tokens=limits[i])
-        assert results[i] == _until_eos(want[0, -limits[i] :].tolist())
+        assert results[i] == _until_eos(want[0, -limits[i]:].tolist())
 
 
 def test_batcher_runs_different_settings_apart_and_survives_a_cancelled_row(env):
@@ -311,10 +305,8 @@ def test_a_hold_keeps_requests_waiting_then_they_run_in_full_batches(env):
     batcher = Batcher(Engine(model), max_batch_size=2, gather_s=0)
     with batcher.hold():
         with batcher.hold():  # holds nest: the outer one still holds after the inner one ends
-            streams = [
-                batcher.submit(*_row_args(processor, p, i), max_new_tokens=NEW, timeout=WAIT_S)
-                for p, i in zip(PROMPTS, images)
-            ]
+            streams = [batcher.submit(*_row_args(processor, p, i), max_new_tokens=NEW, timeout=WAIT_S)
+                       for p, i in zip(PROMPTS, images)]
         assert batcher.wait_pending(len(PROMPTS), timeout=0)  # none taken yet
         assert batcher.batch_sizes == [] and not any(s.done.is_set() for s in streams)
     for stream, prompt, image in zip(streams, PROMPTS, images):
@@ -365,20 +357,15 @@ def test_bad_input_raises_clear_errors(env):
     with pytest.raises(ValueError, match="no tokens after"):
         split_row(pixels, ids[:last], slots[:last], 1)
     with pytest.raises(ValueError, match="pixel_values"):
-        engine.generate(
-            input_ids=inputs["input_ids"],
-            image_embeds_position_mask=inputs["image_embeds_position_mask"],
-            max_new_tokens=2,
-        )
+        engine.generate(input_ids=inputs["input_ids"], image_embeds_position_mask=inputs["image_embeds_position_mask"],
+                        max_new_tokens=2)
     with pytest.raises(ValueError, match=r"shape \(3, 56, 56\)"):
         engine.row(torch.zeros(3, 20, 20), ids, slots)
-    right = dict(
-        processor(text=list(PROMPTS[:2]), images=images[:2], return_tensors="pt", padding=True, padding_side="right")
-    )
+    right = dict(processor(text=list(PROMPTS[:2]), images=images[:2], return_tensors="pt", padding=True,
+                           padding_side="right"))
     with pytest.raises(ValueError, match="left padding only"):
-        split_batch(
-            right["pixel_values"], right["input_ids"], right["image_embeds_position_mask"], right["attention_mask"], 1
-        )
+        split_batch(right["pixel_values"], right["input_ids"], right["image_embeds_position_mask"],
+                    right["attention_mask"], 1)
     with pytest.raises(ValueError, match="image_embeds_position_mask"):
         engine.generate(**{**inputs, "image_embeds_position_mask": slots[None, :-1]}, max_new_tokens=2)
     with pytest.raises(ValueError, match="streaming is not supported"):
