@@ -1,5 +1,6 @@
 """The ``kosmos2`` command (also ``python -m kosmos2``): one task on one image (:mod:`.task`), or a
-subcommand: ``label`` (:mod:`.label`), ``train`` (:mod:`.train`), ``selfcheck`` (:mod:`.selfcheck`)."""
+subcommand: ``label`` (:mod:`.label`), ``train`` (:mod:`.train`), ``shapes`` (:mod:`.shapes`), ``selfcheck``
+(:mod:`.selfcheck`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ def _train(argv: list[str]) -> int:
     return main(argv)
 
 
+def _shapes(argv: list[str]) -> int:
+    from .shapes import main
+
+    return main(argv)
+
+
 def _selfcheck(argv: list[str]) -> int:
     from .selfcheck import main
 
@@ -28,6 +35,7 @@ def _selfcheck(argv: list[str]) -> int:
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "label": _label,
     "train": _train,
+    "shapes": _shapes,
     "selfcheck": _selfcheck,
 }  # loaded when used
 
