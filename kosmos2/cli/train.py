@@ -49,6 +49,9 @@ def parser() -> common.OneLineParser:
     p.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="its format (default: detected)")
     p.add_argument("--images", type=Path, help="the folder its image paths are relative to (default: its folder)")
     p.add_argument("--val", type=Path, help="held-out examples (same format): loss and boxes found")
+    p.add_argument(
+        "--val-images", type=Path, help="the folder --val's image paths are relative to (default: its folder)"
+    )
     p.add_argument("--out", type=Path, required=True, help="the folder to write (checkpoints, then the result)")
     p.add_argument(
         "--checkpoint",
@@ -184,7 +187,7 @@ def _main(argv: list[str]) -> int:
         examples = usable(args.data, args.images or args.data.parent, args.format, encoder, args.strict, say)
         validation = []
         if args.val:
-            validation = usable(args.val, args.images or args.val.parent, args.format, encoder, args.strict, say)
+            validation = usable(args.val, args.val_images or args.val.parent, args.format, encoder, args.strict, say)
         dtype = resolve_dtype(args.dtype)
         if check_output(args.out, run_params(settings, base, examples, dtype, world.size)):
             say(f"{args.out} already holds this finished run: nothing to do")

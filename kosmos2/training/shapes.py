@@ -168,12 +168,13 @@ def make_scene(seed: int, index: int, exif_share: float = 0.15) -> tuple[Scene, 
         else:
             draw.polygon(s.outline, fill=COLOURS[s.colour])
     orientation = rng.choice(sorted(STORED_TURN)) if rng.random() < exif_share else 1
-    scene = Scene(f"scene-{seed}-{index:05d}.png", width, height, tuple(shapes), background, orientation)
+    scene = Scene(f"images/scene-{seed}-{index:05d}.png", width, height, tuple(shapes), background, orientation)
     return scene, image
 
 
 def save_image(scene: Scene, image: Image.Image, folder: Path) -> None:
-    """Write the scene's PNG: turned and tagged when it has an EXIF orientation, so that it shows upright."""
+    """Write the scene's PNG under ``folder`` (its file name is relative to the data set's folder): turned
+    and tagged when it has an EXIF orientation, so that it shows upright."""
     if scene.orientation == 1:
         image.save(folder / scene.file)
         return
@@ -269,7 +270,8 @@ def grounding_split(text: str) -> tuple[str, str]:
 
 
 def write_dataset(folder: Path, count: int, seed: int, exif_share: float = 0.15) -> dict[str, int]:
-    """Write ``count`` scenes to ``folder``: ``images/``, ``labels.jsonl`` (a caption-task label journal, with
+    """Write ``count`` scenes to ``folder``: ``images/`` (every file names its images relative to ``folder``),
+    ``labels.jsonl`` (a caption-task label journal, with
     its ``.run.json``), ``coco.json``, ``refexp.jsonl`` and ``grounded.jsonl`` (every text). Returns counts."""
     images = folder / "images"
     images.mkdir(parents=True)
@@ -278,7 +280,7 @@ def write_dataset(folder: Path, count: int, seed: int, exif_share: float = 0.15)
     journal, refexp, grounded = [], [], []
     for index in range(count):
         scene, image = make_scene(seed, index, exif_share)
-        save_image(scene, image, images)
+        save_image(scene, image, folder)
         coco["images"].append({"id": index + 1, "file_name": scene.file, "width": scene.width, "height": scene.height})
         for s in scene.shapes:
             x1, y1, x2, y2 = s.box

@@ -43,7 +43,7 @@ def test_every_box_is_the_tight_box_of_its_shapes_pixels_in_the_upright_image(da
     names = {c["id"]: c["name"] for c in coco["categories"]}
     turned = 0
     for image in coco["images"]:
-        opened = open_image(dataset / "images" / image["file_name"])
+        opened = open_image(dataset / image["file_name"])
         turned += opened.size != (image["width"], image["height"])
         pixels = np.asarray(to_rgb(opened, as_displayed=True))
         assert pixels.shape[:2] == (image["height"], image["width"])
@@ -72,7 +72,7 @@ def test_every_file_trains_without_a_problem(dataset, tiny_checkpoint):
     encoder = Encoder(AutoProcessor.from_pretrained(tiny_checkpoint), "answer")
     counts = {}
     for name in ("labels.jsonl", "coco.json", "refexp.jsonl", "grounded.jsonl"):
-        examples, problems = read_examples(dataset / name, dataset / "images")
+        examples, problems = read_examples(dataset / name, dataset)  # image paths are relative to the folder
         assert not problems, problems[:3]
         for e in examples:
             encoder.check(e)
