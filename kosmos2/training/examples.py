@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -33,6 +33,7 @@ from ..errors import UserError
 from ..runfile import read_run
 
 FORMATS = ("journal", "coco", "refexp", "grounded")
+T = TypeVar("T")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _PIXEL_SLACK = 0.5  # a pixel box may reach half a pixel past the edge (rounded coordinates)
@@ -72,8 +73,8 @@ class Problem:
 Reader = Iterator[tuple[str, Callable[[Path], list[Example]]]]  # (where, the examples of its record)
 
 
-class _Skip(UserError):
-    """A record's problem, raised while reading it."""
+class RecordError(UserError):
+    """A record's problem, raised while reading it (it becomes a :class:`Problem`)."""
 
 
 def phrase_prompt(phrase: str) -> str:
@@ -89,7 +90,7 @@ def split_prompt(text: str) -> tuple[str, str]:
 
 def detect_format(path: Path) -> str:
     """The format of a data file, from its first record (:class:`DataError` when none fits)."""
-    first = _first_record(path)
+    first = first_record(path)
     keys = set(first) if isinstance(first, dict) else set()
     if {"images", "annotations", "categories"} <= keys:
         return "coco"
@@ -117,15 +118,15 @@ def read_examples(path: Path, images: Path, fmt: str = "auto") -> tuple[list[Exa
     readers: dict[str, Callable[[Path], Reader]] = {
         "journal": _journal,
         "coco": _coco,
-        "refexp": partial(_per_line, make=_refexp_examples),
-        "grounded": partial(_per_line, make=_grounded_examples),
+        "refexp": partial(json_lines, make=_refexp_examples),
+        "grounded": partial(json_lines, make=_grounded_examples),
     }
     examples: list[Example] = []
     problems: list[Problem] = []
     for where, make in readers[fmt](path):
         try:
             examples.extend(make(images))
-        except _Skip as e:
+        except RecordError as e:
             problems.append(Problem(where, str(e)))
     return examples, problems
 
@@ -133,7 +134,7 @@ def read_examples(path: Path, images: Path, fmt: str = "auto") -> tuple[list[Exa
 # --------------------------------------------------------------------------- files
 
 
-def _first_record(path: Path) -> Any:
+def first_record(path: Path) -> Any:
     if not path.is_file():
         raise DataError(f"no such data file: {path}")
     text = path.read_text(encoding="utf-8")
@@ -150,7 +151,7 @@ def _first_record(path: Path) -> Any:
     raise DataError(f"{path} is empty")
 
 
-def _per_line(path: Path, make: Callable[..., list[Example]]) -> Reader:
+def json_lines(path: Path, make: Callable[..., list[T]]) -> Iterator[tuple[str, Callable[[Path], list[T]]]]:
     """For each non-blank line of a JSON-lines file: where it is, and ``make(record, images, where=where)`` (or the
     reason it is not a record)."""
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -168,16 +169,16 @@ def _per_line(path: Path, make: Callable[..., list[Example]]) -> Reader:
             yield where, partial(_refuse, "not a JSON object")
 
 
-def _refuse(reason: str, images: Path) -> list[Example]:
-    raise _Skip(reason)
+def _refuse(reason: str, images: Path) -> list[Any]:
+    raise RecordError(reason)
 
 
-def _image(images: Path, name: object) -> Path:
+def image_file(images: Path, name: object) -> Path:
     if not isinstance(name, str) or not name:
-        raise _Skip("no image file named")
+        raise RecordError("no image file named")
     path = images / name
     if not path.is_file():
-        raise _Skip(f"no such image: {path}")
+        raise RecordError(f"no such image: {path}")
     return path
 
 
@@ -188,19 +189,19 @@ def displayed_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             transposed = image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED
     except (OSError, Image.DecompressionBombError) as e:
-        raise _Skip(f"cannot read image {path}: {e}") from e
+        raise RecordError(f"cannot read image {path}: {e}") from e
     return (height, width) if transposed else (width, height)
 
 
 def normalised(box: object, width: float, height: float) -> grounding.Box:
     """A pixel box ``[x1, y1, x2, y2]`` of a ``width`` x ``height`` image as a normalised box, checked."""
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
-        raise _Skip(f"a box must be 4 numbers [x1, y1, x2, y2] in pixels, got {box!r}")
+        raise RecordError(f"a box must be 4 numbers [x1, y1, x2, y2] in pixels, got {box!r}")
     x1, y1, x2, y2 = (float(v) for v in box)
     if not (x2 > x1 and y2 > y1):
-        raise _Skip(f"box {list(box)} is empty or inverted")
+        raise RecordError(f"box {list(box)} is empty or inverted")
     if x1 < -_PIXEL_SLACK or y1 < -_PIXEL_SLACK or x2 > width + _PIXEL_SLACK or y2 > height + _PIXEL_SLACK:
-        raise _Skip(f"box {list(box)} lies outside the {width:g}x{height:g} image")
+        raise RecordError(f"box {list(box)} lies outside the {width:g}x{height:g} image")
     inside = (
         min(max(x1 / width, 0.0), 1.0),
         min(max(y1 / height, 0.0), 1.0),
@@ -208,18 +209,18 @@ def normalised(box: object, width: float, height: float) -> grounding.Box:
         min(max(y2 / height, 0.0), 1.0),
     )
     if not (inside[2] > inside[0] and inside[3] > inside[1]):
-        raise _Skip(f"box {list(box)} has no area inside the {width:g}x{height:g} image")
+        raise RecordError(f"box {list(box)} has no area inside the {width:g}x{height:g} image")
     return inside
 
 
 def _normalised_boxes(boxes: object) -> list[grounding.Box]:
     """Boxes already normalised (a journal's), checked."""
     if not isinstance(boxes, list) or not boxes:
-        raise _Skip("an entity needs a non-empty list of boxes")
+        raise RecordError("an entity needs a non-empty list of boxes")
     try:
         return [grounding.validate_box(tuple(float(v) for v in b)) for b in boxes]
     except (TypeError, ValueError) as e:
-        raise _Skip(str(e)) from e
+        raise RecordError(str(e)) from e
 
 
 # --------------------------------------------------------------------------- the formats
@@ -233,25 +234,25 @@ def _journal(path: Path) -> Reader:
     task, phrases = params.get("task"), params.get("phrases") or []
     if task not in ("caption", "ground", "detect"):
         raise DataError(f"{run}: a journal of task {task!r}; train reads caption, ground and detect journals")
-    yield from _per_line(path, partial(_journal_examples, task=task, phrases=phrases))
+    yield from json_lines(path, partial(_journal_examples, task=task, phrases=phrases))
 
 
 def _journal_examples(
     record: dict[str, Any], images: Path, where: str, task: str, phrases: Sequence[str]
 ) -> list[Example]:
     if "failed" in record:
-        raise _Skip(f"labelling failed: {record['failed']}")
-    image = _image(images, record.get("file"))
+        raise RecordError(f"labelling failed: {record['failed']}")
+    image = image_file(images, record.get("file"))
     entities = record.get("entities")
     if not isinstance(entities, list):
-        raise _Skip("no entities list")
+        raise RecordError("no entities list")
     if task == "caption":
         return [Example(image, *split_prompt("<grounding>" + _caption_text(record, entities)), where)]
     by_row: dict[int, list[grounding.Box]] = {}
     for e in entities:
         row = e.get("row") if isinstance(e, dict) else None
         if not isinstance(row, int) or not 0 <= row < len(phrases):
-            raise _Skip(f"an entity's row {row!r} is not a phrase of the run ({len(phrases)} phrases)")
+            raise RecordError(f"an entity's row {row!r} is not a phrase of the run ({len(phrases)} phrases)")
         by_row.setdefault(row, []).extend(_normalised_boxes(e.get("boxes")))
     return [
         Example(image, phrase_prompt(phrases[row]), grounding.object_markup(boxes), where)
@@ -264,20 +265,20 @@ def _caption_text(record: dict[str, Any], entities: list[Any]) -> str:
     (a phrase's leading space goes inside its tag)."""
     caption = record.get("caption")
     if not isinstance(caption, str) or not caption.strip():
-        raise _Skip("no caption")
+        raise RecordError("no caption")
     spans = []
     for e in entities:
         span = e.get("span") if isinstance(e, dict) else None
         if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span)):
-            raise _Skip(f"an entity's span {span!r} is not [start, end]")
+            raise RecordError(f"an entity's span {span!r} is not [start, end]")
         start, end = span
         if not 0 <= start < end <= len(caption):
-            raise _Skip(f"span {span} lies outside the caption")
+            raise RecordError(f"span {span} lies outside the caption")
         spans.append((start, end, _normalised_boxes(e.get("boxes"))))
     out, pos = [], 0
     for start, end, boxes in sorted(spans):
         if start < pos:
-            raise _Skip(f"spans overlap at {start}")
+            raise RecordError(f"spans overlap at {start}")
         if start > pos and caption[start - 1] == " ":
             start -= 1
         out += [caption[pos:start], f"<phrase>{caption[start:end]}</phrase>", grounding.object_markup(boxes)]
@@ -308,14 +309,14 @@ def _coco_examples(
     image: dict[str, Any] | None, name: str | None, group: list[dict[str, Any]], where: str, images: Path
 ) -> list[Example]:
     if image is None or name is None:
-        raise _Skip("its image_id or category_id is not in the file")
-    path = _image(images, image.get("file_name"))
+        raise RecordError("its image_id or category_id is not in the file")
+    path = image_file(images, image.get("file_name"))
     width, height = image.get("width"), image.get("height")
     if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0):
-        raise _Skip(f"image {image.get('id')} has no width and height")
+        raise RecordError(f"image {image.get('id')} has no width and height")
     shown = displayed_size(path)
     if shown != (width, height):
-        raise _Skip(
+        raise RecordError(
             f"image {image.get('id')} is {width}x{height} in the file but {path} is {shown[0]}x{shown[1]} as shown "
             "(EXIF orientation applied)"
         )
@@ -323,7 +324,7 @@ def _coco_examples(
     for a in group:
         b = a.get("bbox")
         if not (isinstance(b, list) and len(b) == 4):
-            raise _Skip(f"annotation {a.get('id')}: bbox must be [x, y, width, height]")
+            raise RecordError(f"annotation {a.get('id')}: bbox must be [x, y, width, height]")
         boxes.append(normalised([b[0], b[1], b[0] + b[2], b[1] + b[3]], width, height))
     return [Example(path, phrase_prompt(name), grounding.object_markup(boxes), where)]
 
@@ -331,8 +332,8 @@ def _coco_examples(
 def _refexp_examples(record: dict[str, Any], images: Path, where: str) -> list[Example]:
     expression = record.get("expression")
     if not isinstance(expression, str) or not expression.strip():
-        raise _Skip("no expression")
-    image = _image(images, record.get("image"))
+        raise RecordError("no expression")
+    image = image_file(images, record.get("image"))
     box = normalised(record.get("box"), *displayed_size(image))
     return [Example(image, phrase_prompt(expression), grounding.object_markup([box]), where)]
 
@@ -340,18 +341,18 @@ def _refexp_examples(record: dict[str, Any], images: Path, where: str) -> list[E
 def _grounded_examples(record: dict[str, Any], images: Path, where: str) -> list[Example]:
     text = record.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise _Skip("no text")
-    image = _image(images, record.get("image"))
+        raise RecordError("no text")
+    image = image_file(images, record.get("image"))
     prompt = record.get("prompt")
     if prompt is not None and (not isinstance(prompt, str) or not text.startswith(prompt)):
-        raise _Skip("its prompt is not the start of its text")
+        raise RecordError("its prompt is not the start of its text")
     boxes = _as_tuples(record.get("bboxes"))
     try:
         tagged = grounding.insert_object_tags(text, boxes)
         # the prompt's own phrases keep their boxes: the model is given them
         given = prompt and grounding.insert_object_tags(prompt, boxes and boxes[: prompt.count("<phrase>")])
     except ValueError as e:
-        raise _Skip(str(e)) from e
+        raise RecordError(str(e)) from e
     if not given:
         return [Example(image, *split_prompt(tagged), where)]
     return [Example(image, given, tagged[len(given) :], where)]
@@ -362,7 +363,7 @@ def _as_tuples(value: Any) -> Any:
     if value is None:
         return None
     if not isinstance(value, list):
-        raise _Skip("bboxes must be a list with one entry per phrase")
+        raise RecordError("bboxes must be a list with one entry per phrase")
 
     def entry(e: Any) -> Any:
         if isinstance(e, list) and e and all(isinstance(v, (int, float)) for v in e):
