@@ -14,7 +14,7 @@ PACKAGE = ROOT / "kosmos2"
 
 # Written by hand from the layout: the model library, then generation, the two model classes, serving, the
 # demo's tools, and on top the UI and the command line (siblings: neither imports the other).
-LAYERS = {"generation": 1, "model": 2, "serving": 3, "training": 3, "demo": 4, "ui": 5, "cli": 5}
+LAYERS = {"generation": 1, "model": 2, "serving": 3, "training": 3, "demo": 4, "evaluation": 4, "ui": 5, "cli": 5}
 
 
 def modules() -> dict[str, Path]:
