@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..demo.loading import progress
 from ..errors import UserError
-from ..training.shapes import write_dataset
+from ..training.shapes import MOST_SHAPES, write_dataset
 from . import common
 
 
@@ -23,6 +23,9 @@ def parser() -> common.OneLineParser:
     p.add_argument("--count", type=int, default=100, help="how many scenes (default 100)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same files (default 0)")
     p.add_argument("--exif-share", type=float, default=0.15, help="the share stored turned, with an EXIF orientation")
+    p.add_argument(
+        "--max-shapes", type=int, default=MOST_SHAPES, help=f"shapes per scene: 1 to this (default {MOST_SHAPES})"
+    )
     return p
 
 
@@ -32,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(sys.argv[1:] if argv is None else list(argv))
         if args.count < 1:
             raise common.UsageError(f"--count must be at least 1, got {args.count}")
+        if not 1 <= args.max_shapes <= MOST_SHAPES:
+            raise common.UsageError(f"--max-shapes must be 1 to {MOST_SHAPES}, got {args.max_shapes}")
         if not 0 <= args.exif_share <= 1:
             raise common.UsageError(f"--exif-share must be in [0, 1], got {args.exif_share}")
         if args.folder.exists() and (not args.folder.is_dir() or any(args.folder.iterdir())):
@@ -39,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    counts = write_dataset(args.folder, args.count, args.seed, args.exif_share)
+    counts = write_dataset(args.folder, args.count, args.seed, args.exif_share, args.max_shapes)
     progress(
         f"wrote {counts['images']} scenes with {counts['shapes']} shapes, {counts['expressions']} referring "
         f"expressions and {counts['texts']} texts to {args.folder}: images/, labels.jsonl, coco.json, "

@@ -39,6 +39,7 @@ EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the turn that stores an upright image so that the orientation turns it back
 STORED_TURN = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 GAP = 4  # pixels kept free between two shapes' boxes
+MOST_SHAPES = 4
 
 
 @dataclass(frozen=True)
@@ -153,14 +154,15 @@ def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
 
 
-def make_scene(seed: int, index: int, exif_share: float = 0.15) -> tuple[Scene, Image.Image]:
-    """Scene ``index`` of the set seeded by ``seed``, and its upright image (the same for the same arguments)."""
+def make_scene(seed: int, index: int, exif_share: float = 0.15, most: int = MOST_SHAPES) -> tuple[Scene, Image.Image]:
+    """Scene ``index`` of the set seeded by ``seed`` with 1 to ``most`` shapes, and its upright image (the same
+    for the same arguments)."""
     rng = random.Random(f"{seed}:{index}")
     noise = np.random.default_rng([seed, index])
     w, h = rng.choice(SIZES)
     width, height = (LONG_SIDE, LONG_SIDE * h // w) if w >= h else (LONG_SIDE * w // h, LONG_SIDE)
     background, image = _background(rng, noise, width, height)
-    shapes = _place(rng, width, height, rng.randint(1, 4))
+    shapes = _place(rng, width, height, rng.randint(1, most))
     draw = ImageDraw.Draw(image)
     for s in shapes:
         if s.kind == "circle":
@@ -194,14 +196,21 @@ def _by_phrase(scene: Scene) -> dict[str, list[Shape]]:
     return groups
 
 
+def _caption_parts(scene: Scene) -> list[tuple[str, str, list[Shape]]]:
+    """The caption's phrases in order, each with the words before it (after the previous phrase) and its shapes."""
+    groups = list(_by_phrase(scene).items())
+    return [
+        ("" if k == 0 else (" and" if k == len(groups) - 1 else ","), phrase, shapes)
+        for k, (phrase, shapes) in enumerate(groups)
+    ]
+
+
 def caption(scene: Scene) -> tuple[str, str, list[dict[str, Any]]]:
     """The brief grounded caption: its model text, its clean caption and the caption's entities (phrase,
     span, normalised boxes), as ``label`` writes them."""
-    groups = list(_by_phrase(scene).items())
     text, clean = "<grounding> An image of", "An image of"
     entities = []
-    for k, (phrase, shapes) in enumerate(groups):
-        joiner = "" if k == 0 else (" and" if k == len(groups) - 1 else ",")
+    for joiner, phrase, shapes in _caption_parts(scene):
         text += f"{joiner}<phrase> {phrase}</phrase>{scene.markup(shapes)}"
         clean += f"{joiner} "
         entities.append({"phrase": phrase, "span": [len(clean), len(clean) + len(phrase)],
@@ -242,11 +251,15 @@ def referring(scene: Scene) -> Iterator[tuple[str, Shape]]:
 
 def texts(scene: Scene) -> Iterator[tuple[str, str]]:
     """(prompt, answer) pairs in KOSMOS-2's formats: the grounded caption, phrase grounding (every instance
-    of a phrase), referring expressions, region description from a box, and grounded question answering."""
+    of a phrase; alone, and after the caption's words before it, as Flickr30k Entities is evaluated), referring
+    expressions, region description from a box, and grounded question answering."""
     full, _, _ = caption(scene)
     yield grounding_split(full)
-    for phrase, shapes in _by_phrase(scene).items():
+    before = "<grounding> An image of"
+    for joiner, phrase, shapes in _caption_parts(scene):
         yield f"<grounding><phrase> {phrase}</phrase>", scene.markup(shapes)
+        yield f"{before}{joiner}<phrase> {phrase}</phrase>", scene.markup(shapes)
+        before += f"{joiner} {phrase}"
     for expression, s in referring(scene):
         yield f"<grounding><phrase> {expression}</phrase>", scene.markup([s])
     for s in scene.shapes:
@@ -269,7 +282,9 @@ def grounding_split(text: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- the data set
 
 
-def write_dataset(folder: Path, count: int, seed: int, exif_share: float = 0.15) -> dict[str, int]:
+def write_dataset(
+    folder: Path, count: int, seed: int, exif_share: float = 0.15, most: int = MOST_SHAPES
+) -> dict[str, int]:
     """Write ``count`` scenes to ``folder``: ``images/`` (every file names its images relative to ``folder``),
     ``labels.jsonl`` (a caption-task label journal, with
     its ``.run.json``), ``coco.json``, ``refexp.jsonl`` and ``grounded.jsonl`` (every text). Returns counts."""
@@ -279,7 +294,7 @@ def write_dataset(folder: Path, count: int, seed: int, exif_share: float = 0.15)
                             "categories": [{"id": k + 1, "name": p} for k, p in enumerate(PHRASES)]}  # fmt: skip
     journal, refexp, grounded = [], [], []
     for index in range(count):
-        scene, image = make_scene(seed, index, exif_share)
+        scene, image = make_scene(seed, index, exif_share, most)
         save_image(scene, image, folder)
         coco["images"].append({"id": index + 1, "file_name": scene.file, "width": scene.width, "height": scene.height})
         for s in scene.shapes:
