@@ -25,7 +25,7 @@ from .image_processing import CLIP_MEAN, CLIP_STD
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 
-_CORPUS = """
+CORPUS = """
 An image of a snowman warming himself by a fire.
 Describe this image in detail: the picture shows two dogs playing on green grass in a park.
 Question: What is special about this image? Answer: a cat is sitting on a red chair.
@@ -124,15 +124,15 @@ def random_state_dict(
     return tensors
 
 
-def build_tokenizer(with_tags: bool = True) -> Tokenizer:
+def build_tokenizer(with_tags: bool = True, corpus: str = CORPUS) -> Tokenizer:
     """A small sentencepiece-style (Unigram + Metaspace) tokenizer with the KOSMOS-2 id layout.
 
-    The unigram pieces are the corpus's words and characters scored by log frequency (computed
+    The unigram pieces are ``corpus``'s words and characters scored by log frequency (computed
     here rather than by the library's trainer, whose parallel training is not reproducible).
     ``<s> <pad> </s> <unk>`` take ids 0-3, the pieces follow, then ``<mask>``; with ``with_tags``
     the 11 tags and 1024 patch-index tokens come last, as in the real checkpoint.
     """
-    text = " ".join(line for line in _CORPUS.splitlines() if line)
+    text = " ".join(line for line in corpus.splitlines() if line)
     counts = Counter("▁" + w for w in re.findall(r"\w+", text))
     counts.update(re.findall(r"[^\w\s]", text))
     counts.update(c for c in text if not c.isspace())
@@ -178,6 +178,8 @@ def write_tiny_checkpoint(
     processor_config_style: str = "legacy",
     config: Kosmos2Config | None = None,
     std: float = 0.1,
+    corpus: str = CORPUS,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete hub-layout checkpoint to ``folder`` and return its path.
 
@@ -185,11 +187,12 @@ def write_tiny_checkpoint(
     ``tokenizer_config.json``, ``special_tokens_map.json`` and either ``preprocessor_config.json``
     (``processor_config_style="legacy"``) or ``processor_config.json`` (``"new"``).
     ``config`` overrides the tiny architecture; its ``text_config.vocab_size`` is raised to the
-    tokenizer's size when smaller (a full-size config keeps its 65037 ids).
+    tokenizer's size when smaller (a full-size config keeps its 65037 ids). ``corpus`` gives the
+    tokenizer's pieces; ``weights`` (for the final config) replace :func:`random_state_dict`'s.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(with_tags=tokenizer_with_tags)
+    tok = build_tokenizer(with_tags=tokenizer_with_tags, corpus=corpus)
     tok.save(str(folder / "tokenizer.json"))
     # The model's vocabulary always covers the tags and patch tokens, as the processor adds them.
     base = tok.get_vocab_size() + (0 if tokenizer_with_tags else len(TAG_TOKENS) + NUM_PATCH_INDEX_TOKENS)
@@ -199,8 +202,10 @@ def write_tiny_checkpoint(
         vocab = max(base, config.text_config.vocab_size)
         config = replace(config, text_config=replace(config.text_config, vocab_size=vocab))
     config.save(folder / "config.json")
+    if weights is None:
+        weights = random_state_dict(config, seed=seed, std=std, tied_name=tied_name)
     save_file(
-        random_state_dict(config, seed=seed, std=std, tied_name=tied_name),
+        weights,
         str(folder / "model.safetensors"),
         metadata={"format": "pt"},
     )
