@@ -143,9 +143,9 @@ def detection(loaded: LoadedModel, bench: Benchmark, tick: Callable[[int], None]
     for item in bench.coco_images:
         requests = [build_request("detect", item.image, text=text) for text in texts]
         entities = [e for result in run_tasks(loaded, TASKS["detect"], requests, DETECT) for e in result.entities]
-        for e in entities:
-            for (x1, y1, x2, y2), s in zip(e.pixel_boxes, e.scores):
-                detections.append({"image_id": item.id, "category_id": ids[e.phrase.strip()],
+        for entity in entities:
+            for (x1, y1, x2, y2), s in zip(entity.pixel_boxes, entity.scores):
+                detections.append({"image_id": item.id, "category_id": ids[entity.phrase.strip()],
                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s or 0.0)})  # fmt: skip
         tick(1)
     seconds = time.perf_counter() - start

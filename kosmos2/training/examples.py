@@ -151,7 +151,7 @@ def first_record(path: Path) -> Any:
     raise DataError(f"{path} is empty")
 
 
-def json_lines(path: Path, make: Callable[..., list[T]]) -> Iterator[tuple[str, Callable[[Path], list[T]]]]:
+def json_lines(path: Path, make: Callable[..., T]) -> Iterator[tuple[str, Callable[[Path], T]]]:
     """For each non-blank line of a JSON-lines file: where it is, and ``make(record, images, where=where)`` (or the
     reason it is not a record)."""
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -169,7 +169,7 @@ def json_lines(path: Path, make: Callable[..., list[T]]) -> Iterator[tuple[str, 
             yield where, partial(_refuse, "not a JSON object")
 
 
-def _refuse(reason: str, images: Path) -> list[Any]:
+def _refuse(reason: str, images: Path) -> Any:
     raise RecordError(reason)
 
 

@@ -29,7 +29,7 @@ def test_every_protocol_in_two_modes_gives_one_table_and_the_same_numbers_in_jso
     saved = json.loads(out.read_text())
     assert set(saved["modes"]) == {"float32", "bfloat16"}
     protocols = [s["protocol"] for s in saved["modes"]["float32"]]
-    assert protocols == ["comprehension", "grounding", "detection", "caption"]
+    assert protocols == ["comprehension", "grounding", "caption", "detection"]  # by file, in --data order
     for line, metric in (("refexp.jsonl comprehension", "acc@0.5"), ("coco.json detection", "AP50")):
         (row,) = [r for r in table if r.startswith(line) and r.split(")")[1].strip().startswith(metric)]
         score = next(s for s in saved["modes"]["bfloat16"] if s["protocol"] == line.split()[1])

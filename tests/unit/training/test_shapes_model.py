@@ -59,3 +59,4 @@ def test_the_patch_index_tokens_start_as_their_cells_places(start):
     torch.testing.assert_close(embed[ids], grid_features(32, 32, dims))
     words = processor.tokenizer.convert_tokens_to_ids(["▁red", "▁circle"])
     assert float(embed[words, :32].abs().max()) == 0.0  # the place dimensions belong to places alone
+
