@@ -55,12 +55,14 @@ def add_settings_groups(p: argparse.ArgumentParser, generation: str, detection: 
     add_setting_flags(p.add_argument_group(detection), DETECTION_SETTINGS)
 
 
-def add_model_flags(p: argparse.ArgumentParser) -> None:
-    """``--checkpoint``, ``--tiny``, ``--dtype`` and ``--quantize``: which model, loaded how."""
+def add_model_flags(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    """``--checkpoint``, ``--tiny`` and (with ``precision``) ``--dtype`` and ``--quantize``: which model, loaded
+    how."""
     p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")
     p.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
-    p.add_argument("--dtype", choices=DTYPES, help="default: $KOSMOS2_DTYPE, else bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--quantize", choices=INT8_MODES, help="the experimental int8 text decoder (CPU)")
+    if precision:
+        p.add_argument("--dtype", choices=DTYPES, help="default: $KOSMOS2_DTYPE, else bfloat16 on CUDA, float32 on CPU")
+        p.add_argument("--quantize", choices=INT8_MODES, help="the experimental int8 text decoder (CPU)")
 
 
 def add_phrase_flag(p: argparse.ArgumentParser, help: str) -> None:
@@ -68,13 +70,16 @@ def add_phrase_flag(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--phrase", "--phrases", dest="phrases", action="append", default=[], metavar="PHRASE", help=help)
 
 
-def model_holder(args: argparse.Namespace, fallback: bool = True) -> ModelHolder:
-    """The model the flags of :func:`add_model_flags` ask for (checked, not loaded)."""
+def model_holder(
+    args: argparse.Namespace, fallback: bool = True, dtype: str | None = None, quantize: str | None = None
+) -> ModelHolder:
+    """The model the flags of :func:`add_model_flags` ask for (checked, not loaded); ``dtype`` and ``quantize``
+    stand for the flags where the command has none of its own."""
     if args.tiny and args.checkpoint:
         raise UsageError("give --tiny or --checkpoint, not both")
-    return ModelHolder(
-        args.checkpoint, dtype=args.dtype, force_tiny=args.tiny, quantize=args.quantize, fallback=fallback
-    )
+    dtype = getattr(args, "dtype", None) if dtype is None else dtype
+    quantize = getattr(args, "quantize", None) if quantize is None else quantize
+    return ModelHolder(args.checkpoint, dtype=dtype, force_tiny=args.tiny, quantize=quantize, fallback=fallback)
 
 
 def refuse(flags: Sequence[str], task: Task) -> None:

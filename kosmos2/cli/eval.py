@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..demo.loading import DTYPES, ModelHolder, progress
+from ..demo.loading import DTYPES, progress
 from ..errors import UserError
 from ..evaluation import FORMATS, PROTOCOLS, Benchmark, Score, evaluate, items, read_benchmark
 from ..precision import INT8_MODES
@@ -30,8 +30,7 @@ def parser() -> common.OneLineParser:
     p.add_argument("--data", type=Path, action="append", required=True, help="an evaluation file (repeatable)")
     p.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="its format (default: detected)")
     p.add_argument("--images", type=Path, help="the folder image paths are relative to (default: each file's folder)")
-    p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: $KOSMOS2_CHECKPOINT or the hub model)")
-    p.add_argument("--tiny", action="store_true", help="use the built-in tiny random checkpoint")
+    common.add_model_flags(p, precision=False)
     p.add_argument(
         "--modes",
         default="float32",
@@ -81,8 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(sys.argv[1:] if argv is None else list(argv))
         modes = _choices(args.modes, MODES, "--modes")
         protocols = _choices(args.protocols, PROTOCOLS, "--protocols")
-        if args.tiny and args.checkpoint:
-            raise common.UsageError("give --tiny or --checkpoint, not both")
         if args.limit is not None and args.limit < 1:
             raise common.UsageError(f"--limit must be at least 1, got {args.limit}")
         benches = []
@@ -95,12 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise common.UsageError(f"{path} ({bench.fmt}) has nothing to score for {', '.join(protocols)}")
             benches.append(bench)
         holders = {
-            m: ModelHolder(
-                args.checkpoint,
-                dtype=None if m in INT8_MODES else m,
-                force_tiny=args.tiny,
-                quantize=m if m in INT8_MODES else None,
-                fallback=False,
+            m: common.model_holder(
+                args, fallback=False, dtype=None if m in INT8_MODES else m, quantize=m if m in INT8_MODES else None
             )
             for m in modes
         }
@@ -108,10 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     results: dict[str, list[tuple[Path, Score]]] = {}
+    total = sum(items(b, protocols) for b in benches)
     try:
         for mode, holder in holders.items():
             loaded = holder.get()
-            total = sum(items(b, protocols) for b in benches)
             with tqdm(total=total, desc=mode, unit="item", file=sys.stderr, disable=None) as bar:
                 results[mode] = [(b.source, s) for b in benches for s in evaluate(loaded, b, protocols, bar.update)]
             holder.close()

@@ -17,7 +17,6 @@ A record that cannot be used becomes a :class:`~kosmos2.training.Problem`, never
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,14 @@ from ..training.examples import (
     DataError,
     Problem,
     RecordError,
+    collect,
     detect_format,
     displayed_size,
     first_record,
     image_file,
     json_lines,
     normalised,
+    refexp_record,
 )
 
 FORMATS = ("refexp", "mdetr", "journal", "coco")
@@ -97,7 +98,7 @@ def read_benchmark(path: Path, images: Path, fmt: str = "auto") -> Benchmark:
         raise DataError(f"unknown evaluation format {fmt!r}; use one of {', '.join(FORMATS)}")
     bench = Benchmark(path, fmt)
     if fmt == "refexp":
-        _collect(bench, json_lines(path, _refexp), images, bench.comprehension)
+        collect(json_lines(path, _refexp), images, bench.comprehension, bench.problems)
     elif fmt == "journal":
         run = read_run(path.with_name(path.name + ".run.json"), "it is written by label beside its journal")
         if run.get("task") != "caption":
@@ -141,16 +142,6 @@ def _json_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _collect(
-    bench: Benchmark, reader: Iterator[tuple[str, Callable[[Path], list[Any]]]], images: Path, into: list
-) -> None:
-    for where, make in reader:
-        try:
-            into.extend(make(images))
-        except RecordError as e:
-            bench.problems.append(Problem(where, str(e)))
-
-
 def _pixel_box(box: object, size: tuple[int, int]) -> PixelBox:
     """A pixel box checked against the image's size (as shown)."""
     x1, y1, x2, y2 = normalised(box, *size)
@@ -171,11 +162,8 @@ def _xywh(box: object) -> list[float]:
 
 
 def _refexp(record: dict[str, Any], images: Path, where: str) -> list[Query]:
-    expression = record.get("expression")
-    if not isinstance(expression, str) or not expression.strip():
-        raise RecordError("no expression")
-    image = image_file(images, record.get("image"))
-    return [Query(image, "", expression, (_pixel_box(record.get("box"), displayed_size(image)),), where)]
+    image, expression, (x1, y1, x2, y2), (w, h) = refexp_record(record, images)
+    return [Query(image, "", expression, ((x1 * w, y1 * h, x2 * w, y2 * h),), where)]
 
 
 def _journal(record: dict[str, Any], images: Path, where: str) -> tuple[Captioned, list[Query]]:

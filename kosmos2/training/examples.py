@@ -123,12 +123,19 @@ def read_examples(path: Path, images: Path, fmt: str = "auto") -> tuple[list[Exa
     }
     examples: list[Example] = []
     problems: list[Problem] = []
-    for where, make in readers[fmt](path):
+    collect(readers[fmt](path), images, examples, problems)
+    return examples, problems
+
+
+def collect(
+    reader: Iterator[tuple[str, Callable[[Path], list[T]]]], images: Path, into: list[T], problems: list[Problem]
+) -> None:
+    """Each record's items (``make(images)``) into ``into``; a record that cannot be used into ``problems``."""
+    for where, make in reader:
         try:
-            examples.extend(make(images))
+            into.extend(make(images))
         except RecordError as e:
             problems.append(Problem(where, str(e)))
-    return examples, problems
 
 
 # --------------------------------------------------------------------------- files
@@ -329,12 +336,19 @@ def _coco_examples(
     return [Example(path, phrase_prompt(name), grounding.object_markup(boxes), where)]
 
 
-def _refexp_examples(record: dict[str, Any], images: Path, where: str) -> list[Example]:
+def refexp_record(record: dict[str, Any], images: Path) -> tuple[Path, str, grounding.Box, tuple[int, int]]:
+    """A referring-expression record checked: its image, expression, normalised box and the image's size as
+    shown."""
     expression = record.get("expression")
     if not isinstance(expression, str) or not expression.strip():
         raise RecordError("no expression")
     image = image_file(images, record.get("image"))
-    box = normalised(record.get("box"), *displayed_size(image))
+    size = displayed_size(image)
+    return image, expression, normalised(record.get("box"), *size), size
+
+
+def _refexp_examples(record: dict[str, Any], images: Path, where: str) -> list[Example]:
+    image, expression, box, _ = refexp_record(record, images)
     return [Example(image, phrase_prompt(expression), grounding.object_markup([box]), where)]
 
 
